@@ -1,0 +1,203 @@
+"""LLaMA (Touvron et al., 2023, arXiv:2302.13971) in tinygrad.
+
+Read this file next to the paper: the model follows §2.2 top to bottom, in the shape of Meta's v1 `model.py`
+(a ModelArgs dataclass, one small class per block, Meta's weight names so real checkpoints map by name).
+"""
+from __future__ import annotations
+import math
+from dataclasses import dataclass, fields
+import numpy as np
+from tinygrad import Tensor, UOp, dtypes, nn
+from tinygrad.nn.state import get_parameters
+
+# ***** configuration *****
+
+@dataclass
+class ModelArgs:
+  dim: int = 4096
+  n_layers: int = 32
+  n_heads: int = 32
+  n_kv_heads: int | None = None        # None: as many K/V heads as query heads (plain multi-head attention)
+  vocab_size: int = 32000
+  multiple_of: int = 256               # the SwiGLU hidden size is rounded up to a multiple of this
+  ffn_dim_multiplier: float | None = None
+  hidden_dim: int | None = None        # explicit FFN size; overrides the rule (real checkpoints need it)
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  max_seq_len: int = 2048
+  tie_embeddings: bool = False         # output layer shares the token embedding matrix (llama2.c, SmolLM)
+
+  def __post_init__(self):
+    if self.n_kv_heads is None: self.n_kv_heads = self.n_heads
+    if self.dim % self.n_heads: raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+    if self.n_heads % self.n_kv_heads: raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+    if self.head_dim % 2: raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+
+  @property
+  def head_dim(self) -> int: return self.dim // self.n_heads
+
+  @property
+  def ffn_hidden(self) -> int:
+    # §2.2 SwiGLU: "a dimension of 2/3·4d instead of 4d as in PaLM", Meta's rounding rule
+    if self.hidden_dim is not None: return self.hidden_dim
+    hidden = int(2 * 4 * self.dim / 3)
+    if self.ffn_dim_multiplier is not None: hidden = int(self.ffn_dim_multiplier * hidden)
+    return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+  def num_params(self) -> int:
+    """Parameter count from the config alone, nothing allocated."""
+    d, kv = self.dim, self.n_kv_heads * self.head_dim
+    attn = d * d * 2 + d * kv * 2                      # wq, wo and wk, wv
+    ffn = 3 * d * self.ffn_hidden                      # w1, w2, w3
+    per_layer = attn + ffn + 2 * d                     # + attention_norm, ffn_norm
+    embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    return self.n_layers * per_layer + embed + d       # + final norm
+
+  def to_dict(self) -> dict: return {f.name: getattr(self, f.name) for f in fields(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> ModelArgs:
+    known = {f.name for f in fields(cls)}
+    if unknown := set(d) - known: raise ValueError(f"unknown ModelArgs fields: {sorted(unknown)}")
+    return cls(**d)
+
+# Table 2 of the paper: the four released models (vocab 32000, context 2048). norm_eps as in Meta's params.json.
+PRESETS: dict[str, ModelArgs] = {
+  "7B":  ModelArgs(dim=4096, n_layers=32, n_heads=32),
+  "13B": ModelArgs(dim=5120, n_layers=40, n_heads=40),
+  "33B": ModelArgs(dim=6656, n_layers=60, n_heads=52),
+  "65B": ModelArgs(dim=8192, n_layers=80, n_heads=64),
+  # small configs that train on a laptop CPU; vocab set by the tokenizer at train time
+  "tiny":  ModelArgs(dim=64,  n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=256, norm_eps=1e-5),
+  "small": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=256, norm_eps=1e-5),
+  # the size of Karpathy's stories15M (llama2.c)
+  "15M":   ModelArgs(dim=288, n_layers=6, n_heads=6, vocab_size=32000, multiple_of=32, max_seq_len=256, norm_eps=1e-5),
+}
+
+# ***** §2.2 Pre-normalization [GPT3]: RMSNorm on the input of each sub-layer *****
+# tinygrad's nn.RMSNorm is exactly Meta's: x * rsqrt(mean(x²) + eps), computed in float32, times a learned gain.
+RMSNorm = nn.RMSNorm
+
+# ***** §2.2 Rotary Embeddings [GPTNeo] *****
+
+def precompute_freqs(head_dim: int, max_len: int, theta: float = 10000.0) -> Tensor:
+  """cos and sin of m·θ_i for positions m < max_len, θ_i = theta^(-2i/head_dim): shape (max_len, head_dim/2, 2).
+  Built in numpy so it is a real buffer: a table made only from arange would be recomputed inside every kernel."""
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+  angles = np.outer(np.arange(max_len, dtype=np.float64), inv_freq)
+  return Tensor(np.stack([np.cos(angles), np.sin(angles)], axis=-1).astype(np.float32))
+
+def apply_rotary_emb(x: Tensor, freqs: Tensor) -> Tensor:
+  """Rotate each interleaved pair (x[2i], x[2i+1]) of every head by the angle m·θ_i (Meta's convention:
+  the pair is the complex number x[2i] + j·x[2i+1], multiplied by e^{j·m·θ_i}).
+  x: (batch, seq, heads, head_dim), freqs: (seq, head_dim/2, 2) for the positions of x."""
+  xr = x.float().reshape(*x.shape[:-1], -1, 2)
+  a, b = xr[..., 0], xr[..., 1]
+  cos, sin = freqs[..., 0].reshape(1, x.shape[1], 1, -1), freqs[..., 1].reshape(1, x.shape[1], 1, -1)
+  return Tensor.stack(a * cos - b * sin, a * sin + b * cos, dim=-1).reshape(x.shape).cast(x.dtype)
+
+# ***** Causal multi-head attention, grouped-query heads, KV cache *****
+
+class Attention:
+  def __init__(self, args: ModelArgs):
+    self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+    self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+    self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+    self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+    self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+    self.cache_kv: Tensor | None = None   # (2, batch, kv_heads, max_context, head_dim), made by Transformer.init_cache
+
+  def __call__(self, x: Tensor, start_pos: int | UOp, freqs: Tensor) -> Tensor:
+    bsz, seqlen, _ = x.shape
+    xq = self.wq(x).reshape(bsz, seqlen, self.n_heads, self.head_dim)
+    xk = self.wk(x).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
+    xv = self.wv(x).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
+    xq, xk = apply_rotary_emb(xq, freqs), apply_rotary_emb(xk, freqs)
+    xq, xk, xv = xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2)   # (batch, heads, seq, head_dim)
+
+    if self.cache_kv is None:   # training, or a one-shot forward: attend within this sequence only
+      keys, values, mask = xk, xv, None
+    else:                       # incremental decoding: write this chunk at start_pos, attend to everything so far
+      # store-then-read as one graph (tinygrad's own llm does this): no extra realize, and it replays under TinyJit
+      store = self.cache_kv[:, :bsz, :, start_pos:start_pos+seqlen].uop.store(Tensor.stack(xk, xv).cast(self.cache_kv.dtype).uop)
+      cache = Tensor(self.cache_kv.uop.after(store))
+      keys, values = cache[0, :bsz, :, 0:start_pos+seqlen], cache[1, :bsz, :, 0:start_pos+seqlen]
+      # query i sits at position start_pos+i and may see keys at positions ≤ start_pos+i
+      mask = Tensor.ones(seqlen, seqlen, dtype=dtypes.bool).tril().pad(((0, 0), (start_pos, 0)), value=True) if seqlen > 1 else None
+
+    # GQA: each K/V head serves n_heads/n_kv_heads consecutive query heads (Meta's repeat_kv)
+    out = xq.scaled_dot_product_attention(keys.cast(xq.dtype), values.cast(xq.dtype), attn_mask=mask,
+                                          is_causal=mask is None and seqlen > 1, enable_gqa=self.n_kv_heads != self.n_heads)
+    return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+# ***** §2.2 SwiGLU activation function [PaLM] *****
+
+class FeedForward:
+  def __init__(self, dim: int, hidden_dim: int):
+    self.w1 = nn.Linear(dim, hidden_dim, bias=False)   # gate
+    self.w2 = nn.Linear(hidden_dim, dim, bias=False)   # down projection
+    self.w3 = nn.Linear(dim, hidden_dim, bias=False)   # up projection
+
+  def __call__(self, x: Tensor) -> Tensor: return self.w2(self.w1(x).silu() * self.w3(x))
+
+# ***** the block and the model *****
+
+class TransformerBlock:
+  def __init__(self, args: ModelArgs):
+    self.attention = Attention(args)
+    self.feed_forward = FeedForward(args.dim, args.ffn_hidden)
+    self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+    self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+  def __call__(self, x: Tensor, start_pos: int | UOp, freqs: Tensor) -> Tensor:
+    # §2.2 pre-normalization: normalise the input of each sub-layer, not its output
+    h = x + self.attention(self.attention_norm(x), start_pos, freqs)
+    # .contiguous() marks the block boundary: without it decode fuses badly (TINYGRAD_NOTES trap 6)
+    return (h + self.feed_forward(self.ffn_norm(h))).contiguous()
+
+class Transformer:
+  def __init__(self, args: ModelArgs):
+    self.args = args
+    self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+    self.layers = [TransformerBlock(args) for _ in range(args.n_layers)]
+    self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+    self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+    # table for twice the context, as Meta does, so decoding a little past max_seq_len still has angles
+    self.freqs = precompute_freqs(args.head_dim, args.max_seq_len * 2, args.rope_theta)
+    self._init_weights()
+
+  def _init_weights(self):
+    """Training from scratch as nanoGPT / llama2.c: N(0, 0.02) for every matrix, residual projections (wo, w2)
+    scaled by 1/sqrt(2·n_layers) so the residual stream does not grow with depth; norms start at 1."""
+    std = 0.02
+    self.tok_embeddings.weight = Tensor.normal(self.args.vocab_size, self.args.dim, std=std)
+    if self.output is not None: self.output.weight = Tensor.normal(*self.output.weight.shape, std=std)
+    for layer in self.layers:
+      for lin in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.feed_forward.w1, layer.feed_forward.w3):
+        lin.weight = Tensor.normal(*lin.weight.shape, std=std)
+      for lin in (layer.attention.wo, layer.feed_forward.w2):
+        lin.weight = Tensor.normal(*lin.weight.shape, std=std / math.sqrt(2 * self.args.n_layers))
+    # random init is lazy: realise now, in a fixed order, so a seed gives the same model every time (trap 2)
+    Tensor.realize(*get_parameters(self))
+
+  def init_cache(self, max_batch: int = 1, max_context: int | None = None, dtype=None):
+    """Allocate the KV cache for incremental decoding (§2.4 notes the cache is what makes sampling cheap).
+    After this, calls at start_pos write into the cache; before it, every call is a one-shot forward."""
+    ctx = max_context or self.args.max_seq_len
+    dtype = dtype or self.tok_embeddings.weight.dtype
+    for layer in self.layers:
+      a = layer.attention
+      layer.attention.cache_kv = Tensor.zeros(2, max_batch, a.n_kv_heads, ctx, a.head_dim, dtype=dtype).contiguous().realize()
+
+  def drop_cache(self):
+    for layer in self.layers: layer.attention.cache_kv = None
+
+  def __call__(self, tokens: Tensor, start_pos: int | UOp = 0) -> Tensor:
+    """tokens (batch, seq) → logits (batch, seq, vocab). start_pos is where tokens begin in the KV cache
+    (an int, or a bound symbolic variable so one compiled decode step serves every position)."""
+    _, seqlen = tokens.shape
+    h = self.tok_embeddings(tokens)
+    freqs = self.freqs[start_pos:start_pos+seqlen]
+    for layer in self.layers: h = layer(h, start_pos, freqs)
+    h = self.norm(h)
+    return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
