@@ -201,3 +201,5 @@ class Transformer:
     for layer in self.layers: h = layer(h, start_pos, freqs)
     h = self.norm(h)
     return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
+
+# ***** checkpoints in and out *****
