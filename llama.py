@@ -123,7 +123,7 @@ class Attention:
       cache = Tensor(self.cache_kv.uop.after(store))
       keys, values = cache[0, :bsz, :, 0:start_pos+seqlen], cache[1, :bsz, :, 0:start_pos+seqlen]
       # query i sits at position start_pos+i and may see keys at positions ≤ start_pos+i
-      mask = Tensor.ones(seqlen, seqlen, dtype=dtypes.bool).tril().pad(((0, 0), (start_pos, 0)), value=True) if seqlen > 1 else None
+      mask = Tensor.ones(seqlen, seqlen, dtype=dtypes.bool, device=xq.device).tril().pad(((0, 0), (start_pos, 0)), value=True) if seqlen > 1 else None
 
     # GQA: each K/V head serves n_heads/n_kv_heads consecutive query heads (Meta's repeat_kv)
     out = xq.scaled_dot_product_attention(keys.cast(xq.dtype), values.cast(xq.dtype), attn_mask=mask,
@@ -187,7 +187,13 @@ class Transformer:
     dtype = dtype or self.tok_embeddings.weight.dtype
     for layer in self.layers:
       a = layer.attention
-      layer.attention.cache_kv = Tensor.zeros(2, max_batch, a.n_kv_heads, ctx, a.head_dim, dtype=dtype).contiguous().realize()
+      # the cache lives where wk lives; on several devices (§2.4 parallel section below) it is split by kv-heads
+      # under tensor parallel (wk split by rows), else replicated
+      w = a.wk.weight
+      multi = isinstance(w.device, tuple)
+      cache = Tensor.zeros(2, max_batch, a.n_kv_heads, ctx, a.head_dim, dtype=dtype, device=None if multi else w.device)
+      if multi: cache = cache.shard(w.device, 2 if w.uop.axis == 0 else None)
+      layer.attention.cache_kv = cache.contiguous().realize()
 
   def drop_cache(self):
     for layer in self.layers: layer.attention.cache_kv = None
