@@ -5,5 +5,214 @@ for unknown UTF-8. The corpus is encoded once into flat token files read back th
 """
 
 # ***** tokenizers *****
+# Every tokenizer maps an id to the raw bytes it stands for; decoding joins those bytes and reads them as UTF-8.
+# Three encoders sit behind one interface: the sentencepiece library (`.model`, §2.1), a best-score merge encoder
+# for sentencepiece-style vocabularies without the library (llama2.c `tokenizer.bin`, GGUF 'llama'), and
+# byte-level BPE with ranked merges (GGUF 'gpt2', e.g. SmolLM2).
+import codecs, heapq, os, pathlib, re, struct, tempfile
+import sentencepiece as spm
+
+UNK_SURFACE = " \u2047 ".encode()           # what sentencepiece prints for <unk>: " ⁇ "
+# token types as GGUF (and sentencepiece's ModelProto) number them
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+def _atomic_write(path, data: bytes) -> None:
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "wb") as f: f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+class StreamDecoder:
+  """Text of a growing id sequence, one id at a time: `add(id)` returns only the newly completed text.
+  Incomplete UTF-8 (a character split over several byte-fallback tokens) is held back until it completes;
+  the dummy-prefix space is dropped only from the first piece of the whole text, like sentencepiece does.
+  `flush()` returns what is still held back at the end (a replacement character for a truncated sequence)."""
+  def __init__(self, tok: "Tokenizer"):
+    self.tok, self.at_start, self.utf8 = tok, True, codecs.getincrementaldecoder("utf-8")("replace")
+
+  def add(self, tid: int) -> str:
+    b = self.tok._piece(tid)
+    if self.at_start and b:
+      self.at_start = False
+      if self.tok._strippable(tid) and b[:1] == b" ": b = b[1:]
+    return self.utf8.decode(b)
+
+  def flush(self) -> str: return self.utf8.decode(b"", final=True)
+
+class Tokenizer:
+  """The interface every tokenizer implements. Subclasses set the fields below and `_encode`.
+  pieces[id] is the UTF-8 bytes of the token (control tokens: empty); strip_prefix says the encoder prepends a
+  dummy space (sentencepiece's add_dummy_prefix) that decoding must drop again at the very start."""
+  bos_id: int
+  eos_id: int
+  add_bos: bool = True                      # does this model expect BOS in front of a prompt (GGUF add_bos_token)
+  special_tokens: dict[str, int]
+  chat_template: str | None = None
+  pieces: list[bytes]
+  types: list[int]                          # NORMAL, CONTROL, BYTE, ... per id
+  strip_prefix: bool
+
+  @property
+  def vocab_size(self) -> int: return len(self.pieces)
+
+  def _encode(self, text: str) -> list[int]: raise NotImplementedError
+
+  def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+    return [self.bos_id] * bos + self._encode(text) + [self.eos_id] * eos
+
+  def _piece(self, tid: int) -> bytes:
+    if not 0 <= tid < len(self.pieces): raise ValueError(f"token id {tid} is outside the vocabulary of {len(self.pieces)}")
+    return self.pieces[tid]
+
+  # sentencepiece strips the leading space of a normal piece only; a byte token or <unk> first keeps its space
+  def _strippable(self, tid: int) -> bool: return self.strip_prefix and self.types[tid] in (NORMAL, USER_DEFINED)
+
+  def decode(self, ids: list[int]) -> str:
+    parts = [self._piece(t) for t in ids]
+    first = next((k for k, p in enumerate(parts) if p), None)
+    if first is not None and self._strippable(ids[first]) and parts[first][:1] == b" ": parts[first] = parts[first][1:]
+    return b"".join(parts).decode("utf-8", "replace")
+
+  def decoder(self) -> StreamDecoder: return StreamDecoder(self)
+
+  def save(self, path) -> None: raise ValueError(f"{type(self).__name__} cannot be saved as a sentencepiece .model file")
+
+  def _split_special(self, text: str):
+    """Yield (text fragment, None) and (special token text, id): special tokens are matched as whole strings first."""
+    if not self.special_tokens: yield text, None; return
+    pat = getattr(self, "_special_re", None) or re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)))
+    self._special_re, pos = pat, 0
+    for m in pat.finditer(text):
+      if m.start() > pos: yield text[pos:m.start()], None
+      yield m.group(), self.special_tokens[m.group()]
+      pos = m.end()
+    if pos < len(text): yield text[pos:], None
+
+class SentencePieceTokenizer(Tokenizer):
+  """A sentencepiece `.model` (§2.1: BPE with byte fallback), encoded by the sentencepiece library itself."""
+  def __init__(self, proto: bytes):
+    self.proto, self.sp = proto, spm.SentencePieceProcessor(model_proto=proto)
+    sp, n = self.sp, self.sp.vocab_size()
+    self.bos_id, self.eos_id, self.strip_prefix = sp.bos_id(), sp.eos_id(), True
+    self.types = [UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else BYTE if sp.is_byte(i) else
+                  UNUSED if sp.is_unused(i) else NORMAL for i in range(n)]
+    self.pieces = [_piece_bytes(sp.id_to_piece(i).replace("\u2581", " "), t) for i, t in enumerate(self.types)]
+    self.special_tokens = {sp.id_to_piece(i): i for i, t in enumerate(self.types) if t in (UNKNOWN, CONTROL)}
+
+  def _encode(self, text: str) -> list[int]: return self.sp.encode(text)
+
+  def save(self, path) -> None: _atomic_write(path, self.proto)
+
+def _piece_bytes(piece: str, typ: int) -> bytes:
+  """The bytes a token decodes to (piece with spaces already as ' ')."""
+  if typ == BYTE and (m := _BYTE_PIECE.fullmatch(piece)): return bytes([int(m.group(1), 16)])
+  if typ == UNKNOWN: return UNK_SURFACE
+  if typ in (CONTROL, UNUSED): return b""
+  return piece.encode()
+
+class ScoredVocabTokenizer(Tokenizer):
+  """A sentencepiece-style vocabulary (pieces, scores, types) without the library: llama2.c `tokenizer.bin` and
+  GGUF 'llama' vocabularies. Encoding is sentencepiece's BPE: start from single characters, repeatedly merge the
+  adjacent pair whose concatenation is the highest-scoring piece (leftmost on ties), then spell pieces that are not
+  in the vocabulary as byte tokens <0xNN> (byte fallback) or <unk>."""
+  def __init__(self, pieces: list[str], scores: list[float], types: list[int], bos_id: int, eos_id: int, unk_id: int = 0,
+               add_prefix: bool = True, parse_special: bool = False, add_bos: bool = True, chat_template: str | None = None):
+    if not len(pieces) == len(scores) == len(types): raise ValueError("tokenizer pieces, scores and token types differ in length")
+    self.texts, self.scores, self.types = pieces, scores, types
+    self.bos_id, self.eos_id, self.unk_id, self.strip_prefix = bos_id, eos_id, unk_id, add_prefix
+    self.add_bos, self.chat_template = add_bos, chat_template
+    self.pieces = [_piece_bytes(p, t) for p, t in zip(pieces, types)]
+    self.merge_ids: dict[str, int] = {}
+    for i, (p, t) in enumerate(zip(pieces, types)):
+      if t in (NORMAL, USER_DEFINED): self.merge_ids.setdefault(p, i)
+    self.byte_ids = {self.pieces[i][0]: i for i, t in enumerate(types) if t == BYTE and len(self.pieces[i]) == 1}
+    self.special_tokens = {p: i for i, (p, t) in enumerate(zip(pieces, types)) if t in (UNKNOWN, CONTROL, USER_DEFINED)}
+    self.parse_special = parse_special
+
+  def _merge(self, text: str) -> list[int]:
+    sym, n = list(text), len(text)
+    nxt, prv, heap = list(range(1, n + 1)), list(range(-1, n - 1)), []
+    def push(i: int, j: int):
+      if (tid := self.merge_ids.get(sym[i] + sym[j])) is not None: heapq.heappush(heap, (-self.scores[tid], i, j, len(sym[i]) + len(sym[j])))
+    for i in range(n - 1): push(i, i + 1)
+    while heap:
+      _, i, j, size = heapq.heappop(heap)
+      if not sym[i] or not sym[j] or nxt[i] != j or len(sym[i]) + len(sym[j]) != size: continue   # stale: merged since
+      sym[i], sym[j], nxt[i] = sym[i] + sym[j], "", nxt[j]
+      if nxt[i] < n:
+        prv[nxt[i]] = i
+        push(i, nxt[i])
+      if prv[i] >= 0: push(prv[i], i)
+    out = []
+    for s in sym:
+      if not s: continue
+      if (tid := self.merge_ids.get(s)) is not None: out.append(tid)
+      elif self.byte_ids: out.extend(self.byte_ids[b] for b in s.encode())
+      else: out.append(self.unk_id)
+    return out
+
+  def _encode(self, text: str) -> list[int]:
+    out, pos = [], 0
+    for frag, tid in (self._split_special(text) if self.parse_special else [(text, None)]):
+      # the dummy prefix goes in front of the whole text only, not after every special token, so decode can undo it
+      out += [tid] if tid is not None else self._merge((" " if self.strip_prefix and pos == 0 and frag else "") + frag)
+      pos += len(frag)
+    return out
+
+def _read_llama2c_tokenizer(data: bytes) -> ScoredVocabTokenizer | None:
+  """llama2.c `tokenizer.bin`: uint32 max_token_length, then per id a float32 score, a uint32 length and the UTF-8
+  piece with '▁' already turned into ' '. The file stores no types: llama2.c fixes unk=0, bos=1, eos=2 and byte
+  tokens are the pieces spelled <0xNN>. None when `data` is not such a file."""
+  if len(data) < 4: return None
+  (max_len,), pos, texts, scores = struct.unpack_from("<I", data), 4, [], []
+  while pos < len(data):
+    if pos + 8 > len(data): return None
+    score, n = struct.unpack_from("<fI", data, pos)
+    if n > max_len or pos + 8 + n > len(data): return None
+    try: texts.append(data[pos + 8:pos + 8 + n].decode())
+    except UnicodeDecodeError: return None
+    scores.append(score)
+    pos += 8 + n
+  if len(texts) < 3: return None
+  types = [UNKNOWN if i == 0 else CONTROL if i in (1, 2) else BYTE if _BYTE_PIECE.fullmatch(t) else NORMAL for i, t in enumerate(texts)]
+  texts[:3] = ["<unk>", "<s>", "</s>"]            # stored as "<unk>", "\n<s>\n", "\n</s>\n"
+  return ScoredVocabTokenizer(texts, scores, types, bos_id=1, eos_id=2)
+
+def load_tokenizer(path) -> Tokenizer:
+  """A sentencepiece `.model`, a llama2.c `tokenizer.bin` or the vocabulary inside a GGUF file; ValueError otherwise."""
+  path = pathlib.Path(path)
+  if not path.is_file(): raise ValueError(f"tokenizer file not found: {path}")
+  data = path.read_bytes()
+  if data[:4] == b"GGUF":
+    from tinygrad import Tensor
+    from tinygrad.llm.gguf import gguf_load
+    try: kv, _ = gguf_load(Tensor(path))
+    except Exception as e: raise ValueError(f"{path} is not a readable GGUF file ({e})") from None
+    return tokenizer_from_gguf(kv)
+  if (tok := _read_llama2c_tokenizer(data)) is not None: return tok
+  try: return SentencePieceTokenizer(data)
+  except Exception: raise ValueError(f"{path} is neither a sentencepiece .model, a llama2.c tokenizer.bin nor a GGUF file") from None
+
+def tokenizer_from_gguf(kv: dict) -> Tokenizer:
+  """The tokenizer stored in GGUF metadata (`tokenizer.ggml.*`): 'llama' (sentencepiece pieces with scores) or
+  'gpt2' (byte-level BPE with merges). Special tokens (control, user-defined) are matched as whole strings in text."""
+  model, toks = kv.get("tokenizer.ggml.model"), kv.get("tokenizer.ggml.tokens")
+  if not isinstance(toks, list) or not toks: raise ValueError("GGUF metadata has no tokenizer.ggml.tokens vocabulary")
+  types = kv.get("tokenizer.ggml.token_type", [NORMAL] * len(toks))
+  if len(types) != len(toks): raise ValueError("GGUF tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length")
+  common = dict(bos_id=kv.get("tokenizer.ggml.bos_token_id", 1), eos_id=kv.get("tokenizer.ggml.eos_token_id", 2),
+                chat_template=kv.get("tokenizer.chat_template"))
+  if model == "llama":
+    scores = kv.get("tokenizer.ggml.scores", [0.0] * len(toks))
+    return ScoredVocabTokenizer([t.replace("\u2581", " ") for t in toks], scores, types, unk_id=kv.get("tokenizer.ggml.unknown_token_id", 0),
+                                add_prefix=kv.get("tokenizer.ggml.add_space_prefix", True), parse_special=True,
+                                add_bos=kv.get("tokenizer.ggml.add_bos_token", True), **common)
+  raise ValueError(f"unsupported GGUF tokenizer model {model!r} (expected 'llama' or 'gpt2')")
+
 
 # ***** corpus, datasets and batches *****
