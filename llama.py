@@ -209,3 +209,172 @@ class Transformer:
     return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
 
 # ***** checkpoints in and out *****
+# One entry point, load(), tells the five formats apart by what is at the path. Each format's reader yields
+# (Meta name, lazy tensor) pairs that _build realises on the device one at a time, so loading needs about the
+# model's own size in memory (plus one tensor), never a second full copy.
+import io, json, os, pathlib, re, shutil, struct, tempfile
+from typing import Callable, Iterable, Iterator
+from tinygrad.nn.state import get_state_dict, safe_load, safe_load_metadata, safe_save, torch_load, TensorIO
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing, truncated, corrupt or of a format load() does not know; the message is one sentence."""
+
+# what a format reader hands back: the config, the weights under Meta's names, and how to make the tokenizer (or None)
+Weights = Iterable[tuple[str, Tensor]]
+Reader = tuple[ModelArgs, Weights, Callable[[], object] | None]
+
+def _skeleton(args: ModelArgs) -> Transformer:
+  """A Transformer whose weights are lazy placeholders that are never realised: the random init of a 7B model would
+  cost a whole model's worth of memory only to be overwritten. The instance attribute shadows _init_weights for this
+  one construction."""
+  model = Transformer.__new__(Transformer)
+  model._init_weights = lambda: None
+  Transformer.__init__(model, args)
+  del model._init_weights
+  return model
+
+def _weight_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
+  """The learned tensors by Meta name: the state dict without the RoPE table and the KV cache."""
+  return {k: tuple(v.shape) for k, v in get_state_dict(model).items() if k != "freqs" and not k.endswith("cache_kv")}
+
+def _build(args: ModelArgs, weights: Weights, dtype, device, source: pathlib.Path) -> Transformer:
+  model = _skeleton(args)
+  want, seen = _weight_shapes(model), set()
+  for name, t in weights:
+    if name not in want: raise CheckpointError(f"{source} holds a tensor '{name}' that this LLaMA configuration does not have")
+    if tuple(t.shape) != want[name]: raise CheckpointError(f"{source}: '{name}' has shape {tuple(t.shape)} but the config implies {want[name]}")
+    t = t.to(device)                       # off the disk first: disk tensors cannot be cast in place
+    if dtype is not None: t = t.cast(dtype)
+    *parents, leaf = name.split(".")
+    obj = model
+    for part in parents: obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    setattr(obj, leaf, t.contiguous().realize())
+    seen.add(name)
+  if missing := sorted(set(want) - seen): raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
+  model.freqs = model.freqs.to(device).realize()
+  return model
+
+def _safetensors(path: pathlib.Path) -> dict[str, Tensor]:
+  """Lazy views into a .safetensors file on disk, after checking that the header's offsets lie inside the file."""
+  if not path.is_file(): raise CheckpointError(f"{path} is missing")
+  disk, data_start, header = safe_load_metadata(path)
+  end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+  if data_start + end > disk.shape[0]: raise CheckpointError(f"{path} is truncated: its header needs {data_start + end} bytes, the file has {disk.shape[0]}")
+  return safe_load(disk)
+
+def _beside(*candidates: pathlib.Path) -> Callable[[], object] | None:
+  """The first tokenizer file that exists among the candidates, loaded through data.load_tokenizer."""
+  for c in candidates:
+    if c.is_file():
+      import data
+      return lambda: data.load_tokenizer(str(c))
+  return None
+
+# ----- our own format: config.json (ModelArgs) + model.safetensors (Meta names) + tokenizer.model -----
+
+def _read_ours(path: pathlib.Path, device) -> Reader:
+  args = ModelArgs.from_dict(json.loads((path / "config.json").read_text()))
+  return args, _safetensors(path / "model.safetensors").items(), _beside(path / "tokenizer.model")
+
+def save(model: Transformer, path, tokenizer=None) -> None:
+  """Write `model` (and a sentencepiece tokenizer) as our own format directory. A new directory appears at once
+  (built in a temp dir, then renamed); an existing one (train.py's out/, which also holds training state) keeps its
+  other files and has each of ours replaced atomically."""
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_dir(): raise CheckpointError(f"{path} exists and is not a directory")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  weights = {k: v for k, v in get_state_dict(model).items() if k in _weight_shapes(model)}
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  try:
+    (tmp / "config.json").write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
+    safe_save(weights, str(tmp / "model.safetensors"))
+    if tokenizer is not None: tokenizer.save(str(tmp / "tokenizer.model"))
+    if not path.exists(): os.replace(tmp, path)
+    else:
+      for f in tmp.iterdir(): os.replace(f, path / f.name)
+  finally: shutil.rmtree(tmp, ignore_errors=True)
+
+# ----- Karpathy's llama2.c .bin: float32 arrays, each weight kind stacked across layers -----
+# legacy (version 0): 7 int32 header; version 1: 256-byte header starting with the magic "ak42" (layouts in
+# llama2.c export.py, summarised in shared/fixtures/README.md)
+_LLAMA2C_MAGIC = 0x616B3432
+
+def _llama2c_header(path: pathlib.Path) -> tuple[int, tuple[int, ...], bool, int] | None:
+  """(version, (dim, hidden, layers, heads, kv_heads, vocab, seq_len), shared classifier, weights offset), or None
+  when the start of the file is not a plausible llama2.c header."""
+  with open(path, "rb") as f: head = f.read(256)
+  if len(head) >= 8 and struct.unpack("<I", head[:4])[0] == _LLAMA2C_MAGIC:
+    version = struct.unpack("<i", head[4:8])[0]
+    if version != 1: raise CheckpointError(f"{path} is a llama2.c version-{version} export; only the float32 legacy and version-1 layouts are supported")
+    if len(head) < 256: raise CheckpointError(f"{path} is truncated inside its llama2.c header")
+    return 1, struct.unpack("<7i", head[8:36]), head[36] == 1, 256
+  if len(head) < 28: return None
+  dim, hidden, layers, heads, kv_heads, vocab, seq = cfg = struct.unpack("<7i", head[:28])
+  plausible = 0 < heads <= dim < 1 << 17 and 0 < kv_heads <= heads and 0 < hidden < 1 << 20 and 0 < layers < 1 << 12 \
+              and 0 < abs(vocab) < 1 << 24 and 0 < seq < 1 << 24 and dim % heads == 0
+  # a negative vocab_size says an untied classifier follows the weights
+  return (0, (dim, hidden, layers, heads, kv_heads, abs(vocab), seq), vocab > 0, 28) if plausible else None
+
+def _read_llama2c(path: pathlib.Path, device) -> Reader:
+  version, (dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq), shared, offset = _llama2c_header(path)
+  args = ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab, hidden_dim=hidden,
+                   norm_eps=1e-5, max_seq_len=seq, tie_embeddings=shared)    # llama2.c's model.py: eps 1e-5, theta 1e4
+  kv = n_kv_heads * args.head_dim
+  kinds = {"tok_embeddings": (vocab, dim), "attention_norm": (dim,), "wq": (dim, dim), "wk": (kv, dim), "wv": (kv, dim),
+           "wo": (dim, dim), "ffn_norm": (dim,), "w1": (hidden, dim), "w2": (dim, hidden), "w3": (hidden, dim), "norm": (dim,),
+           "freq_cis": (2, seq, args.head_dim // 2), "output": (vocab, dim)}
+  names = {"tok_embeddings": "tok_embeddings.weight", "norm": "norm.weight", "output": "output.weight",
+           "attention_norm": "layers.{}.attention_norm.weight", "ffn_norm": "layers.{}.ffn_norm.weight",
+           **{w: f"layers.{{}}.attention.{w}.weight" for w in ("wq", "wk", "wv", "wo")},
+           **{w: f"layers.{{}}.feed_forward.{w}.weight" for w in ("w1", "w2", "w3")}}
+  order = ["tok_embeddings", "attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3", "norm", "freq_cis"] if version == 0 else \
+          ["attention_norm", "ffn_norm", "norm", "tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+  if not shared: order.append("output")
+  layout = []                                     # (kind, byte offset of layer 0, bytes per layer)
+  for kind in order:
+    per = 4 * math.prod(kinds[kind])
+    layout.append((kind, offset, per))
+    offset += per * (n_layers if "{}" in names.get(kind, "") else 1)
+  disk = Tensor(path)
+  if offset != disk.shape[0]:
+    raise CheckpointError(f"{path} has {disk.shape[0]} bytes but its llama2.c header describes {offset} (truncated or not a llama2.c checkpoint)")
+  def weights() -> Iterator[tuple[str, Tensor]]:
+    for kind, start, per in layout:
+      if kind == "freq_cis": continue             # the legacy RoPE table; we compute our own
+      for i in range(n_layers if "{}" in names[kind] else 1):
+        yield names[kind].format(i), disk[start + i * per:start + (i + 1) * per].bitcast(dtypes.float32).reshape(kinds[kind])
+  return args, weights(), _beside(path.parent / "tokenizer.model", path.parent / "tokenizer.bin")
+
+# ----- the entry point -----
+
+_READERS: dict[str, Callable[[pathlib.Path, object], Reader]] = {"our own": _read_ours, "llama2.c": _read_llama2c}
+
+def _sniff(path: pathlib.Path) -> str:
+  if not path.exists(): raise CheckpointError(f"{path} does not exist")
+  if path.is_dir():
+    if (path / "config.json").is_file():
+      return "our own" if "n_layers" in json.loads((path / "config.json").read_text()) else "Hugging Face"
+    if (path / "params.json").is_file(): return "Meta"
+    raise CheckpointError(f"{path} is a directory without config.json or params.json, so it is no checkpoint load() knows")
+  with open(path, "rb") as f: magic = f.read(4)
+  if magic == b"GGUF": return "GGUF"
+  if _llama2c_header(path) is not None: return "llama2.c"
+  raise CheckpointError(f"{path} is not a checkpoint load() knows (GGUF, llama2.c .bin, or a Meta, Hugging Face or own-format directory)")
+
+def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, object]:
+  """Open a checkpoint in any of the five formats: (model, tokenizer or None). `tokenizer` is a tokenizer file that
+  overrides or adds one; `dtype` casts every weight (default: keep what is stored; quantised GGUF tensors dequantise
+  to float32); `device` defaults to tinygrad's default device."""
+  path = pathlib.Path(path)
+  if isinstance(dtype, str): dtype = getattr(dtypes, dtype)
+  fmt = _sniff(path)
+  try:
+    args, weights, make_tokenizer = _READERS[fmt](path, device)
+    model = _build(args, weights, dtype, device, path)
+  except CheckpointError: raise
+  except Exception as e:   # whatever a damaged file trips deep inside a parser becomes one sentence naming the file
+    raise CheckpointError(f"{path} could not be read as a {fmt} checkpoint ({type(e).__name__}: {e})") from e
+  if tokenizer is not None: make_tokenizer = _beside(pathlib.Path(tokenizer))
+  if tokenizer is not None and make_tokenizer is None: raise CheckpointError(f"tokenizer file {tokenizer} does not exist")
+  try: return model, make_tokenizer() if make_tokenizer else None
+  except (ValueError, OSError) as e: raise CheckpointError(f"the tokenizer for {path} could not be loaded: {e}") from e
