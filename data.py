@@ -9,7 +9,7 @@ for unknown UTF-8. The corpus is encoded once into flat token files read back th
 # Three encoders sit behind one interface: the sentencepiece library (`.model`, §2.1), a best-score merge encoder
 # for sentencepiece-style vocabularies without the library (llama2.c `tokenizer.bin`, GGUF 'llama'), and
 # byte-level BPE with ranked merges (GGUF 'gpt2', e.g. SmolLM2).
-import codecs, heapq, os, pathlib, re, struct, tempfile
+import codecs, functools, heapq, math, os, pathlib, re, struct, tempfile, unicodedata
 import sentencepiece as spm
 
 UNK_SURFACE = " \u2047 ".encode()           # what sentencepiece prints for <unk>: " ⁇ "
@@ -198,6 +198,93 @@ def load_tokenizer(path) -> Tokenizer:
   try: return SentencePieceTokenizer(data)
   except Exception: raise ValueError(f"{path} is neither a sentencepiece .model, a llama2.c tokenizer.bin nor a GGUF file") from None
 
+@functools.cache
+def _unicode_classes() -> tuple[str, str, str]:
+  """Bodies of the character classes \\p{L} (letters), \\p{N} (numbers) and \\s (Unicode White_Space) for Python's re,
+  which has no \\p{..}: runs of code points by unicodedata category. Approximation: categories come from this
+  Python's Unicode version, which may lag the tables of the tokenizer library a vocabulary was made with."""
+  runs: dict[str, list[tuple[int, int]]] = {"L": [], "N": []}
+  for cp in range(0x110000):
+    if (c := unicodedata.category(chr(cp))[0]) in runs:
+      r = runs[c]
+      if r and r[-1][1] == cp - 1: r[-1] = (r[-1][0], cp)
+      else: r.append((cp, cp))
+  body = lambda rs: "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in rs)
+  white = "\\t\\n\\x0b\\x0c\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"   # not \\x1c-\\x1f like re's \\s
+  return body(runs["L"]), body(runs["N"]), white
+
+@functools.cache
+def _pretokenizer(pre: str) -> tuple[re.Pattern | None, re.Pattern]:
+  """(digit splitter or None, word regex) for a GGUF `tokenizer.ggml.pre` name, as the Hugging Face tokenizers define them."""
+  L, N, W = _unicode_classes()
+  gpt2 = f"'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^{W}{L}{N}]+|[{W}]+(?![^{W}])|[{W}]+"
+  llama3 = (f"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n{L}{N}]?[{L}]+|[{N}]{{1,3}}| ?[^{W}{L}{N}]+[\\r\\n]*|[{W}]*[\\r\\n]+"
+            f"|[{W}]+(?![^{W}])|[{W}]+")
+  if pre in ("gpt2", "mpt", "olmo", "jais"): return None, re.compile(gpt2)
+  # StarCoder-style vocabularies (SmolLM among them) first cut every digit out on its own, then apply GPT-2's regex
+  if pre in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"): return re.compile(f"([{N}])"), re.compile(gpt2)
+  if pre in ("llama-bpe", "llama3", "llama-v3"): return None, re.compile(llama3)
+  raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r} for a gpt2 vocabulary")
+
+def _byte_chars() -> list[str]:
+  """GPT-2's byte -> character table: printable Latin-1 bytes stand for themselves, the other 68 bytes are
+  shifted to U+0100.. so every token is a printable string (' ' becomes 'Ġ', '\\n' becomes 'Ċ')."""
+  keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  moved = iter(range(256, 512))
+  return [chr(b) if b in keep else chr(next(moved)) for b in range(256)]
+
+class ByteBPETokenizer(Tokenizer):
+  """Byte-level BPE (GPT-2 style, GGUF 'gpt2'): cut the text into words with the pre-tokenizer regex, spell each word's
+  UTF-8 bytes as GPT-2 byte characters, then apply the ranked merges, lowest rank first. Special tokens (control and
+  user-defined) are matched as whole strings before any of that and decode to their own text."""
+  def __init__(self, tokens: list[str], types: list[int], merges: list[str], pre: str, bos_id: int, eos_id: int,
+               add_prefix: bool = False, add_bos: bool = False, chat_template: str | None = None):
+    self.digits, self.words = _pretokenizer(pre)
+    self.types, self.bos_id, self.eos_id = types, bos_id, eos_id
+    self.strip_prefix, self.add_bos, self.chat_template = add_prefix, add_bos, chat_template
+    self.byte_char = _byte_chars()
+    char_byte = {c: b for b, c in enumerate(self.byte_char)}
+    self.vocab: dict[str, int] = {}
+    for i, (t, ty) in enumerate(zip(tokens, types)):
+      if ty in (NORMAL, BYTE): self.vocab.setdefault(t, i)
+    self.special_tokens = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED)}
+    self.pieces = [bytes(char_byte[c] for c in t) if ty in (NORMAL, BYTE) and all(c in char_byte for c in t) else
+                   b"" if ty == UNUSED else t.encode() for t, ty in zip(tokens, types)]
+    self.ranks: dict[tuple[str, str], int] = {}
+    for r, m in enumerate(merges):
+      a, sep, b = m.partition(" ")
+      if not sep: raise ValueError(f"GGUF merge {r} ({m!r}) is not two tokens separated by a space")
+      self.ranks.setdefault((a, b), r)
+    self._bpe = functools.lru_cache(maxsize=1 << 16)(self._bpe_word)
+
+  def _bpe_word(self, word: str) -> tuple[int, ...]:
+    parts = list(word)
+    while len(parts) > 1:
+      rank, k = min((self.ranks.get((parts[k], parts[k + 1]), math.inf), k) for k in range(len(parts) - 1))
+      if rank == math.inf: break
+      a, b, merged, k = parts[k], parts[k + 1], parts[:k], k
+      while k < len(parts):                          # merge every occurrence of the pair, left to right
+        if k + 1 < len(parts) and parts[k] == a and parts[k + 1] == b: merged.append(a + b); k += 2
+        else: merged.append(parts[k]); k += 1
+      parts = merged
+    # a byte the vocabulary cannot spell is dropped, as llama.cpp and HF tokenizers do (SmolLM2 lacks e.g. 0x04 and
+    # 0xF1, the lead byte of U+40000..U+7FFFF); an <unk> there would be '<|endoftext|>' in the middle of a prompt
+    return tuple(self.vocab[q] for p in parts for q in ([p] if p in self.vocab else p) if q in self.vocab)
+
+  def _split_words(self, text: str) -> list[str]:
+    chunks = self.digits.split(text) if self.digits is not None else [text]
+    return [w for c in chunks if c for w in self.words.findall(c)]
+
+  def _encode(self, text: str) -> list[int]:
+    out, pos = [], 0
+    for frag, tid in self._split_special(text):
+      if tid is not None: out.append(tid)
+      else:
+        prefixed = (" " if self.strip_prefix and pos == 0 else "") + frag
+        for w in self._split_words(prefixed): out += self._bpe("".join(self.byte_char[b] for b in w.encode()))
+      pos += len(frag)
+    return out
+
 def tokenizer_from_gguf(kv: dict) -> Tokenizer:
   """The tokenizer stored in GGUF metadata (`tokenizer.ggml.*`): 'llama' (sentencepiece pieces with scores) or
   'gpt2' (byte-level BPE with merges). Special tokens (control, user-defined) are matched as whole strings in text."""
@@ -212,6 +299,10 @@ def tokenizer_from_gguf(kv: dict) -> Tokenizer:
     return ScoredVocabTokenizer([t.replace("\u2581", " ") for t in toks], scores, types, unk_id=kv.get("tokenizer.ggml.unknown_token_id", 0),
                                 add_prefix=kv.get("tokenizer.ggml.add_space_prefix", True), parse_special=True,
                                 add_bos=kv.get("tokenizer.ggml.add_bos_token", True), **common)
+  if model == "gpt2":
+    return ByteBPETokenizer(toks, types, kv.get("tokenizer.ggml.merges", []), kv.get("tokenizer.ggml.pre", "gpt2"),
+                            add_prefix=kv.get("tokenizer.ggml.add_space_prefix", False),
+                            add_bos=kv.get("tokenizer.ggml.add_bos_token", False), **common)
   raise ValueError(f"unsupported GGUF tokenizer model {model!r} (expected 'llama' or 'gpt2')")
 
 

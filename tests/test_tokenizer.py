@@ -91,3 +91,100 @@ def test_bad_files(tmp_path):
   with pytest.raises(ValueError, match="not found"): data.load_tokenizer(tmp_path / "missing.model")
   (tmp_path / "junk.model").write_bytes(b"\x00\x01garbage" * 10)
   with pytest.raises(ValueError, match="neither"): data.load_tokenizer(tmp_path / "junk.model")
+
+# ***** GGUF vocabularies *****
+
+@pytest.fixture(scope="module")
+def smollm_kv(fixtures):
+  import pathlib
+  from tinygrad import Tensor
+  from tinygrad.llm.gguf import gguf_load
+  kv, _ = gguf_load(Tensor(pathlib.Path(fixtures / "smollm2-135m-instruct-q4_1.gguf")))
+  return kv
+
+@pytest.fixture(scope="module")
+def smollm(smollm_kv): return data.tokenizer_from_gguf(smollm_kv)
+
+def test_smollm_known_ids(smollm, smollm_kv):
+  """Ids read straight from the file's token list: whole words exist as tokens ('Ġ' is GPT-2's byte for ' '), every
+  digit is its own token, and ChatML markers are single special tokens."""
+  tokens = smollm_kv["tokenizer.ggml.tokens"]
+  idx = lambda *ts: [tokens.index(t) for t in ts]
+  assert smollm.encode("Once upon a time") == idx("Once", "Ġupon", "Ġa", "Ġtime")
+  assert smollm.encode("Hello, world!") == idx("Hello", ",", "Ġworld", "!")
+  assert smollm.encode("in 2024") == idx("in", "Ġ", "2", "0", "2", "4")
+  assert smollm.encode("a\n\n b") == idx("a", "ĊĊ", "Ġb")
+  assert smollm.encode("<|im_start|>user\nHi<|im_end|>") == [1] + idx("user", "Ċ", "Hi") + [2]
+  assert (smollm.bos_id, smollm.eos_id, smollm.vocab_size, smollm.add_bos) == (1, 2, 49152, False)
+  assert smollm.special_tokens["<|im_start|>"] == 1 and smollm.chat_template.startswith("{% for message in messages %}")
+
+# SmolLM2's vocabulary cannot spell the bytes 0x04 0x06 0x13 0x14 0x16 0x1d or the UTF-8 lead bytes 0xF1 0xF2
+SMOL_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x04\x06\x13\x14\x16\x1d")
+                    .filter(lambda c: not 0x40000 <= ord(c) < 0xC0000), max_size=40)
+
+@settings(max_examples=60)
+@given(text=SMOL_TEXT)
+def test_smollm_round_trip(smollm, text):
+  assert smollm.decode(smollm.encode(text)) == text
+
+def test_smollm_drops_unspellable_bytes(smollm):
+  """A byte the vocabulary lacks vanishes (as in llama.cpp / HF), it does not become <|endoftext|> (id 0); of U+40000
+  only the lead byte 0xF1 goes, its three continuation bytes stay and decode as replacement characters."""
+  ids = smollm.encode("a\x04b \U00040000c")
+  assert 0 not in ids and smollm.decode(ids) == "ab " + "\ufffd" * 3 + "c"
+
+@settings(max_examples=60)
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_pretokenizer_matches_unicode_regex(smollm, text):
+  """Our re-only word splitter (unicodedata classes) against the exact \\p{L}/\\p{N} patterns of the `regex` package:
+  SmolLM cuts out every digit, then applies GPT-2's regex."""
+  regex = pytest.importorskip("regex")
+  gpt2 = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+  expect = [w for chunk in regex.split(r"(\p{N})", text) if chunk for w in gpt2.findall(chunk)]
+  assert smollm._split_words(text) == expect
+
+@settings(max_examples=30)
+@given(text=SMOL_TEXT, junk=st.lists(st.integers(0, 49151), max_size=4))
+def test_smollm_stream_decoder(smollm, text, junk):
+  ids = smollm.encode(text) + junk
+  dec = smollm.decoder()
+  streamed, tail = "".join(dec.add(i) for i in ids), dec.flush()
+  assert streamed + tail == smollm.decode(ids)
+  if not junk: assert tail == ""
+
+def test_load_tokenizer_reads_gguf(fixtures, smollm):
+  tok = data.load_tokenizer(fixtures / "smollm2-135m-instruct-q4_1.gguf")
+  assert tok.encode(SENTENCES[4]) == smollm.encode(SENTENCES[4])
+
+def gguf_kv_from_sentencepiece(sp) -> dict:
+  """GGUF 'llama' metadata as llama.cpp's converter writes it from a sentencepiece model: pieces, scores, types."""
+  typ = lambda i: 2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(i) else 1
+  n = sp.vocab_size()
+  return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+          "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)], "tokenizer.ggml.token_type": [typ(i) for i in range(n)],
+          "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(), "tokenizer.ggml.unknown_token_id": sp.unk_id()}
+
+def test_gguf_llama_vocab_encodes_like_sentencepiece(llama2, fixtures):
+  tok = data.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
+  lines = (fixtures / "tinyshakespeare.txt").read_text().split("\n")[:200]
+  for s in SENTENCES + lines:
+    assert tok.encode(s) == llama2.encode(s), s
+    assert tok.decode(tok.encode(s, bos=True)) == s
+  # in GGUF vocabularies control tokens written in the text are parsed as such (llama.cpp's parse_special)
+  ids = tok.encode("<s>Hi</s>")
+  assert (ids[0], ids[-1], tok.decode(ids)) == (1, 2, "Hi") and 1 not in llama2.encode("<s>Hi")
+
+@settings(max_examples=30)
+@given(text=TEXT)
+def test_gguf_llama_vocab_round_trip(llama2, text):
+  tok = data.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
+  ids = tok.encode(text, bos=True)
+  dec = tok.decoder()
+  assert tok.decode(ids) == "".join(dec.add(i) for i in ids) == text
+
+def test_gguf_errors():
+  with pytest.raises(ValueError, match="no tokenizer.ggml.tokens"): data.tokenizer_from_gguf({})
+  with pytest.raises(ValueError, match="unsupported GGUF tokenizer model"):
+    data.tokenizer_from_gguf({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]})
+  with pytest.raises(ValueError, match="pre-tokenizer"):
+    data.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such", "tokenizer.ggml.tokens": ["a"]})
