@@ -1,0 +1,297 @@
+"""Sample text from a LLaMA checkpoint (Touvron et al., 2023), as llama2.c's `run` does, in tinygrad.
+
+  python generate.py stories260K.bin --tokenizer tok512.model -p "Once upon a time" -n 200
+  python generate.py smollm2-135m-instruct-q4_1.gguf --chat
+  python generate.py            # the checkpoint `python train.py` wrote to out/
+
+The prompt is prefilled through the KV cache in fixed-size chunks, then one TinyJit-compiled step per token runs the
+model at a symbolic position and samples the next id on the device, so only that id crosses to the host.
+Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top_p`, optionally top-k first.
+"""
+from __future__ import annotations
+import argparse, pathlib, re, resource, statistics, sys, time
+from dataclasses import dataclass, field
+from tinygrad import Tensor, TinyJit, UOp, dtypes
+from tinygrad.nn.state import get_state_dict
+import llama
+
+DEFAULT_OUT = pathlib.Path("out")   # where train.py writes its checkpoint
+
+# ***** sampling on the device *****
+
+def _keep_top(probs: Tensor, weight: Tensor, target: Tensor) -> Tensor:
+  """Zero every probability below τ, the largest threshold whose kept set {i: probs_i ≥ τ} still has
+  Σ weight ≥ target. With weight = probs that kept set is the smallest set of tokens whose mass reaches target
+  (top-p); with weight = 1 it is the target most probable tokens (top-k); tokens tied with τ all stay.
+  No sort (a bitonic sort of a 49152-token vocabulary is far too slow in tinygrad): non-negative float32
+  values order like their bit patterns read as integers, so 30 bisection steps over those integers find τ
+  exactly, each step one reduction over the vocabulary."""
+  lo = Tensor.zeros(probs.shape[0], 1, dtype=dtypes.int32)           # 0.0 keeps everything: always valid
+  hi = Tensor.full((probs.shape[0], 1), 0x3F800001, dtype=dtypes.int32)  # just above 1.0 keeps nothing
+  for _ in range(30):                                                # hi - lo < 2**30 at the start
+    mid = lo + ((hi - lo) // 2)
+    ok = (probs >= mid.bitcast(dtypes.float32)).where(weight, 0).sum(-1, keepdim=True) >= target
+    lo, hi = ok.where(mid, lo).contiguous(), ok.where(hi, mid).contiguous()
+  return (probs >= lo.bitcast(dtypes.float32)).where(probs, 0)
+
+@dataclass(frozen=True)
+class Sampling:
+  temperature: float = 0.6    # Meta's example defaults (example_text_completion.py): t = 0.6, top-p = 0.9
+  top_p: float = 0.9
+  top_k: int = 0              # 0: off
+
+  def check(self) -> Sampling:
+    if not self.temperature >= 0: raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if not 0 < self.top_p <= 1: raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+    if self.top_k < 0: raise ValueError(f"top-k must be >= 0 (0 turns it off), got {self.top_k}")
+    return self
+
+  def knobs(self) -> Tensor:
+    """The values as one device buffer, an input of the compiled step: one compilation serves every value."""
+    return Tensor([1 / self.temperature if self.temperature else 0.0, self.top_p, float(self.top_k)], dtype=dtypes.float32).realize()
+
+def sample(logits: Tensor, knobs: Tensor, s: Sampling) -> Tensor:
+  """logits (B, V) → one token id per row, (B, 1) int32, drawn on the device. `s` picks the graph
+  (greedy or not, which filters); `knobs` (from s.knobs()) carries the numbers."""
+  if s.temperature == 0: return logits.argmax(-1, keepdim=True).cast(dtypes.int32)
+  probs = (logits * knobs[0]).softmax(-1)
+  if s.top_k and s.top_k < logits.shape[-1]:
+    probs = _keep_top(probs, probs.ones_like(), knobs[2])
+    probs = probs / probs.sum(-1, keepdim=True)           # top-p then applies to the renormalised top-k set
+  if s.top_p < 1: probs = _keep_top(probs, probs, knobs[1])
+  # exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) picks i with probability p_i / Σp, so the kept
+  # probabilities need neither renormalising nor a cumulative sum; 1 - U lies in (0, 1], so E is finite
+  e = -(1 - Tensor.rand(*probs.shape, device=probs.device)).log()
+  return (probs / e.maximum(1e-30)).argmax(-1, keepdim=True).cast(dtypes.int32)
+
+# ***** the decoding loop *****
+
+class Generator:
+  """The KV cache of one model and two compiled steps over it: a prefill of `chunk` tokens and a one-token decode.
+  Both run the same function; `start_pos` is a bound symbolic variable, so the position can advance without
+  recompiling. `pos` counts the tokens already in the cache."""
+  def __init__(self, model: llama.Transformer, max_context: int, sampling: Sampling, seed: int | None = None, chunk: int = 32):
+    self.model, self.max_context, self.sampling, self.chunk = model, max_context, sampling.check(), min(chunk, max_context)
+    # the last prefill chunk is padded to full size: the cache has room for its tail (padding is written past
+    # the real tokens, never attended to, and overwritten by later tokens)
+    model.init_cache(1, max_context + self.chunk - 1)
+    if seed is not None: Tensor.manual_seed(seed)   # before the first step: the compiled steps hold tinygrad's RNG state
+    self.knobs = sampling.knobs()
+    self.one = Tensor([1.0]).realize()
+    self.prefill_step, self.decode_step = TinyJit(self._step), TinyJit(self._step)
+    self.v_pos = UOp.variable("start_pos", 0, max_context - 1)
+    self.pos, self.pending = 0, None   # pending: the last sampled token, on the device, not yet in the cache
+
+  def _step(self, tokens: Tensor, start_pos: UOp, select: Tensor, knobs: Tensor) -> Tensor:
+    # select is one-hot over the chunk: it picks the logits of the last real token out of a padded chunk
+    # (a symbolic index into the output is not replayed correctly by TinyJit in tinygrad 0.14)
+    logits = (self.model(tokens, start_pos) * select.reshape(1, -1, 1)).sum(1)
+    return sample(logits, knobs, self.sampling).realize()
+
+  def reset(self): self.pos, self.pending = 0, None
+
+  def feed(self, ids: list[int]) -> int:
+    """Prefill ids at the current position; return the id sampled after the last of them."""
+    if not ids: raise ValueError("nothing to feed")
+    if self.pos + len(ids) > self.max_context:
+      raise ValueError(f"{self.pos + len(ids)} tokens do not fit the context of {self.max_context} (--max-context)")
+    for s in range(0, len(ids), self.chunk):
+      part = ids[s:s + self.chunk]
+      select = [0.0] * self.chunk
+      select[len(part) - 1] = 1.0
+      self.pending = self.prefill_step(Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32),
+                                       self.v_pos.bind(self.pos), Tensor(select), self.knobs)
+      self.pos += len(part)
+    return self.pending.item()
+
+  def next(self) -> int:
+    """Put the pending token into the cache and sample the one after it. The pending token never leaves the
+    device: the step reads the previous step's output buffer directly."""
+    if self.pos >= self.max_context: raise ValueError(f"the context of {self.max_context} tokens is full")
+    self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
+    self.pos += 1
+    return self.pending.item()
+
+@dataclass
+class Stats:
+  prompt_tokens: int = 0
+  new_tokens: int = 0
+  ttft: float = 0.0                 # seconds from the start of the prefill to the first new id on the host
+  decode_time: float = 0.0          # seconds from the first new id to the last
+  stop: str = ""
+
+  def line(self) -> str:
+    decode = f"{(self.new_tokens - 1) / self.decode_time:.1f} tok/s" if self.new_tokens > 1 and self.decode_time > 0 else "n/a"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+    return (f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new | time to first token {self.ttft:.2f} s | "
+            f"prefill {self.prompt_tokens / self.ttft:.1f} tok/s | decode {decode} | peak memory {peak:.0f} MiB")
+
+def generate(gen: Generator, ids: list[int], max_new: int, eos_id: int | None, stats: Stats, on_token=None) -> list[int]:
+  """Feed ids, then decode until EOS, max_new tokens or a full context; returns the new ids (EOS excluded)
+  and says in stats.stop why it ended. on_token(id) is called with each new id as soon as it exists."""
+  out: list[int] = []
+  t0 = time.perf_counter()
+  tok = gen.feed(ids)
+  stats.prompt_tokens, stats.ttft = stats.prompt_tokens + len(ids), time.perf_counter() - t0
+  t1 = time.perf_counter()
+  while True:
+    if tok == eos_id: stats.stop = "end of sequence (EOS)"; break
+    out.append(tok)
+    if on_token: on_token(tok)
+    if len(out) == max_new: stats.stop = f"{max_new} new tokens (-n)"; break
+    if gen.pos >= gen.max_context: stats.stop = f"context limit of {gen.max_context} tokens"; break
+    tok = gen.next()
+  stats.new_tokens, stats.decode_time = stats.new_tokens + len(out), stats.decode_time + time.perf_counter() - t1
+  return out
+
+# ***** chat formats *****
+
+@dataclass
+class ChatFormat:
+  """How a turn is written for the model. turn(text, system) gives the pieces that open one user turn and the
+  assistant's answer; `after_eos` what follows the answer's end-of-turn token. A piece is text, or a special
+  token's name looked up in tokenizer.special_tokens, so user text can never inject a control token."""
+  name: str
+  default_system: str | None = None
+  specials: tuple[str, ...] = field(default=())
+
+  def turn(self, text: str, system: str | None, first: bool) -> list:
+    system = system if system is not None else (self.default_system if first else None)
+    if self.name == "chatml":
+      sys_part = [("<|im_start|>",), f"system\n{system}", ("<|im_end|>",), "\n"] if system is not None else []
+      return sys_part + [("<|im_start|>",), f"user\n{text}", ("<|im_end|>",), "\n", ("<|im_start|>",), "assistant\n"]
+    # Llama 2 chat (Meta's chat_completion): [BOS] "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
+    if system is not None: text = f"<<SYS>>\n{system.strip()}\n<</SYS>>\n\n{text.strip()}"
+    return [("BOS",), f"[INST] {text.strip()} [/INST]"]
+
+  def after_eos(self) -> list: return ["\n"] if self.name == "chatml" else []
+
+def chat_format(tokenizer) -> ChatFormat:
+  """Recognise the checkpoint's chat template from its text: ChatML (<|im_start|>) or Llama 2 ([INST]).
+  Without a template, ChatML when the vocabulary has <|im_start|>, else Llama 2. A system prompt written into
+  the template as a literal (SmolLM2 does this) becomes the default system prompt."""
+  tmpl = getattr(tokenizer, "chat_template", None) or ""
+  if "<|im_start|>" in tmpl or (not tmpl and "<|im_start|>" in tokenizer.special_tokens):
+    m = re.search(r"<\|im_start\|>system(?:\n|\\n)([^'\"{}<]*)<\|im_end\|>", tmpl)
+    return ChatFormat("chatml", m.group(1) if m else None)
+  if "[INST]" in tmpl or not tmpl: return ChatFormat("llama2")
+  raise ValueError("this checkpoint's chat template is neither ChatML nor Llama 2 [INST]; --chat supports those two")
+
+def encode_pieces(tokenizer, pieces: list) -> list[int]:
+  ids: list[int] = []
+  for p in pieces:
+    if isinstance(p, str): ids += tokenizer.encode(p)
+    elif p[0] == "BOS": ids.append(tokenizer.bos_id)
+    elif p[0] in tokenizer.special_tokens: ids.append(tokenizer.special_tokens[p[0]])
+    else: raise ValueError(f"the chat format needs the special token {p[0]}, which this tokenizer lacks")
+  return ids
+
+# ***** command line *****
+
+def _fail(msg: str):
+  print(f"generate.py: {msg}", file=sys.stderr)
+  sys.exit(1)
+
+def weight_bytes(model: llama.Transformer) -> int:
+  """Bytes of weights one decode step reads: every parameter once (a tied embedding is read whole by the classifier)."""
+  return sum(t.nbytes() for k, t in get_state_dict(model).items() if "cache_kv" not in k and k != "freqs")
+
+def run_plain(gen: Generator, tok, args, prompt_ids: list[int]) -> Stats:
+  stats, dec = Stats(), tok.decoder()
+  sys.stdout.write("".join(dec.add(i) for i in prompt_ids))
+  sys.stdout.flush()
+  def show(i: int):
+    sys.stdout.write(dec.add(i))
+    sys.stdout.flush()
+  generate(gen, prompt_ids, args.max_new_tokens, tok.eos_id, stats, show)
+  sys.stdout.write(dec.flush() + "\n")
+  sys.stdout.flush()
+  return stats
+
+def run_chat(gen: Generator, tok, args) -> Stats:
+  fmt, stats, first = chat_format(tok), Stats(), True
+  interactive = sys.stdin.isatty()
+  while True:
+    if interactive: print("> ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line: break
+    if not line.strip(): continue
+    ids = encode_pieces(tok, fmt.turn(line.rstrip("\n"), args.system if first else None, first))
+    # the previous answer's last sampled token (EOS, or where -n cut it) is not in the cache yet: close the turn
+    if gen.pending is not None:
+      last = gen.pending.item()
+      ids = ([last] if last != tok.eos_id else []) + [tok.eos_id] + encode_pieces(tok, fmt.after_eos()) + ids
+    if gen.pos + len(ids) >= gen.max_context: _fail(f"the conversation no longer fits the context of {gen.max_context} tokens")
+    dec = tok.decoder()
+    def show(i: int):
+      sys.stdout.write(dec.add(i))
+      sys.stdout.flush()
+    generate(gen, ids, args.max_new_tokens, tok.eos_id, stats, show)
+    sys.stdout.write(dec.flush() + "\n")
+    sys.stdout.flush()
+    print(f"[{stats.stop}]", file=sys.stderr)
+    first = False
+  return stats
+
+def run_benchmark(gen: Generator, model, tok, args, prompt_ids: list[int], runs: int = 5):
+  """The same prompt `runs` times on warm compiled steps (the first, cold run is reported apart)."""
+  ttft, prefill, decode = [], [], []
+  for r in range(runs + 1):
+    gen.reset()
+    stats = Stats()
+    generate(gen, prompt_ids, args.max_new_tokens, None, stats)   # no EOS stop: every run decodes the same count
+    if r == 0: cold = stats; continue
+    ttft.append(stats.ttft); prefill.append(stats.prompt_tokens / stats.ttft); decode.append((stats.new_tokens - 1) / stats.decode_time)
+  nbytes, tps = weight_bytes(model), statistics.median(decode)
+  print(f"benchmark: {len(prompt_ids)} prompt tokens, {args.max_new_tokens} new, median of {runs} warm runs", file=sys.stderr)
+  print(f"  cold run: time to first token {cold.ttft:.2f} s (incl. compilation), decode {(cold.new_tokens - 1) / cold.decode_time:.1f} tok/s", file=sys.stderr)
+  print(f"  warm: time to first token {statistics.median(ttft):.3f} s | prefill {statistics.median(prefill):.1f} tok/s | "
+        f"decode {tps:.1f} tok/s | weights {nbytes / 1e6:.1f} MB/token -> {nbytes * tps / 1e9:.2f} GB/s", file=sys.stderr)
+
+BENCH_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description="Sample from a LLaMA checkpoint (GGUF, llama2.c .bin, Meta, Hugging Face or our own directory).")
+  p.add_argument("model", nargs="?", help=f"checkpoint path; default: the newest one train.py wrote to {DEFAULT_OUT}/")
+  p.add_argument("-p", "--prompt", default="", help="text to continue (plain mode)")
+  p.add_argument("-n", "--max-new-tokens", type=int, default=256)
+  p.add_argument("-t", "--temperature", type=float, default=Sampling.temperature, help="0: greedy")
+  p.add_argument("--top-p", type=float, default=Sampling.top_p, help="nucleus sampling mass, in (0, 1]; 1: off")
+  p.add_argument("--top-k", type=int, default=0, help="keep only the k most probable tokens first; 0: off")
+  p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+  p.add_argument("--chat", action="store_true", help="multi-turn chat, user turns read from stdin until EOF")
+  p.add_argument("--system", default=None, help="system prompt for --chat")
+  p.add_argument("--tokenizer", default=None, help="tokenizer file (.model or llama2.c tokenizer.bin) to use or add")
+  p.add_argument("--max-context", type=int, default=None, help="tokens of context (default: the model's, at most 2048)")
+  p.add_argument("--benchmark", action="store_true", help="time a fixed prompt: median prefill and decode tok/s, bandwidth")
+  return p.parse_args(argv)
+
+def main(argv=None):
+  args = parse_args(argv)
+  sampling = Sampling(args.temperature, args.top_p, args.top_k).check()
+  if args.max_new_tokens < 1: raise ValueError(f"-n must be at least 1, got {args.max_new_tokens}")
+  if args.model is None and not DEFAULT_OUT.exists():
+    raise ValueError(f"no MODEL given and no checkpoint in {DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
+  t0 = time.perf_counter()
+  model, tok = llama.load(args.model if args.model is not None else DEFAULT_OUT, tokenizer=args.tokenizer)
+  if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
+  max_seq = model.args.max_seq_len
+  ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
+  if not 1 < ctx <= max_seq: raise ValueError(f"--max-context must be in 2..{max_seq} (the model's context), got {ctx}")
+  print(f"loaded {args.model or DEFAULT_OUT} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
+        f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights", file=sys.stderr)
+  gen = Generator(model, ctx, sampling, args.seed)
+  if args.chat: stats = run_chat(gen, tok, args)
+  else:
+    prompt = BENCH_PROMPT if args.benchmark and not args.prompt else args.prompt
+    ids = tok.encode(prompt, bos=getattr(tok, "add_bos", True)) if prompt else [tok.bos_id]
+    if len(ids) >= ctx: raise ValueError(f"the prompt is {len(ids)} tokens, too long for the context of {ctx} (--max-context)")
+    if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
+    stats = run_plain(gen, tok, args, ids)
+    print(f"[stopped: {stats.stop}]", file=sys.stderr)
+  print(stats.line(), file=sys.stderr)
+
+if __name__ == "__main__":
+  try: main()
+  except (ValueError, OSError) as e: _fail(str(e))   # llama.CheckpointError is a ValueError
+  except KeyboardInterrupt: _fail("interrupted")
