@@ -82,12 +82,14 @@ class Tokenizer:
 
   def save(self, path) -> None: raise ValueError(f"{type(self).__name__} cannot be saved as a sentencepiece .model file")
 
+  @functools.cached_property
+  def _special_re(self) -> re.Pattern:   # longest first, so '<|im_start|>' wins over any shorter special it contains
+    return re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)) or "(?!)")
+
   def _split_special(self, text: str):
     """Yield (text fragment, None) and (special token text, id): special tokens are matched as whole strings first."""
-    if not self.special_tokens: yield text, None; return
-    pat = getattr(self, "_special_re", None) or re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)))
-    self._special_re, pos = pat, 0
-    for m in pat.finditer(text):
+    pos = 0
+    for m in self._special_re.finditer(text):
       if m.start() > pos: yield text[pos:m.start()], None
       yield m.group(), self.special_tokens[m.group()]
       pos = m.end()
@@ -98,7 +100,8 @@ class SentencePieceTokenizer(Tokenizer):
   def __init__(self, proto: bytes):
     self.proto, self.sp = proto, spm.SentencePieceProcessor(model_proto=proto)
     sp, n = self.sp, self.sp.vocab_size()
-    self.bos_id, self.eos_id, self.strip_prefix = sp.bos_id(), sp.eos_id(), True
+    # add_dummy_prefix is not exposed by the library: its normaliser shows it as a leading '▁'
+    self.bos_id, self.eos_id, self.strip_prefix = sp.bos_id(), sp.eos_id(), sp.normalize("a").startswith("\u2581")
     self.types = [UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else BYTE if sp.is_byte(i) else
                   UNUSED if sp.is_unused(i) else NORMAL for i in range(n)]
     self.pieces = [_piece_bytes(sp.id_to_piece(i).replace("\u2581", " "), t) for i, t in enumerate(self.types)]
@@ -134,6 +137,21 @@ class ScoredVocabTokenizer(Tokenizer):
     self.special_tokens = {p: i for i, (p, t) in enumerate(zip(pieces, types)) if t in (UNKNOWN, CONTROL, USER_DEFINED)}
     self.parse_special = parse_special
 
+  def save(self, path) -> None:
+    """Write the vocabulary as a sentencepiece BPE `.model` (sentencepiece_model.proto: pieces with score and type,
+    TrainerSpec, NormalizerSpec), so a llama2.c or GGUF vocabulary can travel in our own checkpoint format."""
+    sp_text = [t.replace(" ", "\u2581") for t in self.texts]
+    pieces = b"".join(_pb(1, _pb(1, t) + _pb(2, float(s)) + _pb(3, ty)) for t, s, ty in zip(sp_text, self.scores, self.types))
+    trainer = (_pb(3, 2) + _pb(4, len(sp_text)) + _pb(35, bool(self.byte_ids)) +    # model_type BPE, vocab_size, byte_fallback
+               _pb(40, self.unk_id) + _pb(41, self.bos_id) + _pb(42, self.eos_id) +  # unk/bos/eos ids and their pieces
+               _pb(45, sp_text[self.unk_id]) + _pb(46, sp_text[self.bos_id]) + _pb(47, sp_text[self.eos_id]))
+    # identity normaliser that keeps every space, the dummy prefix as this vocabulary had it
+    normalizer = _pb(1, "identity") + _pb(3, self.strip_prefix) + _pb(4, False) + _pb(5, True)
+    proto = pieces + _pb(2, trainer) + _pb(3, normalizer)
+    try: spm.SentencePieceProcessor(model_proto=proto)
+    except Exception as e: raise ValueError(f"this vocabulary cannot be written as a sentencepiece model: {e}") from None
+    _atomic_write(path, proto)
+
   def _merge(self, text: str) -> list[int]:
     sym, n = list(text), len(text)
     nxt, prv, heap = list(range(1, n + 1)), list(range(-1, n - 1)), []
@@ -163,6 +181,20 @@ class ScoredVocabTokenizer(Tokenizer):
       out += [tid] if tid is not None else self._merge((" " if self.strip_prefix and pos == 0 and frag else "") + frag)
       pos += len(frag)
     return out
+
+def _pb(field: int, value) -> bytes:
+  """One protobuf field (all sentencepiece's ModelProto needs): str/bytes length-delimited, float as fixed32,
+  bool/non-negative int as varint."""
+  def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+      out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+      if not (n := n >> 7): return bytes(out)
+  if isinstance(value, str): value = value.encode()
+  if isinstance(value, bytes): return varint(field << 3 | 2) + varint(len(value)) + value
+  if isinstance(value, float): return varint(field << 3 | 5) + struct.pack("<f", value)
+  assert value >= 0, "negative varints are not needed here"
+  return varint(field << 3) + varint(int(value))
 
 def _read_llama2c_tokenizer(data: bytes) -> ScoredVocabTokenizer | None:
   """llama2.c `tokenizer.bin`: uint32 max_token_length, then per id a float32 score, a uint32 length and the UTF-8
