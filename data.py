@@ -219,13 +219,14 @@ def load_tokenizer(path) -> Tokenizer:
   """A sentencepiece `.model`, a llama2.c `tokenizer.bin` or the vocabulary inside a GGUF file; ValueError otherwise."""
   path = pathlib.Path(path)
   if not path.is_file(): raise ValueError(f"tokenizer file not found: {path}")
-  data = path.read_bytes()
-  if data[:4] == b"GGUF":
+  with open(path, "rb") as f: magic = f.read(4)
+  if magic == b"GGUF":                            # a model file: read its metadata without keeping the weights
     from tinygrad import Tensor
     from tinygrad.llm.gguf import gguf_load
     try: kv, _ = gguf_load(Tensor(path))
     except Exception as e: raise ValueError(f"{path} is not a readable GGUF file ({e})") from None
     return tokenizer_from_gguf(kv)
+  data = path.read_bytes()
   if (tok := _read_llama2c_tokenizer(data)) is not None: return tok
   try: return SentencePieceTokenizer(data)
   except Exception: raise ValueError(f"{path} is neither a sentencepiece .model, a llama2.c tokenizer.bin nor a GGUF file") from None
@@ -339,3 +340,211 @@ def tokenizer_from_gguf(kv: dict) -> Tokenizer:
 
 
 # ***** corpus, datasets and batches *****
+# A corpus is a list of documents: text files (given, found in directories, or downloaded from URLs) or, for the
+# default corpus, the Python standard library's own docs and source. Documents are read as a stream of byte chunks
+# cut at line ends, encoded by worker processes and appended to one token file on disk, so memory holds a few chunks
+# at a time, never the corpus. A file longer than one chunk is encoded chunk by chunk; each chunk then starts with
+# sentencepiece's dummy-prefix space, as every line did when the tokenizer was trained.
+import argparse, hashlib, io, json, multiprocessing, random, shutil, sys, sysconfig, threading, urllib.error, urllib.parse, urllib.request
+from typing import Iterable, Iterator
+import numpy as np
+
+class DataError(ValueError):
+  """Corpus or dataset input that cannot be used; the message is one line for the user."""
+
+CHUNK_BYTES = 1 << 20                  # unit of work of an encoding worker
+VAL_FRACTION = 0.1                     # the last 10% of the token stream is the validation split (as nanoGPT)
+DOWNLOAD_CACHE = pathlib.Path.home() / ".cache" / "llama-tinygrad" / "downloads"
+Document = pathlib.Path | tuple[str, str]      # a file, or (name, text) for text that is not a file of its own
+
+def default_corpus() -> list[Document]:
+  """Text every Python installation has on disk: the reference documentation that `help()` shows (pydoc topics)
+  and the standard library's source, without its tests, codec tables and third-party packages."""
+  stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "encodings", "pydoc_data", "__pycache__"}
+  files = sorted(p for p in stdlib.rglob("*.py") if p.is_file() and not skip & set(p.relative_to(stdlib).parts[:-1]))
+  try: from pydoc_data.topics import topics
+  except ImportError: topics = {}
+  return [(f"pydoc:{k}", v) for k, v in sorted(topics.items())] + files
+
+def _is_text(path: pathlib.Path) -> bool:
+  with open(path, "rb") as f: return b"\0" not in f.read(4096)
+
+def _download(url: str) -> pathlib.Path:
+  """Fetch url once into the download cache; later runs (and offline ones) reuse the cached copy."""
+  name = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name or "index.txt"
+  dest = DOWNLOAD_CACHE / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+  if dest.is_file(): return dest
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  tmp = dest.with_name(dest.name + ".part")
+  try:
+    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f: shutil.copyfileobj(r, f)
+  except (urllib.error.URLError, OSError, ValueError) as e:
+    tmp.unlink(missing_ok=True)
+    raise DataError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? fetch it by hand and pass the file") from None
+  os.replace(tmp, dest)
+  return dest
+
+def corpus_documents(inputs: Iterable[str]) -> list[Document]:
+  """Documents named by INPUT arguments: files, directories (every non-hidden text file below, in path order) and
+  URLs. A missing path or a directory without text is an error."""
+  docs: list[Document] = []
+  for item in inputs:
+    if urllib.parse.urlparse(item).scheme in ("http", "https"): docs.append(_download(item)); continue
+    p = pathlib.Path(item)
+    if p.is_file(): docs.append(p)
+    elif p.is_dir():
+      found = [f for f in sorted(p.rglob("*")) if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts) and _is_text(f)]
+      if not found: raise DataError(f"directory {p} holds no text files")
+      docs += found
+    else: raise DataError(f"input {item} is neither a file, a directory nor an http(s) URL")
+  return docs
+
+def _size(doc: Document) -> int: return len(doc[1].encode()) if isinstance(doc, tuple) else doc.stat().st_size
+
+def _chunks(doc: Document, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+  """The document's bytes in pieces of about `size`, each ending at a line end (or, in a line longer than `size`,
+  between two UTF-8 characters), so no worker ever sees half a character."""
+  with (io.BytesIO(doc[1].encode()) if isinstance(doc, tuple) else open(doc, "rb")) as f:
+    carry = b""
+    while block := f.read(size):
+      block = carry + block
+      cut = block.rfind(b"\n") + 1
+      if cut == 0:
+        cut = len(block)
+        while cut > 0 and block[cut - 1] & 0xC0 == 0x80: cut -= 1   # back off continuation bytes...
+        if cut > 0 and block[cut - 1] >= 0xC0: cut -= 1               # ...and the lead byte of the cut character
+        cut = cut or len(block)
+      yield block[:cut]
+      carry = block[cut:]
+    if carry: yield carry
+
+def _lines(docs: list[Document]) -> Iterator[str]:
+  for doc in docs:
+    for chunk in _chunks(doc): yield from (line for line in chunk.decode("utf-8", "replace").split("\n") if line.strip())
+
+def train_tokenizer(text_iter_or_files, vocab_size: int, out_prefix) -> str:
+  """Train a sentencepiece tokenizer as §2.1 describes LLaMA's: byte-pair encoding, "we split all numbers into
+  individual digits, and fallback to bytes to decompose unknown UTF-8 characters", no text normalisation (the
+  identity rule, spaces kept as they are, Llama's trainer settings). Input: an iterable of str (text, split into
+  lines as sentencepiece reads files) or of os.PathLike (files). Writes out_prefix + '.model' atomically and
+  returns that path. The vocabulary limit is soft: a corpus too small for vocab_size gets a smaller vocabulary."""
+  items = list(text_iter_or_files) if not isinstance(text_iter_or_files, (str, os.PathLike)) else [text_iter_or_files]
+  def sentences() -> Iterator[str]:
+    for it in items:
+      if isinstance(it, os.PathLike): yield from _lines([pathlib.Path(it)])
+      else: yield from (line for line in it.split("\n") if line.strip())
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+      sentence_iterator=sentences(), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+      split_digits=True, byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+      add_dummy_prefix=True, allow_whitespace_only_pieces=True, character_coverage=0.99995, max_sentence_length=4192,
+      input_sentence_size=2_000_000, shuffle_input_sentence=True, hard_vocab_limit=False,
+      unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=os.cpu_count() or 1, minloglevel=2)
+  except RuntimeError as e: raise DataError(f"sentencepiece could not train a {vocab_size}-token tokenizer: {str(e).strip().splitlines()[-1]}") from None
+  path = str(out_prefix) + ".model"
+  _atomic_write(path, model.getvalue())
+  return path
+
+_worker_tok: Tokenizer | None = None
+def _init_worker(tokenizer_path: str):
+  global _worker_tok
+  _worker_tok = load_tokenizer(tokenizer_path)
+
+def _encode_chunk(job: tuple[bytes, bool, str]) -> tuple[np.ndarray, int]:
+  data, bos, dtype = job
+  return np.array(_worker_tok.encode(data.decode("utf-8", "replace"), bos=bos), dtype=dtype), len(data)
+
+def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: pathlib.Path, workers: int) -> int:
+  """Encode every document (BOS at the start of each) into dest, in document order; returns the token count.
+  A semaphore keeps at most a few chunks per worker in flight: Pool.imap alone would read the whole input ahead."""
+  from tinygrad.helpers import tqdm
+  in_flight = threading.BoundedSemaphore(4 * workers)
+  def jobs() -> Iterator[tuple[bytes, bool, str]]:
+    for doc in docs:
+      for k, chunk in enumerate(_chunks(doc)):
+        in_flight.acquire()
+        yield chunk, k == 0, dtype
+  pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer_path,)) if workers > 1 else None
+  if pool is None: _init_worker(tokenizer_path)
+  n = 0
+  try:
+    with open(dest, "wb") as f, tqdm(desc="encoding", total=sum(_size(d) for d in docs), unit="B", unit_scale=True) as bar:
+      for ids, nbytes in (pool.imap(_encode_chunk, jobs()) if pool else map(_encode_chunk, jobs())):
+        in_flight.release()
+        f.write(ids.tobytes())
+        n += len(ids)
+        bar.update(nbytes)
+  finally:
+    if pool: pool.terminate()
+  return n
+
+def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=None, workers: int | None = None) -> dict:
+  """Turn a corpus into a token dataset in `out`: tokenizer.model (trained here, or the given tokenizer file),
+  train.bin and val.bin (uint16 tokens when the vocabulary fits, else uint32), and meta.json, written last, so a
+  directory with meta.json is complete. No inputs: the default corpus. Returns the meta dict."""
+  out = pathlib.Path(out)
+  docs = corpus_documents(inputs) if inputs else default_corpus()
+  if not docs: raise DataError("the corpus is empty")
+  random.Random(0).shuffle(docs)   # the validation tail is then a sample of the documents, not the last directory
+  out.mkdir(parents=True, exist_ok=True)
+  if tokenizer is None: tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")   # (a generator is one item)
+  else:
+    tok = load_tokenizer(tokenizer)
+    tok_path = str(out / ("tokenizer.model" if isinstance(tok, SentencePieceTokenizer) else pathlib.Path(tokenizer).name))
+    if pathlib.Path(tokenizer).resolve() != pathlib.Path(tok_path).resolve(): shutil.copyfile(tokenizer, tok_path)
+  tok = load_tokenizer(tok_path)
+  dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
+  tmp = out / ".tokens.tmp"
+  n = _encode_corpus(docs, tok_path, dtype, tmp, workers or os.cpu_count() or 1)
+  n_val = int(n * VAL_FRACTION)
+  tail = np.memmap(tmp, dtype=dtype, mode="r")[n - n_val:]
+  tail.tofile(out / ".val.tmp")
+  del tail
+  os.truncate(tmp, (n - n_val) * np.dtype(dtype).itemsize)
+  os.replace(tmp, out / "train.bin")
+  os.replace(out / ".val.tmp", out / "val.bin")
+  meta = {"vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "dtype": dtype,
+          "tokenizer": pathlib.Path(tok_path).name, "train_tokens": n - n_val, "val_tokens": n_val, "documents": len(docs),
+          "bytes": sum(_size(d) for d in docs), "source": list(inputs) or ["python standard library (docs + source)"]}
+  _atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+  return meta
+
+def read_meta(data_dir) -> dict:
+  """meta.json of a prepared dataset; DataError naming the problem when the directory is missing or unprepared."""
+  d = pathlib.Path(data_dir)
+  if not d.is_dir(): raise DataError(f"data directory {d} does not exist (make one with: python data.py INPUT --out {d})")
+  if not (d / "meta.json").is_file(): raise DataError(f"data directory {d} holds no dataset (meta.json missing; run: python data.py INPUT --out {d})")
+  return json.loads((d / "meta.json").read_text())
+
+def load_split(data_dir, split: str) -> np.memmap:
+  """The tokens of 'train' or 'val' as a read-only memmap (nothing is read until a batch touches it)."""
+  meta, path = read_meta(data_dir), pathlib.Path(data_dir) / f"{split}.bin"
+  if not path.is_file() or path.stat().st_size == 0: raise DataError(f"{path} is missing or empty")
+  return np.memmap(path, dtype=meta["dtype"], mode="r")
+
+def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """batch_size random windows of seq_len+1 consecutive tokens (nanoGPT's get_batch): inputs are the first seq_len,
+  targets the same window shifted by one. The windows depend only on rng's state, so a seed fixes them."""
+  if len(tokens) < seq_len + 1: raise DataError(f"seq-len {seq_len} is longer than the data ({len(tokens)} tokens)")
+  starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
+  w = np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int32)
+  return w[:, :-1], w[:, 1:]
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description="Train a §2.1 tokenizer on a corpus and encode it into train.bin / val.bin.")
+  p.add_argument("inputs", nargs="*", metavar="INPUT", help="text files, directories of text files or URLs (default: the Python standard library's docs and source)")
+  p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary when training one (default 2048)")
+  p.add_argument("--out", default="data", help="dataset directory (default data/)")
+  p.add_argument("--tokenizer", help="reuse this tokenizer (.model or tokenizer.bin) instead of training one")
+  p.add_argument("--workers", type=int, default=None, help="encoding processes (default: one per CPU)")
+  a = p.parse_args(argv)
+  try: meta = prepare(a.inputs, a.out, a.vocab_size, a.tokenizer, a.workers)
+  except (ValueError, OSError) as e:
+    print(f"data.py: error: {e}", file=sys.stderr)
+    return 1
+  print(f"{a.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens from {meta['documents']} documents, vocab {meta['vocab_size']}")
+  return 0
+
+if __name__ == "__main__": sys.exit(main())

@@ -1,5 +1,6 @@
 """Tokenizers (data.py): golden ids from the real Llama 2 / tok512 / SmolLM2 vocabularies, agreement between the
 sentencepiece library and our own encoders of the same vocabulary, and round-trip and streaming properties."""
+import pathlib
 import pytest
 from hypothesis import given, settings, strategies as st
 import data
@@ -87,16 +88,20 @@ def test_save_round_trip(llama2, tmp_path):
   again = data.load_tokenizer(tmp_path / "tokenizer.model")
   assert again.encode(SENTENCES[4]) == llama2.encode(SENTENCES[4])
 
-def test_bad_files(tmp_path):
+def test_bad_files(tmp_path, fixtures):
+  """Missing, unknown and truncated tokenizer files give one clear ValueError."""
   with pytest.raises(ValueError, match="not found"): data.load_tokenizer(tmp_path / "missing.model")
   (tmp_path / "junk.model").write_bytes(b"\x00\x01garbage" * 10)
   with pytest.raises(ValueError, match="neither"): data.load_tokenizer(tmp_path / "junk.model")
+  for name in ["stories260K/tok512.bin", "stories260K/tok512.model", "smollm2-135m-instruct-q4_1.gguf"]:
+    cut = tmp_path / pathlib.Path(name).name
+    cut.write_bytes((fixtures / name).read_bytes()[:3000])
+    with pytest.raises(ValueError, match="neither|not a readable GGUF"): data.load_tokenizer(cut)
 
 # ***** GGUF vocabularies *****
 
 @pytest.fixture(scope="module")
 def smollm_kv(fixtures):
-  import pathlib
   from tinygrad import Tensor
   from tinygrad.llm.gguf import gguf_load
   kv, _ = gguf_load(Tensor(pathlib.Path(fixtures / "smollm2-135m-instruct-q4_1.gguf")))
@@ -152,6 +157,14 @@ def test_smollm_stream_decoder(smollm, text, junk):
   streamed, tail = "".join(dec.add(i) for i in ids), dec.flush()
   assert streamed + tail == smollm.decode(ids)
   if not junk: assert tail == ""
+
+def test_gpt2_add_space_prefix(smollm_kv):
+  """add_space_prefix=true puts one space in front of the text and decoding takes it away again."""
+  tok = data.tokenizer_from_gguf({**smollm_kv, "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_bos_token": True})
+  tokens = smollm_kv["tokenizer.ggml.tokens"]
+  assert tok.encode("Hello world") == [tokens.index("ĠHello"), tokens.index("Ġworld")] and tok.add_bos
+  dec = tok.decoder()
+  assert tok.decode(tok.encode("Hello world")) == "".join(dec.add(i) for i in tok.encode("Hello world")) == "Hello world"
 
 def test_load_tokenizer_reads_gguf(fixtures, smollm):
   tok = data.load_tokenizer(fixtures / "smollm2-135m-instruct-q4_1.gguf")
