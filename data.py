@@ -60,10 +60,17 @@ class Tokenizer:
   @property
   def vocab_size(self) -> int: return len(self.pieces)
 
-  def _encode(self, text: str) -> list[int]: raise NotImplementedError
+  def _encode(self, text: str, at_start: bool) -> list[int]: raise NotImplementedError
 
-  def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-    return [self.bos_id] * bos + self._encode(text) + [self.eos_id] * eos
+  def encode(self, text: str, bos: bool = False, eos: bool = False, special: bool = False) -> list[int]:
+    """Token ids of `text`. special=True matches the special tokens written in the text (e.g. '<|im_start|>', '</s>')
+    as whole strings, as a rendered chat template needs; it is off by default so that text from users or from a
+    corpus can never inject a control token."""
+    ids, pos = [], 0
+    for frag, tid in (self._split_special(text) if special else [(text, None)]):
+      ids += [tid] if tid is not None else self._encode(frag, pos == 0)
+      pos += len(frag)
+    return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
   def _piece(self, tid: int) -> bytes:
     if not 0 <= tid < len(self.pieces): raise ValueError(f"token id {tid} is outside the vocabulary of {len(self.pieces)}")
@@ -107,7 +114,8 @@ class SentencePieceTokenizer(Tokenizer):
     self.pieces = [_piece_bytes(sp.id_to_piece(i).replace("\u2581", " "), t) for i, t in enumerate(self.types)]
     self.special_tokens = {sp.id_to_piece(i): i for i, t in enumerate(self.types) if t in (UNKNOWN, CONTROL)}
 
-  def _encode(self, text: str) -> list[int]: return self.sp.encode(text)
+  # the library puts its dummy prefix in front of every fragment, also after a special token (like HF's legacy Llama)
+  def _encode(self, text: str, at_start: bool) -> list[int]: return self.sp.encode(text)
 
   def save(self, path) -> None: _atomic_write(path, self.proto)
 
@@ -124,7 +132,7 @@ class ScoredVocabTokenizer(Tokenizer):
   adjacent pair whose concatenation is the highest-scoring piece (leftmost on ties), then spell pieces that are not
   in the vocabulary as byte tokens <0xNN> (byte fallback) or <unk>."""
   def __init__(self, pieces: list[str], scores: list[float], types: list[int], bos_id: int, eos_id: int, unk_id: int = 0,
-               add_prefix: bool = True, parse_special: bool = False, add_bos: bool = True, chat_template: str | None = None):
+               add_prefix: bool = True, add_bos: bool = True, chat_template: str | None = None):
     if not len(pieces) == len(scores) == len(types): raise ValueError("tokenizer pieces, scores and token types differ in length")
     self.texts, self.scores, self.types = pieces, scores, types
     self.bos_id, self.eos_id, self.unk_id, self.strip_prefix = bos_id, eos_id, unk_id, add_prefix
@@ -135,7 +143,6 @@ class ScoredVocabTokenizer(Tokenizer):
       if t in (NORMAL, USER_DEFINED): self.merge_ids.setdefault(p, i)
     self.byte_ids = {self.pieces[i][0]: i for i, t in enumerate(types) if t == BYTE and len(self.pieces[i]) == 1}
     self.special_tokens = {p: i for i, (p, t) in enumerate(zip(pieces, types)) if t in (UNKNOWN, CONTROL, USER_DEFINED)}
-    self.parse_special = parse_special
 
   def save(self, path) -> None:
     """Write the vocabulary as a sentencepiece BPE `.model` (sentencepiece_model.proto: pieces with score and type,
@@ -174,13 +181,8 @@ class ScoredVocabTokenizer(Tokenizer):
       else: out.append(self.unk_id)
     return out
 
-  def _encode(self, text: str) -> list[int]:
-    out, pos = [], 0
-    for frag, tid in (self._split_special(text) if self.parse_special else [(text, None)]):
-      # the dummy prefix goes in front of the whole text only, not after every special token, so decode can undo it
-      out += [tid] if tid is not None else self._merge((" " if self.strip_prefix and pos == 0 and frag else "") + frag)
-      pos += len(frag)
-    return out
+  # the dummy prefix goes in front of the whole text only, not after every special token, so decode can undo it
+  def _encode(self, text: str, at_start: bool) -> list[int]: return self._merge((" " if self.strip_prefix and at_start and text else "") + text)
 
 def _pb(field: int, value) -> bytes:
   """One protobuf field (all sentencepiece's ModelProto needs): str/bytes length-delimited, float as fixed32,
@@ -269,7 +271,7 @@ def _byte_chars() -> list[str]:
 class ByteBPETokenizer(Tokenizer):
   """Byte-level BPE (GPT-2 style, GGUF 'gpt2'): cut the text into words with the pre-tokenizer regex, spell each word's
   UTF-8 bytes as GPT-2 byte characters, then apply the ranked merges, lowest rank first. Special tokens (control and
-  user-defined) are matched as whole strings before any of that and decode to their own text."""
+  user-defined) written in the text are matched first when encode(special=True) asks, and decode to their text."""
   def __init__(self, tokens: list[str], types: list[int], merges: list[str], pre: str, bos_id: int, eos_id: int,
                add_prefix: bool = False, add_bos: bool = False, chat_template: str | None = None):
     self.digits, self.words = _pretokenizer(pre)
@@ -308,19 +310,14 @@ class ByteBPETokenizer(Tokenizer):
     chunks = self.digits.split(text) if self.digits is not None else [text]
     return [w for c in chunks if c for w in self.words.findall(c)]
 
-  def _encode(self, text: str) -> list[int]:
-    out, pos = [], 0
-    for frag, tid in self._split_special(text):
-      if tid is not None: out.append(tid)
-      else:
-        prefixed = (" " if self.strip_prefix and pos == 0 else "") + frag
-        for w in self._split_words(prefixed): out += self._bpe("".join(self.byte_char[b] for b in w.encode()))
-      pos += len(frag)
-    return out
+  def _encode(self, text: str, at_start: bool) -> list[int]:
+    words = self._split_words((" " if self.strip_prefix and at_start and text else "") + text)
+    return [tid for w in words for tid in self._bpe("".join(self.byte_char[b] for b in w.encode()))]
 
 def tokenizer_from_gguf(kv: dict) -> Tokenizer:
   """The tokenizer stored in GGUF metadata (`tokenizer.ggml.*`): 'llama' (sentencepiece pieces with scores) or
-  'gpt2' (byte-level BPE with merges). Special tokens (control, user-defined) are matched as whole strings in text."""
+  'gpt2' (byte-level BPE with merges). Control tokens decode to nothing in 'llama' vocabularies (sentencepiece's way)
+  and to their text in 'gpt2' ones (Hugging Face's way)."""
   model, toks = kv.get("tokenizer.ggml.model"), kv.get("tokenizer.ggml.tokens")
   if not isinstance(toks, list) or not toks: raise ValueError("GGUF metadata has no tokenizer.ggml.tokens vocabulary")
   types = kv.get("tokenizer.ggml.token_type", [NORMAL] * len(toks))
@@ -330,7 +327,7 @@ def tokenizer_from_gguf(kv: dict) -> Tokenizer:
   if model == "llama":
     scores = kv.get("tokenizer.ggml.scores", [0.0] * len(toks))
     return ScoredVocabTokenizer([t.replace("\u2581", " ") for t in toks], scores, types, unk_id=kv.get("tokenizer.ggml.unknown_token_id", 0),
-                                add_prefix=kv.get("tokenizer.ggml.add_space_prefix", True), parse_special=True,
+                                add_prefix=kv.get("tokenizer.ggml.add_space_prefix", True),
                                 add_bos=kv.get("tokenizer.ggml.add_bos_token", True), **common)
   if model == "gpt2":
     return ByteBPETokenizer(toks, types, kv.get("tokenizer.ggml.merges", []), kv.get("tokenizer.ggml.pre", "gpt2"),

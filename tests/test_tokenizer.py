@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 import data
 
 SENTENCES = ["Once upon a time", "Hello, world!", "  two leading spaces and\ttabs\n\nnew lines ", "The year 2023: 3.14159",
-             "naïve café, Ünïcödé, 日本語のテキスト, emoji 🦙🙂", "x", " ", "a  b   c", "Lily's mom said, \"let's go\"."]
+             "naïve café, Ünïcödé, 日本語のテキスト, emoji 🦙🙂", "", "x", " ", "a  b   c", "Lily's mom said, \"let's go\"."]
 # sentencepiece escapes ' ' as '▁' (U+2581), so a literal '▁' in the input cannot come back: leave it out of drawn text
 TEXT = st.text(st.characters(blacklist_characters="\u2581", blacklist_categories=("Cs",)), max_size=40)
 
@@ -119,7 +119,11 @@ def test_smollm_known_ids(smollm, smollm_kv):
   assert smollm.encode("Hello, world!") == idx("Hello", ",", "Ġworld", "!")
   assert smollm.encode("in 2024") == idx("in", "Ġ", "2", "0", "2", "4")
   assert smollm.encode("a\n\n b") == idx("a", "ĊĊ", "Ġb")
-  assert smollm.encode("<|im_start|>user\nHi<|im_end|>") == [1] + idx("user", "Ċ", "Hi") + [2]
+  chat = "<|im_start|>user\nHi<|im_end|>"
+  assert smollm.encode(chat, special=True) == [1] + idx("user", "Ċ", "Hi") + [2]
+  # by default the markers are plain text: a user cannot type a control token into a prompt
+  plain = smollm.encode(chat)
+  assert 1 not in plain and 2 not in plain and smollm.decode(plain) == chat == smollm.decode(smollm.encode(chat, special=True))
   assert (smollm.bos_id, smollm.eos_id, smollm.vocab_size, smollm.add_bos) == (1, 2, 49152, False)
   assert smollm.special_tokens["<|im_start|>"] == 1 and smollm.chat_template.startswith("{% for message in messages %}")
 
@@ -163,6 +167,7 @@ def test_gpt2_add_space_prefix(smollm_kv):
   tok = data.tokenizer_from_gguf({**smollm_kv, "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_bos_token": True})
   tokens = smollm_kv["tokenizer.ggml.tokens"]
   assert tok.encode("Hello world") == [tokens.index("ĠHello"), tokens.index("Ġworld")] and tok.add_bos
+  assert tok.encode("") == [] and tok.encode("", bos=True) == [1]
   dec = tok.decoder()
   assert tok.decode(tok.encode("Hello world")) == "".join(dec.add(i) for i in tok.encode("Hello world")) == "Hello world"
 
@@ -184,9 +189,11 @@ def test_gguf_llama_vocab_encodes_like_sentencepiece(llama2, fixtures):
   for s in SENTENCES + lines:
     assert tok.encode(s) == llama2.encode(s), s
     assert tok.decode(tok.encode(s, bos=True)) == s
-  # in GGUF vocabularies control tokens written in the text are parsed as such (llama.cpp's parse_special)
-  ids = tok.encode("<s>Hi</s>")
-  assert (ids[0], ids[-1], tok.decode(ids)) == (1, 2, "Hi") and 1 not in llama2.encode("<s>Hi")
+  # control tokens written in the text are matched only when asked (llama.cpp's parse_special); no dummy prefix
+  # after a special token, so decoding gives the text back without the (empty) control tokens
+  ids = tok.encode("<s>Hi</s>", special=True)
+  assert (ids[0], ids[-1], tok.decode(ids)) == (1, 2, "Hi")
+  assert 1 not in tok.encode("<s>Hi") and tok.encode("<s>Hi") == llama2.encode("<s>Hi")
 
 @settings(max_examples=30)
 @given(text=TEXT)
