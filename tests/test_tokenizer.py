@@ -183,8 +183,11 @@ def gguf_kv_from_sentencepiece(sp) -> dict:
           "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)], "tokenizer.ggml.token_type": [typ(i) for i in range(n)],
           "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(), "tokenizer.ggml.unknown_token_id": sp.unk_id()}
 
-def test_gguf_llama_vocab_encodes_like_sentencepiece(llama2, fixtures):
-  tok = data.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
+@pytest.fixture(scope="module")
+def llama2_gguf(llama2): return data.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
+
+def test_gguf_llama_vocab_encodes_like_sentencepiece(llama2, llama2_gguf, fixtures):
+  tok = llama2_gguf
   lines = (fixtures / "tinyshakespeare.txt").read_text().split("\n")[:200]
   for s in SENTENCES + lines:
     assert tok.encode(s) == llama2.encode(s), s
@@ -197,8 +200,8 @@ def test_gguf_llama_vocab_encodes_like_sentencepiece(llama2, fixtures):
 
 @settings(max_examples=30)
 @given(text=TEXT)
-def test_gguf_llama_vocab_round_trip(llama2, text):
-  tok = data.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
+def test_gguf_llama_vocab_round_trip(llama2_gguf, text):
+  tok = llama2_gguf
   ids = tok.encode(text, bos=True)
   dec = tok.decoder()
   assert tok.decode(ids) == "".join(dec.add(i) for i in ids) == text
