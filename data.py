@@ -177,7 +177,7 @@ class ScoredVocabTokenizer(Tokenizer):
     for s in sym:
       if not s: continue
       if (tid := self.merge_ids.get(s)) is not None: out.append(tid)
-      elif self.byte_ids: out.extend(self.byte_ids[b] for b in s.encode())
+      elif self.byte_ids: out.extend(self.byte_ids.get(b, self.unk_id) for b in s.encode())
       else: out.append(self.unk_id)
     return out
 

@@ -224,3 +224,11 @@ def test_scored_vocab_saves_as_sentencepiece_model(pair, request, tmp_path):
   assert (again.bos_id, again.eos_id, again.vocab_size, again.special_tokens) == (1, 2, binary.vocab_size, model.special_tokens)
   for s in SENTENCES: assert again.encode(s) == binary.encode(s), s
   assert again.encode("Once upon a time") == model.encode("Once upon a time")
+
+def test_scored_vocab_partial_byte_table():
+  """A vocabulary whose byte tokens do not cover every byte spells the missing ones as <unk>, it does not crash."""
+  pieces = ["<unk>", "<s>", "</s>", "<0x41>", "\u2581", "\u2581a"]
+  tok = data.tokenizer_from_gguf({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
+                                  "tokenizer.ggml.scores": [0.0] * 6, "tokenizer.ggml.token_type": [2, 3, 3, 6, 1, 1]})
+  assert tok.encode("a AB") == [5, 4, 3, 0]
+  assert tok.decode(tok.encode("a AB")) == "a A \u2047 "
