@@ -45,9 +45,10 @@ class StreamDecoder:
   def flush(self) -> str: return self.utf8.decode(b"", final=True)
 
 class Tokenizer:
-  """The interface every tokenizer implements. Subclasses set the fields below and `_encode`.
-  pieces[id] is the UTF-8 bytes of the token (control tokens: empty); strip_prefix says the encoder prepends a
-  dummy space (sentencepiece's add_dummy_prefix) that decoding must drop again at the very start."""
+  """The interface every tokenizer implements: encode, decode, decoder() for streaming, bos_id/eos_id, vocab_size,
+  special_tokens, chat_template, add_bos, save. Subclasses set the fields below and `_encode` (one fragment of text
+  without special tokens). pieces[id] is the UTF-8 bytes of the token (control tokens: empty); strip_prefix says the
+  encoder prepends a dummy space (sentencepiece's add_dummy_prefix) that decoding must drop again at the very start."""
   bos_id: int
   eos_id: int
   add_bos: bool = True                      # does this model expect BOS in front of a prompt (GGUF add_bos_token)
