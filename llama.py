@@ -212,7 +212,7 @@ class Transformer:
 # One entry point, load(), tells the five formats apart by what is at the path. Each format's reader yields
 # (Meta name, lazy tensor) pairs that _build realises on the device one at a time, so loading needs about the
 # model's own size in memory (plus one tensor), never a second full copy.
-import io, json, os, pathlib, re, shutil, struct, tempfile
+import io, json, os, pathlib, re, shutil, struct, tempfile, zipfile
 from typing import Callable, Iterable, Iterator
 from tinygrad.nn.state import get_state_dict, safe_load, safe_load_metadata, safe_save, torch_load, TensorIO
 
@@ -345,9 +345,121 @@ def _read_llama2c(path: pathlib.Path, device) -> Reader:
         yield names[kind].format(i), disk[start + i * per:start + (i + 1) * per].bitcast(dtypes.float32).reshape(kinds[kind])
   return args, weights(), _beside(path.parent / "tokenizer.model", path.parent / "tokenizer.bin")
 
+# ----- Meta's release: params.json + consolidated.NN.pth, one per model-parallel rank -----
+# fairscale split each matrix across ranks: column-parallel layers (wq, wk, wv, w1, w3, output) by output rows,
+# row-parallel ones (wo, w2) and the parallel embedding by input columns; norms are replicated on every rank.
+_META_SPLIT_DIM = {"tok_embeddings": 1, "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
+
+def _read_meta(path: pathlib.Path, device) -> Reader:
+  params = json.loads((path / "params.json").read_text())
+  if not (shards := sorted(path.glob("consolidated.*.pth"))): raise CheckpointError(f"{path} has params.json but no consolidated.NN.pth files")
+  if params.get("use_scaled_rope"): raise CheckpointError(f"{path} uses Llama 3.1's scaled RoPE, which this model does not implement")
+  states = []
+  for s in shards:     # torch_load gives lazy views into each zip: no data is read until a tensor is realised
+    if not zipfile.is_zipfile(s): raise CheckpointError(f"{s} is not a PyTorch zip checkpoint (truncated, or saved by torch older than 1.6)")
+    states.append({k: v for k, v in torch_load(s).items() if k != "rope.freqs"})    # Meta's saved RoPE table: ours is computed
+    if set(states[-1]) != set(states[0]): raise CheckpointError(f"{s} holds different tensors from {shards[0]}")
+  first = states[0]
+  args = ModelArgs(dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"], n_kv_heads=params.get("n_kv_heads"),
+                   vocab_size=first["tok_embeddings.weight"].shape[0],      # params.json says -1 in the LLaMA 1 release
+                   hidden_dim=first["layers.0.feed_forward.w1.weight"].shape[0] * len(states),
+                   norm_eps=params.get("norm_eps", 1e-6), rope_theta=params.get("rope_theta", 10000.0),
+                   max_seq_len=params.get("max_seq_len", 2048), tie_embeddings="output.weight" not in first)
+  def weights() -> Iterator[tuple[str, Tensor]]:
+    for name in first:
+      kind = name.split(".")[-2]
+      if len(states) == 1 or kind not in _META_SPLIT_DIM: yield name, first[name]
+      else: yield name, Tensor.cat(*(s[name].to(device) for s in states), dim=_META_SPLIT_DIM[kind])
+  return args, weights(), _beside(path / "tokenizer.model", path.parent / "tokenizer.model")   # Meta ships it one level up
+
+# ----- Hugging Face transformers: config.json + model.safetensors or shards listed in model.safetensors.index.json -----
+_HF_LAYER_NAMES = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
+                   "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+                   "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm"}
+_HF_NAMES = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight", "lm_head.weight": "output.weight"}
+
+def _unpermute_rotate_half(w: Tensor, heads: int) -> Tensor:
+  """HF's conversion script reorders each head's q/k rows so its rotate-half RoPE equals Meta's interleaved pairs:
+  row (h, 2i+j) of Meta goes to row (h, j·head_dim/2 + i) of HF. This puts them back."""
+  return w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
+
+def _read_hf(path: pathlib.Path, device) -> Reader:
+  cfg = json.loads((path / "config.json").read_text())
+  if cfg.get("model_type") != "llama": raise CheckpointError(f"{path} holds a '{cfg.get('model_type')}' model, not a llama one")
+  if cfg.get("rope_scaling"): raise CheckpointError(f"{path} uses RoPE scaling {cfg['rope_scaling']}, which this model does not implement")
+  if cfg.get("attention_bias") or cfg.get("mlp_bias"): raise CheckpointError(f"{path} has biases in its linear layers; LLaMA has none")
+  args = ModelArgs(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
+                   n_kv_heads=cfg.get("num_key_value_heads"), vocab_size=cfg["vocab_size"], hidden_dim=cfg["intermediate_size"],
+                   norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=cfg.get("rope_theta", 10000.0),
+                   max_seq_len=cfg.get("max_position_embeddings", 2048), tie_embeddings=cfg.get("tie_word_embeddings", False))
+  if cfg.get("head_dim", args.head_dim) != args.head_dim: raise CheckpointError(f"{path} has head_dim {cfg['head_dim']} != hidden_size / heads")
+  if (index := path / "model.safetensors.index.json").is_file():
+    files = [path / f for f in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
+  elif (path / "model.safetensors").is_file(): files = [path / "model.safetensors"]
+  else: raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json (PyTorch .bin files are not read)")
+  def weights() -> Iterator[tuple[str, Tensor]]:
+    for f in files:
+      for hf_name, t in _safetensors(f).items():
+        if hf_name.endswith("rotary_emb.inv_freq") or (hf_name == "lm_head.weight" and args.tie_embeddings): continue
+        if m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", hf_name):
+          name = f"layers.{m[1]}.{_HF_LAYER_NAMES.get(m[2], m[2])}.weight"
+        else: name = _HF_NAMES.get(hf_name, hf_name)
+        if name.endswith(("wq.weight", "wk.weight")):
+          t = _unpermute_rotate_half(t.to(device), args.n_heads if name.endswith("wq.weight") else args.n_kv_heads)
+        yield name, t
+  return args, weights(), _beside(path / "tokenizer.model")
+
+# ----- GGUF (llama.cpp): metadata key/values, tensor infos, aligned tensor data -----
+_GGUF_NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output", "attn_norm": "attention_norm",
+               "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv", "attn_output": "attention.wo",
+               "ffn_norm": "ffn_norm", "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3"}
+
+def _read_gguf(path: pathlib.Path, device) -> Reader:
+  # Only the header is parsed here (with tinygrad's GGUF field readers); each tensor's bytes are read from disk and
+  # dequantised by tinygrad's ggml_data_to_tensor one at a time. gguf_load would first copy the whole file into memory.
+  from tinygrad.llm.gguf import ggml_data_to_tensor, readers, read_str, read_int32, read_uint32, read_uint64, _GGML_NATIVE, _GGML_QUANT
+  disk = Tensor(path)
+  r = io.BufferedReader(TensorIO(disk), 1 << 20)
+  magic, version, n_tensors, n_kv = r.read(4), read_int32(r), read_uint64(r), read_uint64(r)
+  if version not in (2, 3): raise CheckpointError(f"{path} is GGUF version {version}; only versions 2 and 3 are read")
+  kv = {}
+  for _ in range(n_kv): key = read_str(r); kv[key] = readers[read_int32(r)](r)
+  infos = [(read_str(r), tuple(read_uint64(r) for _ in range(read_uint32(r))), read_int32(r), read_uint64(r)) for _ in range(n_tensors)]
+  data_start = -(-r.tell() // (align := kv.get("general.alignment", 32))) * align
+  if (arch := kv.get("general.architecture")) != "llama": raise CheckpointError(f"{path} holds a '{arch}' model, not a llama one")
+  if kv.get("split.count", 1) > 1: raise CheckpointError(f"{path} is one part of a split GGUF; merge the parts with llama.cpp's gguf-split first")
+  if kv.get("llama.rope.scaling.type", "none") != "none" or any(n == "rope_freqs.weight" for n, *_ in infos):
+    raise CheckpointError(f"{path} uses RoPE scaling, which this model does not implement")
+  dims = {n: d for n, d, *_ in infos}
+  n_heads = kv["llama.attention.head_count"]
+  f32 = lambda x: float(str(np.float32(x)))   # GGUF stores float32: 1e-5 reads back as 9.9999997e-06; recover the decimal
+  args = ModelArgs(dim=kv["llama.embedding_length"], n_layers=kv["llama.block_count"], n_heads=n_heads,
+                   n_kv_heads=kv.get("llama.attention.head_count_kv", n_heads), vocab_size=dims["token_embd.weight"][1],
+                   hidden_dim=kv["llama.feed_forward_length"], norm_eps=f32(kv.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+                   rope_theta=f32(kv.get("llama.rope.freq_base", 10000.0)), max_seq_len=kv.get("llama.context_length", 2048),
+                   tie_embeddings="output.weight" not in dims)
+  if kv.get("llama.rope.dimension_count", args.head_dim) != args.head_dim: raise CheckpointError(f"{path} applies RoPE to only part of each head")
+  def weights() -> Iterator[tuple[str, Tensor]]:
+    for gguf_name, shape, ggml_type, offset in infos:
+      n = math.prod(shape)
+      if ggml_type in _GGML_NATIVE: nbytes = n * _GGML_NATIVE[ggml_type].itemsize
+      elif ggml_type in _GGML_QUANT: nbytes = n // _GGML_QUANT[ggml_type][0] * _GGML_QUANT[ggml_type][1]
+      else: raise CheckpointError(f"{path}: tensor {gguf_name} has ggml type {ggml_type}, which tinygrad cannot dequantise")
+      if (start := data_start + offset) + nbytes > disk.shape[0]: raise CheckpointError(f"{path} is truncated inside tensor {gguf_name}")
+      # llama.cpp's llama converter already reordered q/k rows for adjacent-pair ("NORM") RoPE: Meta's order, nothing to undo
+      parts = gguf_name.split(".")
+      name = ".".join(["layers", parts[1], _GGUF_NAMES.get(parts[2], parts[2]), *parts[3:]] if parts[0] == "blk" else
+                      [_GGUF_NAMES.get(parts[0], parts[0]), *parts[1:]])
+      yield name, ggml_data_to_tensor(disk[start:start + nbytes].to(device), n, ggml_type).reshape(*reversed(shape))
+  def tokenizer():
+    import data
+    return data.tokenizer_from_gguf(kv)
+  return args, weights(), tokenizer if "tokenizer.ggml.model" in kv else None
+
 # ----- the entry point -----
 
-_READERS: dict[str, Callable[[pathlib.Path, object], Reader]] = {"our own": _read_ours, "llama2.c": _read_llama2c}
+_READERS: dict[str, Callable[[pathlib.Path, object], Reader]] = {"our own": _read_ours, "llama2.c": _read_llama2c, "Meta": _read_meta,
+                                                                  "Hugging Face": _read_hf, "GGUF": _read_gguf}
 
 def _sniff(path: pathlib.Path) -> str:
   if not path.exists(): raise CheckpointError(f"{path} does not exist")
@@ -367,13 +479,14 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, ob
   to float32); `device` defaults to tinygrad's default device."""
   path = pathlib.Path(path)
   if isinstance(dtype, str): dtype = getattr(dtypes, dtype)
-  fmt = _sniff(path)
+  fmt = None
   try:
+    fmt = _sniff(path)
     args, weights, make_tokenizer = _READERS[fmt](path, device)
     model = _build(args, weights, dtype, device, path)
   except CheckpointError: raise
   except Exception as e:   # whatever a damaged file trips deep inside a parser becomes one sentence naming the file
-    raise CheckpointError(f"{path} could not be read as a {fmt} checkpoint ({type(e).__name__}: {e})") from e
+    raise CheckpointError(f"{path} could not be read as a {fmt + ' ' if fmt else ''}checkpoint ({type(e).__name__}: {e})") from e
   if tokenizer is not None: make_tokenizer = _beside(pathlib.Path(tokenizer))
   if tokenizer is not None and make_tokenizer is None: raise CheckpointError(f"tokenizer file {tokenizer} does not exist")
   try: return model, make_tokenizer() if make_tokenizer else None

@@ -3,10 +3,10 @@ writers (numpy, the safetensors package, a hand-made torch zip and GGUF), and th
 
 Small models share one config family so tinygrad compiles few distinct kernels; real weights come from ../shared/fixtures.
 """
-import json, pathlib, struct
+import collections, dataclasses, json, pathlib, pickle, struct, zipfile
 import numpy as np
 import pytest
-from tinygrad import Tensor, UOp, dtypes, nn
+from tinygrad import Tensor, TinyJit, UOp, dtypes, nn
 import llama
 import reference as ref
 
@@ -93,6 +93,230 @@ def test_llama2c_layouts_load_exactly(tmp_path, version, tied):
   assert_same_weights(model, w)
   assert_close(logits(model), ref.forward(w, args, TOKENS))
 
+# ***** Meta's release: params.json + consolidated.NN.pth, written as torch zips without torch *****
+
+class TorchRef:
+  """A name inside torch, pickled as a GLOBAL opcode without importing torch (which is not installed)."""
+  def __init__(self, module: str, name: str): self.module, self.name = module, name
+  def __call__(self): raise TypeError("a stand-in, never called")
+
+class Storage:
+  def __init__(self, key: str, kind: str, numel: int): self.key, self.kind, self.numel = key, kind, numel
+
+class TensorRef:
+  """Pickles as torch does: torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)."""
+  def __init__(self, storage: Storage, shape: tuple[int, ...]): self.storage, self.shape = storage, shape
+  def __reduce__(self):
+    stride = tuple(int(np.prod(self.shape[i+1:])) for i in range(len(self.shape)))
+    return TorchRef("torch._utils", "_rebuild_tensor_v2"), (self.storage, 0, self.shape, stride, False, collections.OrderedDict())
+
+class TorchPickler(pickle._Pickler):
+  dispatch = dict(pickle._Pickler.dispatch)
+  dispatch[TorchRef] = lambda self, obj: self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+  # storages are not in data.pkl: torch refers to them by persistent id ('storage', type, key, location, numel)
+  def persistent_id(self, obj):
+    return ("storage", TorchRef("torch", obj.kind), obj.key, "cpu", obj.numel) if isinstance(obj, Storage) else None
+
+def write_torch_zip(path: pathlib.Path, state: dict[str, np.ndarray]):
+  """torch.save's zip layout: archive/data.pkl (the pickled state dict) and archive/data/<key> (raw little-endian storages)."""
+  kinds = {np.float32: "FloatStorage", np.float16: "HalfStorage"}
+  refs, blobs = collections.OrderedDict(), {}
+  for i, (name, a) in enumerate(state.items()):
+    refs[name] = TensorRef(Storage(str(i), kinds[a.dtype.type], a.size), a.shape)
+    blobs[str(i)] = np.ascontiguousarray(a).tobytes()
+  pkl = __import__("io").BytesIO()
+  TorchPickler(pkl, protocol=2).dump(refs)
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+    z.writestr("archive/data.pkl", pkl.getvalue())
+    for key, b in blobs.items(): z.writestr(f"archive/data/{key}", b)
+    z.writestr("archive/version", "3\n")
+
+META_SPLIT = {"tok_embeddings": 1, "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
+
+def write_meta(path: pathlib.Path, w: dict[str, np.ndarray], args: llama.ModelArgs, shards: int):
+  path.mkdir()
+  (path / "params.json").write_text(json.dumps({"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads,
+    "n_kv_heads": args.n_kv_heads, "vocab_size": -1, "multiple_of": 16, "norm_eps": args.norm_eps, "rope_theta": args.rope_theta}))
+  for r in range(shards):
+    state = {k: np.split(v, shards, axis=META_SPLIT[k.split(".")[-2]])[r] if k.split(".")[-2] in META_SPLIT else v for k, v in w.items()}
+    state["rope.freqs"] = np.zeros((args.max_seq_len, args.head_dim // 2), np.float32)   # Meta saves its table; unused
+    write_torch_zip(path / f"consolidated.{r:02d}.pth", state)
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_meta_two_shards_merge_back_half_precision_kept(tmp_path, tied):
+  args = small_args(tie_embeddings=tied, rope_theta=5e5)
+  w = {k: v.astype(np.float16) for k, v in ref.random_weights(args, seed=5).items()}
+  write_meta(tmp_path / "7B", w, args, shards=2)
+  model, tok = llama.load(tmp_path / "7B")
+  assert tok is None and model.args == dataclasses.replace(args, max_seq_len=2048)   # params.json does not say; Meta's default
+  assert_same_weights(model, w)          # float16 stays float16, every shard back in place
+  assert_close(logits(model), logits(model_from(w, args)))
+  assert_close(logits(model), ref.forward(w, args, TOKENS), rtol=1e-2)
+
+def test_meta_dtype_option_casts(tmp_path):
+  args = small_args()
+  w = ref.random_weights(args, seed=6)
+  write_meta(tmp_path / "m", w, args, shards=1)
+  model, _ = llama.load(tmp_path / "m", dtype=dtypes.float16)
+  assert_same_weights(model, {k: v.astype(np.float16) for k, v in w.items()})
+
+# ***** Hugging Face: config.json + sharded safetensors, q/k permuted for rotate-half RoPE *****
+
+def hf_permute(w: np.ndarray, heads: int) -> np.ndarray:
+  """What HF's convert_llama_weights_to_hf.py does to wq/wk: w.view(heads, rows/heads/2, 2, cols).transpose(1, 2)."""
+  return w.reshape(heads, w.shape[0] // heads // 2, 2, w.shape[1]).transpose(0, 2, 1, 3).reshape(w.shape)
+
+def write_hf(path: pathlib.Path, w: dict[str, np.ndarray], args: llama.ModelArgs, shards: int):
+  from safetensors.numpy import save_file
+  path.mkdir()
+  tied = "output.weight" not in w
+  (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": args.dim, "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+    "num_key_value_heads": args.n_kv_heads, "intermediate_size": args.ffn_hidden, "vocab_size": args.vocab_size,
+    "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta, "max_position_embeddings": args.max_seq_len,
+    "tie_word_embeddings": tied, "hidden_act": "silu", "rope_scaling": None, "torch_dtype": "float32"}))
+  layer = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
+           "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+           "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+  hf = {}
+  for k, v in w.items():
+    if k.startswith("layers."):
+      _, i, rest = k.split(".", 2)
+      if rest == "attention.wq.weight": v = hf_permute(v, args.n_heads)
+      if rest == "attention.wk.weight": v = hf_permute(v, args.n_kv_heads)
+      hf[f"model.layers.{i}.{layer[rest.removesuffix('.weight')]}.weight"] = v
+    else: hf[{"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}[k]] = v
+  hf["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(args.head_dim // 2, np.float32)   # older exports kept it
+  if shards == 1: return save_file(hf, str(path / "model.safetensors"))
+  names, weight_map = list(hf), {}
+  for r in range(shards):
+    fn = f"model-{r+1:05d}-of-{shards:05d}.safetensors"
+    part = {k: hf[k] for k in names[r::shards]}
+    save_file(part, str(path / fn))
+    weight_map.update(dict.fromkeys(part, fn))
+  (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+@pytest.mark.parametrize("tied,shards", [(False, 2), (True, 3), (False, 1)])
+def test_hf_undoes_rotate_half_permutation(tmp_path, tied, shards):
+  args = small_args(tie_embeddings=tied, rope_theta=5e5, norm_eps=1e-6)
+  w = ref.random_weights(args, seed=7)
+  write_hf(tmp_path / "hf", w, args, shards)
+  model, tok = llama.load(tmp_path / "hf")
+  assert tok is None and model.args == args
+  assert_same_weights(model, w)
+  assert_close(logits(model), ref.forward(w, args, TOKENS))
+
+# ***** GGUF: a minimal v3 writer (F32, F16, Q8_0, Q4_1) *****
+
+GGUF_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output", "attention_norm": "attn_norm",
+              "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
+              "ffn_norm": "ffn_norm", "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down", "feed_forward.w3": "ffn_up"}
+
+def gguf_value(v) -> bytes:
+  """(type, payload) of one metadata value: uint32, float32, bool, string, arrays of those."""
+  if isinstance(v, bool): return struct.pack("<IB", 7, v)
+  if isinstance(v, int): return struct.pack("<II", 4, v)
+  if isinstance(v, float): return struct.pack("<If", 6, v)
+  if isinstance(v, str): return struct.pack("<IQ", 8, len(v.encode())) + v.encode()
+  items = [gguf_value(x) for x in v]
+  return struct.pack("<IIQ", 9, struct.unpack("<I", items[0][:4])[0], len(v)) + b"".join(x[4:] for x in items)
+
+def gguf_string(s: str) -> bytes: return struct.pack("<Q", len(s.encode())) + s.encode()
+
+def quantize(a: np.ndarray, ggml_type: int) -> tuple[bytes, np.ndarray]:
+  """(bytes as ggml stores them, the float32 values a dequantiser must give back)."""
+  if ggml_type == 0: return a.astype(np.float32).tobytes(), a.astype(np.float32)
+  if ggml_type == 1: return a.astype(np.float16).tobytes(), a.astype(np.float16)
+  blocks = a.astype(np.float32).reshape(-1, 32)
+  if ggml_type == 8:    # Q8_0: fp16 scale d, 32 int8: w = d·q
+    d = (np.abs(blocks).max(1, keepdims=True) / 127).astype(np.float16)
+    q = np.clip(np.round(blocks / np.maximum(d.astype(np.float32), 1e-8)), -127, 127).astype(np.int8)
+    raw = np.concatenate([d.view(np.uint8), q.view(np.uint8)], 1)
+    return raw.tobytes(), (d.astype(np.float32) * q).reshape(a.shape)
+  assert ggml_type == 3   # Q4_1: fp16 scale d, fp16 min m, 16 bytes of nibbles (low: elements 0-15, high: 16-31): w = d·q + m
+  m = blocks.min(1, keepdims=True).astype(np.float16)
+  d = ((blocks.max(1, keepdims=True) - m.astype(np.float32)) / 15).astype(np.float16)
+  q = np.clip(np.round((blocks - m.astype(np.float32)) / np.maximum(d.astype(np.float32), 1e-8)), 0, 15).astype(np.uint8)
+  raw = np.concatenate([d.view(np.uint8), m.view(np.uint8), q[:, :16] | (q[:, 16:] << 4)], 1)
+  return raw.tobytes(), (d.astype(np.float32) * q + m.astype(np.float32)).reshape(a.shape)
+
+def write_gguf(path: pathlib.Path, w: dict[str, np.ndarray], args: llama.ModelArgs, types: dict[str, int], extra_kv=None):
+  """Returns the weights as a correct dequantiser must give them back (Meta names)."""
+  kv = {"general.architecture": "llama", "general.alignment": 32, "llama.embedding_length": args.dim,
+        "llama.block_count": args.n_layers, "llama.attention.head_count": args.n_heads, "llama.attention.head_count_kv": args.n_kv_heads,
+        "llama.feed_forward_length": args.ffn_hidden, "llama.rope.freq_base": args.rope_theta, "llama.context_length": args.max_seq_len,
+        "llama.attention.layer_norm_rms_epsilon": args.norm_eps, "llama.rope.dimension_count": args.head_dim, **(extra_kv or {})}
+  infos, data, expected = b"", b"", {}
+  for k, v in w.items():
+    parts = k.removesuffix(".weight").split(".")
+    name = f"blk.{parts[1]}.{GGUF_NAMES['.'.join(parts[2:])]}.weight" if parts[0] == "layers" else f"{GGUF_NAMES[parts[0]]}.weight"
+    ggml_type = 0 if v.ndim == 1 else types.get(name.split(".")[-2], 1)
+    raw, expected[k] = quantize(v, ggml_type)
+    infos += gguf_string(name) + struct.pack("<I", v.ndim) + struct.pack(f"<{v.ndim}Q", *reversed(v.shape)) + struct.pack("<IQ", ggml_type, len(data))
+    data += raw + b"\0" * (-len(raw) % 32)
+  head = b"GGUF" + struct.pack("<IQQ", 3, len(w), len(kv)) + b"".join(gguf_string(k) + gguf_value(v) for k, v in kv.items()) + infos
+  path.write_bytes(head + b"\0" * (-len(head) % 32) + data)
+  return expected
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_gguf_dequantises_and_maps_names(tmp_path, tied):
+  args = small_args(tie_embeddings=tied, rope_theta=5e5)
+  w = ref.random_weights(args, seed=8)
+  expected = write_gguf(tmp_path / "m.gguf", w, args, {"token_embd": 8, "attn_q": 3, "ffn_gate": 8, "output": 3})
+  model, tok = llama.load(tmp_path / "m.gguf")
+  assert tok is None and model.args == args
+  got = weights_of(model)
+  assert got["layers.0.attention.wk.weight"].dtype == np.float16 and got["norm.weight"].dtype == np.float32   # F16 stays half
+  for k, v in expected.items():   # Q4_1 is d·q + m: allow an FMA's last bit
+    np.testing.assert_allclose(got[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+  assert_close(logits(model), ref.forward(expected, args, TOKENS), rtol=1e-3)
+
+def test_gguf_carries_its_tokenizer_and_dtype_option(tmp_path):
+  args = small_args(tie_embeddings=True)
+  pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(32, 61)] + ["▁" + c for c in "abcdefghijklmnopqrstuvwxyz012"] + ["▁the", "he", "th"]
+  assert len(pieces) == args.vocab_size
+  tok_kv = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces, "tokenizer.ggml.scores": [float(-i) for i in range(64)],
+            "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 29 + [1] * 32, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+  write_gguf(tmp_path / "m.gguf", ref.random_weights(args, seed=9), args, {}, tok_kv)
+  model, tok = llama.load(tmp_path / "m.gguf", dtype="float32")
+  assert all(v.dtype == np.float32 for v in weights_of(model).values())
+  assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (64, 1, 2)
+  assert tok.decode(tok.encode("the b")) == "the b"
+
+# ***** broken input: one clear sentence, never a traceback from inside a parser *****
+
+def broken_inputs(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
+  args = small_args()
+  w = ref.random_weights(args, seed=10)
+  cases = {}
+  def truncate(p: pathlib.Path, keep: float): p.write_bytes(p.read_bytes()[:int(p.stat().st_size * keep)])
+  llama.save(model_from(w, args), cases.setdefault("own: truncated safetensors", tmp_path / "own"))
+  truncate(tmp_path / "own" / "model.safetensors", 0.7)
+  llama.save(model_from(w, args), cases.setdefault("own: corrupt config", tmp_path / "own2"))
+  (tmp_path / "own2" / "config.json").write_text("{not json")
+  write_llama2c(cases.setdefault("llama2.c: truncated", tmp_path / "m.bin"), w, args, 1)
+  truncate(tmp_path / "m.bin", 0.9)
+  write_meta(cases.setdefault("meta: truncated shard", tmp_path / "meta"), w, args, 2)
+  truncate(tmp_path / "meta" / "consolidated.01.pth", 0.5)
+  write_meta(cases.setdefault("meta: no shards", tmp_path / "meta2"), w, args, 1)
+  (tmp_path / "meta2" / "consolidated.00.pth").unlink()
+  write_hf(cases.setdefault("hf: missing shard", tmp_path / "hf"), w, args, 2)
+  (tmp_path / "hf" / "model-00002-of-00002.safetensors").unlink()
+  write_gguf(cases.setdefault("gguf: truncated", tmp_path / "t.gguf"), w, args, {})
+  truncate(tmp_path / "t.gguf", 0.8)
+  (cases.setdefault("gguf: corrupt header", tmp_path / "c.gguf")).write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 5, 1 << 40) + b"\xff" * 64)
+  (cases.setdefault("unknown file", tmp_path / "notes.txt")).write_text("just some text, not weights\n" * 10)
+  (cases.setdefault("empty dir", tmp_path / "empty")).mkdir()
+  cases["missing path"] = tmp_path / "nowhere"
+  return cases
+
+def test_broken_inputs_raise_one_clear_sentence(tmp_path):
+  for case, path in broken_inputs(tmp_path).items():
+    with pytest.raises(llama.CheckpointError) as e: llama.load(path)
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg, (case, msg)
+    assert isinstance(e.value, ValueError)
+
 # ***** real weights: stories260K (llama2.c, GQA 8/4, tied) *****
 
 @pytest.fixture(scope="module")
@@ -113,17 +337,15 @@ def test_stories260K_first_logits_match_numpy_reference(stories):
   assert out[0, 0].argmax() == 403     # after BOS the model starts its story with "Once"
 
 def greedy(model: llama.Transformer, prompt: list[int], steps: int) -> list[int]:
-  """Greedy decoding with the KV cache: prefill the prompt, then one token per call at a bound symbolic position,
-  so every step reuses the same kernels."""
+  """Greedy decoding with the KV cache: prefill the prompt, then one TinyJit-replayed step per token at a bound
+  symbolic position (fed a fresh realized token buffer each time, as TinyJit needs)."""
   ctx = len(prompt) + steps
   model.init_cache(1, ctx)
+  step = TinyJit(lambda tok, start: model(tok, start)[:, -1].argmax(-1).realize())
   try:
-    nxt = int(model(Tensor([prompt]), 0)[0, -1].argmax().item())
-    out = [nxt]
+    out = [int(model(Tensor([prompt]), 0)[0, -1].argmax().item())]
     for pos in range(len(prompt), ctx - 1):
-      start = UOp.variable("start_pos", 1, ctx - 1).bind(pos)
-      nxt = int(model(Tensor([[nxt]]), start)[0, -1].argmax().item())
-      out.append(nxt)
+      out.append(int(step(Tensor([out[-1:]]).realize(), UOp.variable("start_pos", 1, ctx - 1).bind(pos)).item()))
     return out
   finally: model.drop_cache()
 
