@@ -341,8 +341,8 @@ def tokenizer_from_gguf(kv: dict) -> Tokenizer:
 # A corpus is a list of documents: text files (given, found in directories, or downloaded from URLs) or, for the
 # default corpus, the Python standard library's own docs and source. Documents are read as a stream of byte chunks
 # cut at line ends, encoded by worker processes and appended to one token file on disk, so memory holds a few chunks
-# at a time, never the corpus. A file longer than one chunk is encoded chunk by chunk; each chunk then starts with
-# sentencepiece's dummy-prefix space, as every line did when the tokenizer was trained.
+# at a time, never the corpus. A file longer than one chunk is encoded chunk by chunk, each continuing where the
+# last one ended, so the tokens are the same as if the document had been encoded whole (see _encode_chunk).
 import argparse, hashlib, io, json, multiprocessing, random, shutil, sys, sysconfig, threading, urllib.error, urllib.parse, urllib.request
 from typing import Iterable, Iterator
 import numpy as np
@@ -408,12 +408,11 @@ def _chunks(doc: Document, size: int = CHUNK_BYTES) -> Iterator[bytes]:
     while block := f.read(size):
       block = carry + block
       cut = block.rfind(b"\n") + 1
-      if cut == 0:
+      if cut == 0:   # no line end: cut before the last character, which may be incomplete
         cut = len(block)
         while cut > 0 and block[cut - 1] & 0xC0 == 0x80: cut -= 1   # back off continuation bytes...
-        if cut > 0 and block[cut - 1] >= 0xC0: cut -= 1               # ...and the lead byte of the cut character
-        cut = cut or len(block)
-      yield block[:cut]
+        if cut > 0 and block[cut - 1] >= 0xC0: cut -= 1               # ...and the lead byte of that character
+      if cut: yield block[:cut]
       carry = block[cut:]
     if carry: yield carry
 
@@ -450,25 +449,35 @@ def _init_worker(tokenizer_path: str):
   global _worker_tok
   _worker_tok = load_tokenizer(tokenizer_path)
 
-def _encode_chunk(job: tuple[bytes, bool, str]) -> tuple[np.ndarray, int]:
-  data, bos, dtype = job
-  return np.array(_worker_tok.encode(data.decode("utf-8", "replace"), bos=bos), dtype=dtype), len(data)
+def _encode_chunk(job: tuple[bytes, bool, bool, str]) -> tuple[np.ndarray, int]:
+  """Tokens of one chunk. A chunk that continues a document after a line end must not get the dummy-prefix space
+  sentencepiece puts at the start of a text: it is encoded behind a "\n" whose tokens are then dropped. That is
+  exact when no piece joins a newline to what follows (true of every tokenizer trained here, which learns from
+  lines); when the "\n" tokens do not come out unchanged, the chunk is encoded on its own."""
+  data, bos, after_newline, dtype = job
+  text, tok = data.decode("utf-8", "replace"), _worker_tok
+  if after_newline:
+    nl, joined = tok.encode("\n"), tok.encode("\n" + text)
+    if joined[:len(nl)] == nl: return np.array(joined[len(nl):], dtype=dtype), len(data)
+  return np.array(tok.encode(text, bos=bos), dtype=dtype), len(data)
 
 def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: pathlib.Path, workers: int) -> int:
   """Encode every document (BOS at the start of each) into dest, in document order; returns the token count.
   A semaphore keeps at most a few chunks per worker in flight: Pool.imap alone would read the whole input ahead."""
   from tinygrad.helpers import tqdm
   in_flight = threading.BoundedSemaphore(4 * workers)
-  def jobs() -> Iterator[tuple[bytes, bool, str]]:
+  def jobs() -> Iterator[tuple[bytes, bool, bool, str]]:
     for doc in docs:
+      prev = b""
       for k, chunk in enumerate(_chunks(doc)):
         in_flight.acquire()
-        yield chunk, k == 0, dtype
+        yield chunk, k == 0, prev.endswith(b"\n"), dtype
+        prev = chunk
   pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer_path,)) if workers > 1 else None
   if pool is None: _init_worker(tokenizer_path)
   n = 0
   try:
-    with open(dest, "wb") as f, tqdm(desc="encoding", total=sum(_size(d) for d in docs), unit="B", unit_scale=True) as bar:
+    with open(dest, "wb") as f, tqdm(desc="encoding", total=sum(_size(d) for d in docs), unit="B", unit_scale=True, rate=10) as bar:
       for ids, nbytes in (pool.imap(_encode_chunk, jobs()) if pool else map(_encode_chunk, jobs())):
         in_flight.release()
         f.write(ids.tobytes())
