@@ -360,3 +360,85 @@ def test_stories260K_greedy_200_tokens_print_llama2c_reference(stories, fixtures
   assert ids[:11] == [403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
   sp = sentencepiece.SentencePieceProcessor(model_file=str(fixtures / "stories260K" / "tok512.model"))
   assert sp.decode(ids) == STORIES_REFERENCE
+
+# ***** real weights: SmolLM2-135M-Instruct, GGUF Q4_1 (30 layers, GQA 9/3, theta 1e5, tied, GPT-2 BPE) *****
+
+def read_gguf_numpy(path: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+  """An independent GGUF reader for the test: metadata, and every tensor dequantised to float32 in numpy
+  (F32, F16, Q8_0: w = d·q, Q4_1: w = d·q + m with low nibbles first), under llama.cpp's names."""
+  buf, pos = memoryview(pathlib.Path(path).read_bytes()), 0
+  def take(fmt: str):
+    nonlocal pos
+    v = struct.unpack_from("<" + fmt, buf, pos)[0]; pos += struct.calcsize(fmt)
+    return v
+  def string() -> str:
+    nonlocal pos
+    n = take("Q"); pos += n
+    return bytes(buf[pos - n:pos]).decode()
+  scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+  def value(t: int):
+    if t == 8: return string()
+    if t == 9:
+      sub, n = take("I"), take("Q")
+      return [value(sub) for _ in range(n)]
+    return take(scalar[t])
+  assert bytes(buf[:4]) == b"GGUF"; pos = 4
+  _, n_tensors, n_kv = take("I"), take("Q"), take("Q")
+  kv = {}
+  for _ in range(n_kv): key = string(); kv[key] = value(take("I"))
+  infos = []
+  for _ in range(n_tensors):
+    name, nd = string(), take("I")
+    infos.append((name, [take("Q") for _ in range(nd)][::-1], take("I"), take("Q")))
+  start = -(-pos // kv.get("general.alignment", 32)) * kv.get("general.alignment", 32)
+  tensors = {}
+  for name, shape, typ, off in infos:
+    n, o = int(np.prod(shape)), start + off
+    if typ == 0: a = np.frombuffer(buf, np.float32, n, o)
+    elif typ == 1: a = np.frombuffer(buf, np.float16, n, o).astype(np.float32)
+    elif typ == 8:
+      b = np.frombuffer(buf, np.uint8, n // 32 * 34, o).reshape(-1, 34)
+      a = b[:, :2].copy().view(np.float16).astype(np.float32) * b[:, 2:].view(np.int8)
+    elif typ == 3:
+      b = np.frombuffer(buf, np.uint8, n // 32 * 20, o).reshape(-1, 20)
+      d, m = (b[:, s:s + 2].copy().view(np.float16).astype(np.float32) for s in (0, 2))
+      a = d * np.concatenate([b[:, 4:] & 0xF, b[:, 4:] >> 4], 1) + m
+    else: raise AssertionError(f"type {typ} not expected in this file")
+    tensors[name] = np.asarray(a, np.float32).reshape(shape)
+  return kv, tensors
+
+@pytest.fixture(scope="module")
+def smollm2(fixtures):
+  path = fixtures / "smollm2-135m-instruct-q4_1.gguf"
+  model, tok = llama.load(path)
+  kv, raw = read_gguf_numpy(path)
+  meta = {}
+  for k, v in raw.items():
+    parts = k.removesuffix(".weight").split(".")
+    inv = {g: m for m, g in GGUF_NAMES.items()}
+    meta[f"layers.{parts[1]}.{inv[parts[2]]}.weight" if parts[0] == "blk" else f"{inv[parts[0]]}.weight"] = v
+  return model, tok, kv, meta
+
+def test_smollm2_config_and_dequantised_weights(smollm2):
+  model, tok, kv, w = smollm2
+  a = model.args
+  assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.ffn_hidden, a.rope_theta, a.norm_eps, a.tie_embeddings) == \
+         (576, 30, 9, 3, 49152, 1536, 1e5, 1e-5, True)
+  got = weights_of(model)
+  assert sorted(got) == sorted(w)
+  for k, v in w.items(): np.testing.assert_allclose(got[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+  assert (tok.bos_id, tok.eos_id) == (1, 2) and "{% for message in messages %}" in tok.chat_template
+
+def test_smollm2_greedy_matches_numpy_forward_for_32_tokens(smollm2):
+  model, tok, kv, w = smollm2
+  vocab = kv["tokenizer.ggml.tokens"]
+  prompt = [vocab.index(p) for p in ("Once", "Ġupon", "Ġa", "Ġtime")]   # GPT-2 byte-level pieces; SmolLM2 adds no BOS
+  assert tok.encode("Once upon a time") == prompt
+  got = greedy(model, prompt, 32)
+  cfg = {"n_heads": kv["llama.attention.head_count"], "n_kv_heads": kv["llama.attention.head_count_kv"],
+         "norm_eps": kv["llama.attention.layer_norm_rms_epsilon"], "rope_theta": kv["llama.rope.freq_base"]}
+  # numpy's greedy choice after each prefix of `got` is the argmax at that position of one causal forward over
+  # prompt + got (logits at position i see tokens <= i only): one teacher-forced pass checks all 32 steps
+  w64 = {k: v.astype(np.float64) for k, v in w.items()}
+  ref_next = ref.forward(w64, cfg, np.array(prompt + got))[len(prompt) - 1:-1].argmax(-1).tolist()
+  assert got == ref_next, (tok.decode(got), tok.decode(ref_next))
