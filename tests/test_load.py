@@ -360,6 +360,18 @@ def test_stories260K_greedy_200_tokens_print_llama2c_reference(stories, fixtures
   assert ids[:11] == [403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
   sp = sentencepiece.SentencePieceProcessor(model_file=str(fixtures / "stories260K" / "tok512.model"))
   assert sp.decode(ids) == STORIES_REFERENCE
+  # and through the tokenizer load() attaches: llama2.c's own tokenizer.bin export of the same vocabulary
+  _, tok = llama.load(fixtures / "stories260K" / "stories260K.bin", tokenizer=fixtures / "stories260K" / "tok512.bin")
+  assert tok.decode(ids) == STORIES_REFERENCE
+
+def test_own_format_carries_the_sentencepiece_tokenizer(stories, fixtures, tmp_path):
+  spm = fixtures / "stories260K" / "tok512.model"
+  _, tok = llama.load(fixtures / "stories260K" / "stories260K.bin", tokenizer=spm)
+  llama.save(stories, tmp_path / "ck", tok)
+  assert (tmp_path / "ck" / "tokenizer.model").read_bytes() == spm.read_bytes()
+  model, tok2 = llama.load(tmp_path / "ck")
+  assert model.args == stories.args and tok2.encode("Once upon a time", bos=True) == [1, 403, 407, 261, 378]
+  assert_same_weights(model, weights_of(stories))
 
 # ***** real weights: SmolLM2-135M-Instruct, GGUF Q4_1 (30 layers, GQA 9/3, theta 1e5, tied, GPT-2 BPE) *****
 
