@@ -73,8 +73,9 @@ def lr_at(step: int, a) -> float:
   """Learning rate of update number step+1: linear warmup to the peak over warmup_steps, then a cosine down to
   min_lr_ratio·peak at lr_decay_steps (§2.3: "the final learning rate is equal to 10% of the maximal learning
   rate"), and that floor afterwards."""
-  if step < a.warmup_steps: return a.lr * (step + 1) / a.warmup_steps
-  progress = min(1.0, (step - a.warmup_steps) / max(1, a.lr_decay_steps - a.warmup_steps))
+  n = step + 1
+  if n <= a.warmup_steps: return a.lr * n / a.warmup_steps
+  progress = min(1.0, (n - a.warmup_steps) / (a.lr_decay_steps - a.warmup_steps)) if a.lr_decay_steps > a.warmup_steps else 1.0
   return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 def param_groups(model: llama.Transformer) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

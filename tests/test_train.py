@@ -1,0 +1,174 @@
+"""train.py: the §2.3 optimiser pieces (schedule, decay groups, clipping), learning (overfit one batch, beat the
+unigram entropy), exact resume (also after Ctrl-C), checkpoints that llama.load / generate.py read, and the CLI.
+Every run shares one tiny configuration, so the train step is compiled once per session."""
+import argparse, json, math, os, pathlib, signal, subprocess, sys, threading, time
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from tinygrad import Context, Tensor, dtypes
+import data, generate, llama, train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = ["--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
+        "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "1000", "--eval-steps", "2", "--sample-tokens", "0"]
+
+@pytest.fixture(scope="module")
+def dataset(fixtures, tmp_path_factory) -> pathlib.Path:
+  out = tmp_path_factory.mktemp("shakespeare")
+  data.prepare([str(fixtures / "tinyshakespeare.txt")], out, vocab_size=512, workers=2)
+  return out
+
+def run(*argv) -> int: return train.main([str(a) for a in argv])
+
+def losses(out: pathlib.Path, key="loss") -> list[float]: return [e[key] for e in train.read_log(out) if key in e]
+
+@pytest.fixture(scope="module")
+def run60(dataset, tmp_path_factory) -> pathlib.Path:
+  """An uninterrupted 60-step run of the tiny configuration."""
+  out = tmp_path_factory.mktemp("run60")
+  assert run(*TINY, "--data", dataset, "--out", out, "--max-steps", 60) == 0
+  return out
+
+# ***** §2.3 schedule, weight-decay groups, clipping *****
+
+@settings(max_examples=100)
+@given(st.floats(1e-5, 1.0), st.integers(1, 50), st.integers(0, 400), st.floats(0.0, 1.0))
+def test_lr_schedule(peak, warmup, extra, ratio):
+  a = argparse.Namespace(lr=peak, warmup_steps=warmup, lr_decay_steps=warmup + extra, min_lr_ratio=ratio)
+  for k in range(warmup): assert math.isclose(train.lr_at(k, a), peak * (k + 1) / warmup)   # linear warmup ...
+  assert math.isclose(train.lr_at(warmup - 1, a), peak)                                     # ... up to the peak
+  after = [train.lr_at(k, a) for k in range(warmup - 1, warmup + extra + 20)]
+  assert all(x >= y - 1e-12 for x, y in zip(after, after[1:]))                              # never rises after it
+  assert all(ratio * peak - 1e-12 <= x <= peak + 1e-12 for x in after)
+  for k in (max(warmup, warmup + extra - 1), warmup + extra, warmup + extra + 1000):       # update number lr-decay-steps
+    assert math.isclose(train.lr_at(k, a), ratio * peak, rel_tol=1e-9, abs_tol=1e-15)     # and after: the floor
+  if extra >= 2:   # cosine in between
+    mid = train.lr_at(warmup + extra // 2 - 1, a)
+    assert math.isclose(mid, peak * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * (extra // 2) / extra))))
+
+def test_weight_decay_only_on_matrices():
+  Tensor.manual_seed(0)
+  model = llama.Transformer(llama.ModelArgs(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, multiple_of=32, max_seq_len=16))
+  decay, keep = train.param_groups(model)
+  assert set(keep) == {"tok_embeddings.weight", "norm.weight"} | {f"layers.{i}.{n}_norm.weight" for i in range(2) for n in ("attention", "ffn")}
+  assert {k.rsplit(".", 2)[-2] for k in decay} == {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"}
+  a = argparse.Namespace(lr=0.1, weight_decay=0.5)
+  opt, params = train.make_optimizer(model, a)
+  before = {k: t.numpy().copy() for k, t in (decay | keep).items()}
+  # zero gradients: Adam's step is 0, so only decoupled weight decay moves a tensor: p ← p·(1 − lr·wd)
+  for p in params: p.grad = Tensor.zeros(*p.shape).contiguous()
+  with Context(TRAINING=1): Tensor.realize(*opt.schedule_step())
+  for k, t in decay.items(): np.testing.assert_allclose(t.numpy(), before[k] * (1 - 0.1 * 0.5), rtol=1e-6)
+  for k, t in keep.items(): np.testing.assert_array_equal(t.numpy(), before[k])
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4), st.floats(1e-3, 1e3), st.floats(0.1, 5.0), st.integers(0, 1000))
+def test_clipping_bounds_the_global_norm(shapes, scale, max_norm, seed):
+  rng = np.random.default_rng(seed)
+  grads = [rng.standard_normal(s).astype(np.float32) * scale for s in shapes]
+  params = [Tensor.zeros(*s).contiguous() for s in shapes]
+  for p, g in zip(params, grads): p.grad = Tensor(g)
+  norm = train.clip_grad_norm(params, max_norm).item()
+  true = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+  assert math.isclose(norm, true, rel_tol=1e-4)                                  # the returned norm is before clipping
+  clipped = [p.grad.numpy() for p in params]
+  after = math.sqrt(sum(float((c.astype(np.float64) ** 2).sum()) for c in clipped))
+  assert after <= max_norm * (1 + 1e-4)                                          # bounded ...
+  k = min(1.0, max_norm / (true + 1e-6))
+  for c, g in zip(clipped, grads): np.testing.assert_allclose(c, g * k, rtol=1e-4, atol=1e-6)   # ... same direction, untouched below
+
+# ***** learning *****
+
+def test_overfits_one_batch(dataset):
+  a = train.parse_args(TINY + ["--data", str(dataset), "--weight-decay", "0"])
+  Tensor.manual_seed(1)
+  model = llama.Transformer(train.model_args(a, 512))
+  opt, params = train.make_optimizer(model, a)
+  step = train.make_train_step(model, opt, params, a.grad_clip)
+  x, y = data.get_batch(data.load_split(dataset, "train"), 4, 32, np.random.default_rng(0))
+  x, y = train.to_device(x[None]), train.to_device(y[None])
+  lr = Tensor([3e-3], dtype=dtypes.float32).realize()
+  with Context(USE_ATOMICS=1): hist = [step(x, y, lr)[0].item() for _ in range(250)]
+  assert hist[0] > 5.5 and hist[-1] < 0.1, hist[::25]
+
+def test_loss_falls_below_unigram_entropy(run60, dataset):
+  tokens = data.load_split(dataset, "train")
+  p = np.bincount(tokens, minlength=512) / len(tokens)
+  entropy = -(p[p > 0] * np.log(p[p > 0])).sum()      # the loss of the best model that ignores context (≈ 5.0 nats)
+  val = losses(run60, "val_loss")
+  assert len(val) == 1 and val[0] < entropy - 0.1, (val, entropy)
+
+# ***** resume *****
+
+def test_resume_equals_uninterrupted(run60, dataset, tmp_path):
+  assert run(*TINY, "--data", dataset, "--out", tmp_path, "--max-steps", 30, "--lr-decay-steps", 60) == 0
+  assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 30
+  assert run(*TINY, "--data", dataset, "--out", tmp_path, "--max-steps", 60, "--resume") == 0
+  assert losses(tmp_path) == losses(run60) and len(losses(run60)) == 60
+  assert losses(tmp_path, "val_loss")[-1] == losses(run60, "val_loss")[-1]
+
+def test_ctrl_c_saves_and_resumes_exactly(run60, dataset, tmp_path):
+  def interrupt():   # Ctrl-C once the run is a few steps in
+    while len(losses(tmp_path)) < 5: time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+  threading.Thread(target=interrupt, daemon=True).start()
+  assert run(*TINY, "--data", dataset, "--out", tmp_path, "--max-steps", 60) == 130
+  stopped = json.loads((tmp_path / "train_state.json").read_text())["step"]
+  assert 5 <= stopped < 60 and len(losses(tmp_path)) == stopped
+  assert run(*TINY, "--data", dataset, "--out", tmp_path, "--max-steps", 60, "--resume") == 0
+  assert losses(tmp_path) == losses(run60)
+
+# ***** the checkpoint *****
+
+def test_checkpoint_loads_in_llama_and_generate(run60, dataset, capsys):
+  model, tok = llama.load(run60)
+  assert (model.args.dim, model.args.n_layers, model.args.vocab_size) == (32, 1, 512) and tok.vocab_size == 512
+  # the loaded weights are the final ones: they reproduce the validation loss logged at the last step
+  a = train.parse_args(TINY + ["--data", str(dataset)])
+  with Context(USE_ATOMICS=1): val = train.evaluate(train.make_eval_step(model), data.load_split(dataset, "val"), a)
+  assert math.isclose(val, losses(run60, "val_loss")[-1], rel_tol=1e-5)
+  state = json.loads((run60 / "train_state.json").read_text())
+  assert state["step"] == 60 and state["config"]["model"]["dim"] == 32 and "rng" in state
+  generate.main([str(run60), "-n", "8", "-t", "0", "--max-context", "32"])
+  assert "8 new tokens" in capsys.readouterr().err
+
+def test_cli_smoke(dataset, tmp_path):
+  r = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY[:-2], "--sample-tokens", "12", "--max-steps", "3",
+                      "--data", str(dataset), "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "--- sample ---" in r.stdout and "step 3" in r.stderr
+  assert {"config.json", "model.safetensors", "tokenizer.model", "optimizer.safetensors", "train_state.json", "log.jsonl"} <= {f.name for f in (tmp_path / "out").iterdir()}
+  assert [e["step"] for e in train.read_log(tmp_path / "out")] == [1, 2, 3]
+
+# ***** bad input: one line on stderr, non-zero exit *****
+
+@pytest.fixture(scope="module")
+def short_data(dataset, tmp_path_factory) -> pathlib.Path:
+  src = tmp_path_factory.mktemp("short")
+  (src / "a.txt").write_text("To be, or not to be, that is the question.\n" * 5)
+  data.prepare([str(src / "a.txt")], src / "ds", tokenizer=dataset / "tokenizer.model", workers=1)
+  return src / "ds"
+
+@pytest.mark.parametrize("extra, message", [
+  (["--data", "{tmp}/missing"], "does not exist"),
+  (["--data", "{tmp}"], "holds no dataset"),
+  (["--data", "{short}", "--seq-len", "500"], "longer than the data"),
+  (["--data", "{data}", "--preset", "huge"], "unknown preset 'huge'"),
+  (["--data", "{data}", "--batch-size", "100000000"], "lower --batch-size"),
+  (["--data", "{data}", "--resume"], "no training checkpoint"),
+  (["--data", "{data}", "--max-steps", "0"], "at least 1"),
+])
+def test_bad_input(extra, message, dataset, short_data, tmp_path, capsys):
+  argv = [e.format(tmp=tmp_path, short=short_data, data=dataset) for e in extra]
+  assert run(*TINY, "--out", tmp_path / "out", *argv) != 0
+  err = capsys.readouterr().err.strip()
+  assert message in err and len(err.splitlines()) == 1 and err.startswith("train.py: error:")
+
+def test_plot(dataset, tmp_path, capsys):
+  try: import matplotlib  # noqa: F401  (an optional extra)
+  except ImportError:
+    assert run(*TINY, "--data", dataset, "--out", tmp_path, "--plot") == 1
+    assert "pip install matplotlib" in capsys.readouterr().err
+  else:
+    assert run(*TINY, "--data", dataset, "--out", tmp_path, "--plot", "--max-steps", 2) == 0
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
