@@ -9,7 +9,7 @@ model at a symbolic position and samples the next id on the device, so only that
 Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top_p`, optionally top-k first.
 """
 from __future__ import annotations
-import argparse, pathlib, re, resource, statistics, sys, time
+import argparse, math, pathlib, re, resource, secrets, statistics, sys, time
 from dataclasses import dataclass, field
 from tinygrad import Tensor, TinyJit, UOp, dtypes
 from tinygrad.nn.state import get_state_dict
@@ -50,19 +50,34 @@ class Sampling:
     """The values as one device buffer, an input of the compiled step: one compilation serves every value."""
     return Tensor([1 / self.temperature if self.temperature else 0.0, self.top_p, float(self.top_k)], dtype=dtypes.float32).realize()
 
-def sample(logits: Tensor, knobs: Tensor, s: Sampling) -> Tensor:
+def sample(logits: Tensor, knobs: Tensor, s: Sampling, uniform: Tensor | None = None) -> Tensor:
   """logits (B, V) → one token id per row, (B, 1) int32, drawn on the device. `s` picks the graph
-  (greedy or not, which filters); `knobs` (from s.knobs()) carries the numbers."""
+  (greedy or not, which filters); `knobs` (from s.knobs()) carries the numbers; `uniform` (B, V) in (0, 1)
+  is the randomness (see Rng), unused when greedy."""
   if s.temperature == 0: return logits.argmax(-1, keepdim=True).cast(dtypes.int32)
   probs = (logits * knobs[0]).softmax(-1)
   if s.top_k and s.top_k < logits.shape[-1]:
     probs = _keep_top(probs, probs.ones_like(), knobs[2])
     probs = probs / probs.sum(-1, keepdim=True)           # top-p then applies to the renormalised top-k set
   if s.top_p < 1: probs = _keep_top(probs, probs, knobs[1])
-  # exponential race: argmax_i p_i / E_i with E_i ~ Exp(1) picks i with probability p_i / Σp, so the kept
-  # probabilities need neither renormalising nor a cumulative sum; 1 - U lies in (0, 1], so E is finite
-  e = -(1 - Tensor.rand(*probs.shape, device=probs.device)).log()
-  return (probs / e.maximum(1e-30)).argmax(-1, keepdim=True).cast(dtypes.int32)
+  # exponential race: argmax_i p_i / E_i with E_i = -log U_i ~ Exp(1) picks i with probability p_i / Σp, so
+  # the kept probabilities need neither renormalising nor a cumulative sum (nor a sort)
+  return (probs / -uniform.log()).argmax(-1, keepdim=True).cast(dtypes.int32)
+
+class Rng:
+  """Counter-based randomness on the device: draw k is threefry(k << 32 | i) under the key `seed`, so a seed
+  fixes every draw of a run, and the state is one small buffer that the compiled step advances itself."""
+  def __init__(self, seed: int | None):
+    self.seed = secrets.randbits(32) if seed is None else seed % 2**32
+    self.state = Tensor([self.seed, 0], dtype=dtypes.uint32).realize()   # key, counter
+
+  def uniform(self, *shape: int) -> Tensor:
+    """Uniform floats in (0, 1), a new set at every realisation (also on every replay of a TinyJit)."""
+    state = self.state.assign(self.state + Tensor([0, 1], dtype=dtypes.uint32))
+    n = math.prod(shape)
+    x = ((state[1:2] - 1).cast(dtypes.uint64) << 32) | Tensor.arange(n, dtype=dtypes.uint32).cast(dtypes.uint64)
+    bits = x.threefry(state[0:1].cast(dtypes.uint64))
+    return (((bits >> 40).cast(dtypes.float32) + 0.5) * 2.0 ** -24).reshape(shape)   # 24 random bits, never 0 or 1
 
 # ***** the decoding loop *****
 
@@ -75,7 +90,7 @@ class Generator:
     # the last prefill chunk is padded to full size: the cache has room for its tail (padding is written past
     # the real tokens, never attended to, and overwritten by later tokens)
     model.init_cache(1, max_context + self.chunk - 1)
-    if seed is not None: Tensor.manual_seed(seed)   # before the first step: the compiled steps hold tinygrad's RNG state
+    self.rng = Rng(seed)
     self.knobs = sampling.knobs()
     self.one = Tensor([1.0]).realize()
     self.prefill_step, self.decode_step = TinyJit(self._step), TinyJit(self._step)
@@ -86,7 +101,7 @@ class Generator:
     # select is one-hot over the chunk: it picks the logits of the last real token out of a padded chunk
     # (a symbolic index into the output is not replayed correctly by TinyJit in tinygrad 0.14)
     logits = (self.model(tokens, start_pos) * select.reshape(1, -1, 1)).sum(1)
-    return sample(logits, knobs, self.sampling).realize()
+    return sample(logits, knobs, self.sampling, None if self.sampling.temperature == 0 else self.rng.uniform(*logits.shape)).realize()
 
   def reset(self): self.pos, self.pending = 0, None
 
@@ -121,6 +136,7 @@ class Stats:
   stop: str = ""
 
   def line(self) -> str:
+    if not self.prompt_tokens: return "nothing was generated"
     decode = f"{(self.new_tokens - 1) / self.decode_time:.1f} tok/s" if self.new_tokens > 1 and self.decode_time > 0 else "n/a"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
     return (f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new | time to first token {self.ttft:.2f} s | "
@@ -196,17 +212,17 @@ def weight_bytes(model: llama.Transformer) -> int:
   """Bytes of weights one decode step reads: every parameter once (a tied embedding is read whole by the classifier)."""
   return sum(t.nbytes() for k, t in get_state_dict(model).items() if "cache_kv" not in k and k != "freqs")
 
-def run_plain(gen: Generator, tok, args, prompt_ids: list[int]) -> Stats:
+def run_plain(gen: Generator, tok, args, prompt_ids: list[int]) -> tuple[Stats, list[int]]:
   stats, dec = Stats(), tok.decoder()
   sys.stdout.write("".join(dec.add(i) for i in prompt_ids))
   sys.stdout.flush()
   def show(i: int):
     sys.stdout.write(dec.add(i))
     sys.stdout.flush()
-  generate(gen, prompt_ids, args.max_new_tokens, tok.eos_id, stats, show)
+  new = generate(gen, prompt_ids, args.max_new_tokens, tok.eos_id, stats, show)
   sys.stdout.write(dec.flush() + "\n")
   sys.stdout.flush()
-  return stats
+  return stats, new
 
 def run_chat(gen: Generator, tok, args) -> Stats:
   fmt, stats, first = chat_format(tok), Stats(), True
@@ -278,16 +294,18 @@ def main(argv=None):
   max_seq = model.args.max_seq_len
   ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
   if not 1 < ctx <= max_seq: raise ValueError(f"--max-context must be in 2..{max_seq} (the model's context), got {ctx}")
-  print(f"loaded {args.model or DEFAULT_OUT} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
-        f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights", file=sys.stderr)
-  gen = Generator(model, ctx, sampling, args.seed)
-  if args.chat: stats = run_chat(gen, tok, args)
-  else:
+  ids: list[int] = []
+  if not args.chat:
     prompt = BENCH_PROMPT if args.benchmark and not args.prompt else args.prompt
     ids = tok.encode(prompt, bos=getattr(tok, "add_bos", True)) if prompt else [tok.bos_id]
     if len(ids) >= ctx: raise ValueError(f"the prompt is {len(ids)} tokens, too long for the context of {ctx} (--max-context)")
-    if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
-    stats = run_plain(gen, tok, args, ids)
+  print(f"loaded {args.model or DEFAULT_OUT} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
+        f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights", file=sys.stderr)
+  gen = Generator(model, ctx, sampling, args.seed)
+  if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
+  if args.chat: stats = run_chat(gen, tok, args)
+  else:
+    stats, _ = run_plain(gen, tok, args, ids)
     print(f"[stopped: {stats.stop}]", file=sys.stderr)
   print(stats.line(), file=sys.stderr)
 
