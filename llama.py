@@ -212,16 +212,18 @@ class Transformer:
 # One entry point, load(), tells the five formats apart by what is at the path. Each format's reader yields
 # (Meta name, lazy tensor) pairs that _build realises on the device one at a time, so loading needs about the
 # model's own size in memory (plus one tensor), never a second full copy.
-import io, json, os, pathlib, re, shutil, struct, tempfile, zipfile
+import io, json, mmap, os, pathlib, re, shutil, struct, tempfile, zipfile
 from typing import Callable, Iterable, Iterator
+from tinygrad import Device
 from tinygrad.nn.state import get_state_dict, safe_load, safe_load_metadata, safe_save, torch_load, TensorIO
 
 class CheckpointError(ValueError):
   """A checkpoint that is missing, truncated, corrupt or of a format load() does not know; the message is one sentence."""
 
-# what a format reader hands back: the config, the weights under Meta's names, and how to make the tokenizer (or None)
+# what a format reader hands back: the config, the weights under Meta's names, how to make the tokenizer (or None),
+# and the files the weights are read from
 Weights = Iterable[tuple[str, Tensor]]
-Reader = tuple[ModelArgs, Weights, Callable[[], object] | None]
+Reader = tuple[ModelArgs, Weights, Callable[[], object] | None, list[pathlib.Path]]
 
 def _skeleton(args: ModelArgs) -> Transformer:
   """A Transformer whose weights are lazy placeholders that are never realised: the random init of a 7B model would
@@ -237,7 +239,15 @@ def _weight_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
   """The learned tensors by Meta name: the state dict without the RoPE table and the KV cache."""
   return {k: tuple(v.shape) for k, v in get_state_dict(model).items() if k != "freqs" and not k.endswith("cache_kv")}
 
-def _build(args: ModelArgs, weights: Weights, dtype, device, source: pathlib.Path) -> Transformer:
+def _drop_pages(files: list[pathlib.Path]):
+  """tinygrad reads DISK tensors through an mmap of the file, so every page read stays in this process's resident set
+  (clean and reclaimable, but counted) until the file is closed; without this a model loaded from one file peaks at
+  twice its size in RSS. MADV_DONTNEED unmaps what was read; the page cache keeps the data."""
+  for f in files:
+    dev = Device[f"DISK:{f.resolve()}"]
+    if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
+
+def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, device, source: pathlib.Path) -> Transformer:
   model = _skeleton(args)
   want, seen = _weight_shapes(model), set()
   for name, t in weights:
@@ -250,6 +260,7 @@ def _build(args: ModelArgs, weights: Weights, dtype, device, source: pathlib.Pat
     for part in parents: obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     setattr(obj, leaf, t.contiguous().realize())
     seen.add(name)
+    _drop_pages(files)
   if missing := sorted(set(want) - seen): raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
   model.freqs = model.freqs.to(device).realize()
   return model
@@ -274,7 +285,7 @@ def _beside(*candidates: pathlib.Path) -> Callable[[], object] | None:
 
 def _read_ours(path: pathlib.Path, device) -> Reader:
   args = ModelArgs.from_dict(json.loads((path / "config.json").read_text()))
-  return args, _safetensors(path / "model.safetensors").items(), _beside(path / "tokenizer.model")
+  return args, _safetensors(path / "model.safetensors").items(), _beside(path / "tokenizer.model"), [path / "model.safetensors"]
 
 def save(model: Transformer, path, tokenizer=None) -> None:
   """Write `model` (and a sentencepiece tokenizer) as our own format directory. A new directory appears at once
@@ -343,7 +354,7 @@ def _read_llama2c(path: pathlib.Path, device) -> Reader:
       if kind == "freq_cis": continue             # the legacy RoPE table; we compute our own
       for i in range(n_layers if "{}" in names[kind] else 1):
         yield names[kind].format(i), disk[start + i * per:start + (i + 1) * per].bitcast(dtypes.float32).reshape(kinds[kind])
-  return args, weights(), _beside(path.parent / "tokenizer.model", path.parent / "tokenizer.bin")
+  return args, weights(), _beside(path.parent / "tokenizer.model", path.parent / "tokenizer.bin"), [path]
 
 # ----- Meta's release: params.json + consolidated.NN.pth, one per model-parallel rank -----
 # fairscale split each matrix across ranks: column-parallel layers (wq, wk, wv, w1, w3, output) by output rows,
@@ -370,7 +381,7 @@ def _read_meta(path: pathlib.Path, device) -> Reader:
       kind = name.split(".")[-2]
       if len(states) == 1 or kind not in _META_SPLIT_DIM: yield name, first[name]
       else: yield name, Tensor.cat(*(s[name].to(device) for s in states), dim=_META_SPLIT_DIM[kind])
-  return args, weights(), _beside(path / "tokenizer.model", path.parent / "tokenizer.model")   # Meta ships it one level up
+  return args, weights(), _beside(path / "tokenizer.model", path.parent / "tokenizer.model"), shards   # Meta ships it one level up
 
 # ----- Hugging Face transformers: config.json + model.safetensors or shards listed in model.safetensors.index.json -----
 _HF_LAYER_NAMES = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
@@ -407,7 +418,7 @@ def _read_hf(path: pathlib.Path, device) -> Reader:
         if name.endswith(("wq.weight", "wk.weight")):
           t = _unpermute_rotate_half(t.to(device), args.n_heads if name.endswith("wq.weight") else args.n_kv_heads)
         yield name, t
-  return args, weights(), _beside(path / "tokenizer.model")
+  return args, weights(), _beside(path / "tokenizer.model"), files
 
 # ----- GGUF (llama.cpp): metadata key/values, tensor infos, aligned tensor data -----
 _GGUF_NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output", "attn_norm": "attention_norm",
@@ -454,7 +465,7 @@ def _read_gguf(path: pathlib.Path, device) -> Reader:
   def tokenizer():
     import data
     return data.tokenizer_from_gguf(kv)
-  return args, weights(), tokenizer if "tokenizer.ggml.model" in kv else None
+  return args, weights(), tokenizer if "tokenizer.ggml.model" in kv else None, [path]
 
 # ----- the entry point -----
 
@@ -482,8 +493,8 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, ob
   fmt = None
   try:
     fmt = _sniff(path)
-    args, weights, make_tokenizer = _READERS[fmt](path, device)
-    model = _build(args, weights, dtype, device, path)
+    args, weights, make_tokenizer, files = _READERS[fmt](path, device)
+    model = _build(args, weights, files, dtype, device, path)
   except CheckpointError: raise
   except Exception as e:   # whatever a damaged file trips deep inside a parser becomes one sentence naming the file
     raise CheckpointError(f"{path} could not be read as a {fmt + ' ' if fmt else ''}checkpoint ({type(e).__name__}: {e})") from e
@@ -577,6 +588,10 @@ def place(name: str, t: Tensor, devices: tuple[str, ...], mode: str = "tp") -> T
   and no device ever holds the whole model."""
   return t.to(devices[0]) if len(devices) == 1 else t.shard(devices, shard_axis(name, mode))
 
+def model_devices(model: Transformer) -> tuple[str, ...]:
+  """The devices `model`'s weights live on, as a tuple (one entry on a single device)."""
+  return d if isinstance(d := model.tok_embeddings.weight.device, tuple) else (d,)
+
 def shard_model(model: Transformer, devices: tuple[str, ...], mode: str = "tp") -> Transformer:
   """Move every tensor of `model` (weights, RoPE table, KV cache if any) onto `devices` for `mode` ('dp' or 'tp'), in
   place and one tensor at a time: each is realised on its new devices before the next moves, so its old buffer can
@@ -589,13 +604,13 @@ def shard_model(model: Transformer, devices: tuple[str, ...], mode: str = "tp") 
     t.replace(place(name, t, devices, mode).realize())
   return model
 
-def shard_batch(x: Tensor, devices: tuple[str, ...], mode: str = "dp") -> Tensor:
-  """A batch (tokens or targets, batch first) for a model sharded in `mode`: split along axis 0 for dp, copied to
-  every device for tp."""
+def shard_batch(x: Tensor, devices: tuple[str, ...], mode: str = "dp", batch_axis: int = 0) -> Tensor:
+  """Tokens or targets for a model sharded in `mode`: split along the batch axis for dp (axis 1 for micro-batches
+  stacked as (accum, batch, seq)), copied to every device for tp."""
   if len(devices) == 1: return x.to(devices[0])
   if mode == "dp":
-    if x.shape[0] % len(devices): raise ValueError(f"data parallel over {len(devices)} devices needs the batch size ({x.shape[0]}) to be divisible by {len(devices)}")
-    return x.shard(devices, 0)
+    if (b := x.shape[batch_axis]) % len(devices): raise ValueError(f"data parallel over {len(devices)} devices needs the batch size ({b}) to be divisible by {len(devices)}")
+    return x.shard(devices, batch_axis)
   return x.shard(devices)
 
 # §2.4 activation checkpointing. The paper saves the outputs of the linear layers and recomputes the rest, with a
