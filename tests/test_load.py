@@ -337,16 +337,18 @@ def test_stories260K_first_logits_match_numpy_reference(stories):
   assert out[0, 0].argmax() == 403     # after BOS the model starts its story with "Once"
 
 def greedy(model: llama.Transformer, prompt: list[int], steps: int) -> list[int]:
-  """Greedy decoding with the KV cache: prefill the prompt, then one TinyJit-replayed step per token at a bound
-  symbolic position (fed a fresh realized token buffer each time, as TinyJit needs)."""
+  """Greedy decoding with the KV cache, one token per call, the prompt too, through one TinyJit step at a bound
+  symbolic position: a single compiled graph serves every position (scheduling a 30-layer graph costs seconds).
+  Each call gets a fresh realized token buffer, as TinyJit needs."""
   ctx = len(prompt) + steps
   model.init_cache(1, ctx)
   step = TinyJit(lambda tok, start: model(tok, start)[:, -1].argmax(-1).realize())
+  ids = list(prompt)
   try:
-    out = [int(model(Tensor([prompt]), 0)[0, -1].argmax().item())]
-    for pos in range(len(prompt), ctx - 1):
-      out.append(int(step(Tensor([out[-1:]]).realize(), UOp.variable("start_pos", 1, ctx - 1).bind(pos)).item()))
-    return out
+    for pos in range(ctx - 1):
+      nxt = int(step(Tensor([ids[pos:pos+1]]).realize(), UOp.variable("start_pos", 0, ctx - 1).bind(pos)).item())
+      if pos >= len(prompt) - 1: ids.append(nxt)
+    return ids[len(prompt):]
   finally: model.drop_cache()
 
 STORIES_REFERENCE = """Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
