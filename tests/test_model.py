@@ -19,12 +19,15 @@ def assert_close(out, expected, rtol=1e-4):
   err, scale = np.abs(out - expected).max(), np.abs(expected).max()
   assert err <= rtol * scale, f"max|diff| {err:.3g} > {rtol:g} * max|ref| {scale:.3g}"
 
-floats = lambda lo, hi: st.floats(lo, hi, width=32, allow_nan=False, allow_infinity=False)
+def floats(lo: float, hi: float):
+  """float32 values; magnitudes below 1e-6 become 0, because the CPU flushes float32 subnormals (x·cos of 1e-45 is 0)."""
+  return st.floats(lo, hi, width=32).map(lambda v: 0.0 if abs(v) < 1e-6 else v)
 seeds = st.integers(0, 2**32 - 1)
 
 # ***** RMSNorm (§2.2 pre-normalization) *****
 
 NORM_SHAPE = (3, 5, 24)
+TINY_EPS = 1e-10   # tiny next to mean(x²), so scale invariance and unit RMS hold to float32 precision
 
 @functools.cache
 def rmsnorm(eps: float) -> llama.RMSNorm: return llama.RMSNorm(NORM_SHAPE[-1], eps=eps)
@@ -36,12 +39,9 @@ def run_rmsnorm(x, weight, eps):
 
 @settings(max_examples=40)
 @given(x=arrays(np.float32, NORM_SHAPE, elements=floats(-100, 100)), w=arrays(np.float32, NORM_SHAPE[-1:], elements=floats(-3, 3)),
-       eps=st.sampled_from([1e-5, 1e-6]))
+       eps=st.sampled_from([1e-5, TINY_EPS]))
 def test_rmsnorm_matches_reference(x, w, eps):
   assert_close(run_rmsnorm(x, w, eps), ref.rmsnorm(x, w, eps))
-
-# eps tiny next to mean(x²) so the identities hold to float32 precision
-TINY_EPS = 1e-10
 
 @settings(max_examples=40)
 @given(seed=seeds, c=st.floats(1e-2, 1e3))
@@ -142,21 +142,21 @@ def test_num_params_matches_weight_shapes(head_dim, n_kv, rep, n_layers, vocab, 
 
 # ***** whole model on tiny configs *****
 
-# the fixed set of shapes: GQA, plain MHA, tied output + ffn_dim_multiplier, explicit hidden_dim + one K/V head
+# the fixed set of shapes (each new one costs seconds of kernel compilation): GQA; plain MHA of the same size; one
+# K/V head for six query heads with a tied output, ffn_dim_multiplier and another eps
 CONFIGS = {
   "gqa":  dict(dim=32, n_heads=4, n_kv_heads=2, vocab_size=61, multiple_of=16, norm_eps=1e-5),
   "mha":  dict(dim=32, n_heads=4, n_kv_heads=4, vocab_size=61, multiple_of=16, norm_eps=1e-5),
-  "tied": dict(dim=48, n_heads=6, n_kv_heads=2, vocab_size=61, multiple_of=32, ffn_dim_multiplier=1.3, norm_eps=1e-6, tie_embeddings=True),
-  "mqa":  dict(dim=24, n_heads=2, n_kv_heads=1, vocab_size=61, hidden_dim=40, norm_eps=1e-6),
+  "tied": dict(dim=48, n_heads=6, n_kv_heads=1, vocab_size=61, multiple_of=32, ffn_dim_multiplier=1.3, norm_eps=1e-6, tie_embeddings=True),
 }
-B, T, CTX = 3, 8, 16
+B, T, CTX = 3, 6, 16
 token_batches = arrays(np.int64, (B, T), elements=st.integers(0, 60))
 
 def make_args(name: str, **kw) -> llama.ModelArgs:
   return llama.ModelArgs(**{"n_layers": 2, "max_seq_len": CTX, **CONFIGS[name], **kw})
 
 def load(model: llama.Transformer, weights: dict[str, np.ndarray]) -> llama.Transformer:
-  nn.state.load_state_dict(model, {k: Tensor(v) for k, v in weights.items()}, strict=False, verbose=False)
+  Tensor.realize(*nn.state.load_state_dict(model, {k: Tensor(v) for k, v in weights.items()}, strict=False, verbose=False, realize=False))
   return model
 
 def make_model(args: llama.ModelArgs, weights: dict[str, np.ndarray]) -> llama.Transformer:
@@ -185,10 +185,16 @@ def gqa():
   model = make_model(args, weights)
   return args, weights, model, Forward(model)
 
+@functools.cache
+def config_model(name: str) -> llama.Transformer:
+  """One model per config, shared by the tests that only need its shapes or load their own weights."""
+  Tensor.manual_seed(0)
+  return llama.Transformer(make_args(name))
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_state_dict_has_meta_names(name):
   args = make_args(name)
-  sd = {k: v for k, v in nn.state.get_state_dict(llama.Transformer(args)).items() if k != "freqs"}
+  sd = {k: v for k, v in nn.state.get_state_dict(config_model(name)).items() if k != "freqs"}
   assert {k: v.shape for k, v in sd.items()} == ref.weight_shapes(args)
   assert sum(v.numel() for v in sd.values()) == args.num_params()
 
@@ -203,16 +209,13 @@ def test_full_forward_jit_equals_plain(gqa):
     tokens = np.random.default_rng(seed).integers(0, 61, (B, T))
     assert_close(forward(tokens), logits(model, tokens), rtol=1e-6)
 
-@functools.cache
-def config_model(name: str, n_layers: int) -> llama.Transformer: return make_model(make_args(name, n_layers=n_layers), {})
-
 @settings(max_examples=25)
-@given(name=st.sampled_from(list(CONFIGS)), n_layers=st.integers(1, 2), theta=thetas, seed=seeds, tokens=token_batches)
-def test_model_matches_reference(name, n_layers, theta, seed, tokens):
+@given(name=st.sampled_from(list(CONFIGS)), theta=thetas, seed=seeds, tokens=token_batches)
+def test_model_matches_reference(name, theta, seed, tokens):
   # one model per shape; each example loads fresh weights and the rotary table for its theta through nn.state
-  args = make_args(name, n_layers=n_layers, rope_theta=theta)
+  args = make_args(name, rope_theta=theta)
   weights = ref.random_weights(args, seed)
-  model = config_model(name, n_layers)
+  model = config_model(name)
   rotary = llama.precompute_freqs(args.head_dim, model.freqs.shape[0], theta)
   load(model, {**weights, "freqs": rotary.numpy()})
   assert_close(logits(model, tokens), ref.forward(weights, args, tokens))
@@ -286,8 +289,8 @@ def test_kv_cache_token_by_token_and_in_chunks(gqa, decoder):
   decoder.init_cache(max_batch=B + 1, max_context=CTX)
   steps = [decoder(Tensor(tokens[:, i:i + 1]), start_at(i, 1)).realize().numpy() for i in range(T)]
   assert_close(np.concatenate(steps, axis=1), full)
-  decoder.init_cache(max_batch=B + 1, max_context=CTX)   # int positions: prefill 3, a chunk of 4 on top of the cache, then 1
-  chunks = [decoder(Tensor(tokens[:, a:b]), a).realize().numpy() for a, b in ((0, 3), (3, 7), (7, 8))]
+  decoder.init_cache(max_batch=B + 1, max_context=CTX)   # int positions: prefill 3, then a chunk of 3 on top of the cache
+  chunks = [decoder(Tensor(tokens[:, a:b]), a).realize().numpy() for a, b in ((0, 3), (3, 6))]
   assert_close(np.concatenate(chunks, axis=1), full)
 
 @settings(max_examples=25)
@@ -299,13 +302,12 @@ def test_kv_cache_chunks_from_any_split(gqa, decoder, tokens, cuts):
   assert_close(np.concatenate(out, axis=1), gqa[3](tokens))
 
 def test_tinyjit_decode_step_with_symbolic_start_pos(gqa, decoder):
-  tokens = np.random.default_rng(11).integers(0, 61, (1, T))
-  full = logits(gqa[2], tokens)
-  decoder.init_cache(max_batch=1, max_context=CTX)
+  tokens = np.random.default_rng(11).integers(0, 61, (B, T))
+  decoder.init_cache(max_batch=B + 1, max_context=CTX)
   step = TinyJit(lambda tok, start_pos: decoder(tok, start_pos).realize())
   got = [decoder(Tensor(tokens[:, :2]), 0).realize().numpy()]             # prefill outside the JIT
   for i in range(2, T):                                                   # runs eagerly, captures, then replays
     tok = Tensor(tokens[:, i:i + 1]).realize()                            # a fresh input buffer every step
-    got.append(step(tok, UOp.variable("start_pos", 1, CTX - 1).bind(i)).numpy())
+    got.append(step(tok, start_at(i, 1)).numpy())
   assert step.captured is not None
-  assert_close(np.concatenate(got, axis=1), full)
+  assert_close(np.concatenate(got, axis=1), logits(gqa[2], tokens))
