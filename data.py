@@ -426,8 +426,8 @@ def train_tokenizer(text_iter_or_files, vocab_size: int, out_prefix) -> str:
   identity rule, spaces kept as they are, Llama's trainer settings). Input: an iterable of str (text, split into
   lines as sentencepiece reads files) or of os.PathLike (files). Writes out_prefix + '.model' atomically and
   returns that path. The vocabulary limit is soft: a corpus too small for vocab_size gets a smaller vocabulary."""
-  items = list(text_iter_or_files) if not isinstance(text_iter_or_files, (str, os.PathLike)) else [text_iter_or_files]
-  def sentences() -> Iterator[str]:
+  items = [text_iter_or_files] if isinstance(text_iter_or_files, (str, os.PathLike)) else text_iter_or_files
+  def sentences() -> Iterator[str]:   # lazily: sentencepiece samples at most input_sentence_size lines from the stream
     for it in items:
       if isinstance(it, os.PathLike): yield from _lines([pathlib.Path(it)])
       else: yield from (line for line in it.split("\n") if line.strip())
@@ -496,7 +496,7 @@ def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=Non
   if not docs: raise DataError("the corpus is empty")
   random.Random(0).shuffle(docs)   # the validation tail is then a sample of the documents, not the last directory
   out.mkdir(parents=True, exist_ok=True)
-  if tokenizer is None: tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")   # (a generator is one item)
+  if tokenizer is None: tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")
   else:
     tok = load_tokenizer(tokenizer)
     tok_path = str(out / ("tokenizer.model" if isinstance(tok, SentencePieceTokenizer) else pathlib.Path(tokenizer).name))

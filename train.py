@@ -32,12 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   d.add_argument("--data", help="dataset directory made by data.py (default data/, built from the default corpus when absent)")
   d.add_argument("--out", default="out", help="checkpoint directory (default out/)")
   t = p.add_argument_group("optimisation (§2.3)")
-  t.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
+  t.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch")
   t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step: a step sees batch·accum·seq-len tokens")
   t.add_argument("--seq-len", type=int, default=128)
-  t.add_argument("--max-steps", type=int, default=300)
+  t.add_argument("--max-steps", type=int, default=200)
   t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-  t.add_argument("--warmup-steps", type=int, default=30)
+  t.add_argument("--warmup-steps", type=int, default=20)
   t.add_argument("--lr-decay-steps", type=int, help="end of the cosine decay (default: max-steps)")
   t.add_argument("--min-lr-ratio", type=float, default=0.1, help="final learning rate / peak (§2.3: 10%%)")
   t.add_argument("--weight-decay", type=float, default=0.1)
@@ -124,9 +124,12 @@ def check_memory(args: llama.ModelArgs, a) -> None:
   report their own allocation failures). The estimate is deliberately rough: weights, gradients and two AdamW
   moments, plus per token the activations backward keeps (≈ 16·dim + 4·ffn + 2·heads·seq per layer) and 3 copies
   of the logits."""
-  if Device.DEFAULT != "CPU" or not hasattr(os, "sysconf"): return
-  try: avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError): return
+  if Device.DEFAULT != "CPU": return
+  try:   # Linux: MemAvailable counts reclaimable page cache; elsewhere: all physical memory
+    info = pathlib.Path("/proc/meminfo").read_text() if os.path.exists("/proc/meminfo") else ""
+    avail = next((int(l.split()[1]) * 1024 for l in info.splitlines() if l.startswith("MemAvailable:")), None) \
+            or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError): return
   per_token = args.n_layers * (16 * args.dim + 4 * args.ffn_hidden + 2 * args.n_heads * a.seq_len) + 3 * args.vocab_size
   need = 4 * (4 * args.num_params() + a.batch_size * a.seq_len * per_token)
   if need > avail:
@@ -140,7 +143,7 @@ def save_checkpoint(out: pathlib.Path, model, tokenizer, opt: OptimizerGroup, st
   part of it (log.jsonl, loss.png), then swap directories: a crash leaves either the old or the new checkpoint."""
   tmp, old = out.with_name(f".{out.name}.saving"), out.with_name(f".{out.name}.old")
   shutil.rmtree(tmp, ignore_errors=True)
-  llama.save(model, tmp, tokenizer)
+  llama.save(model, tmp, tokenizer if isinstance(tokenizer, data.SentencePieceTokenizer) else None)   # .model files only
   safe_save(optimizer_state(opt), str(tmp / "optimizer.safetensors"))
   (tmp / "train_state.json").write_text(json.dumps(state, indent=1) + "\n")
   if out.is_dir():
@@ -151,12 +154,12 @@ def save_checkpoint(out: pathlib.Path, model, tokenizer, opt: OptimizerGroup, st
   os.replace(tmp, out)
   shutil.rmtree(old, ignore_errors=True)
 
-def load_checkpoint(out: pathlib.Path, dtype) -> tuple[llama.Transformer, object, dict, dict[str, Tensor]]:
+def load_checkpoint(out: pathlib.Path, dtype) -> tuple[llama.Transformer, dict, dict[str, Tensor]]:
   if not out.exists() and out.with_name(f".{out.name}.old").is_dir(): os.replace(out.with_name(f".{out.name}.old"), out)  # crashed mid-swap
   if not (out / "train_state.json").is_file(): raise TrainError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
-  model, tok = llama.load(out)
+  model, _ = llama.load(out)
   place_model(model, dtype)
-  return model, tok, json.loads((out / "train_state.json").read_text()), safe_load(str(out / "optimizer.safetensors"))
+  return model, json.loads((out / "train_state.json").read_text()), safe_load(str(out / "optimizer.safetensors"))
 
 def restore_optimizer(opt: OptimizerGroup, saved: dict[str, Tensor]) -> None:
   mine = optimizer_state(opt)
@@ -235,7 +238,7 @@ def train(a: argparse.Namespace) -> int:
     try: import matplotlib  # noqa: F401  (an optional extra: fail before training, not after)
     except ImportError: raise TrainError("--plot needs matplotlib: pip install matplotlib") from None
   if a.resume:
-    model, tokenizer, state, opt_saved = load_checkpoint(out, dtype)
+    model, state, opt_saved = load_checkpoint(out, dtype)
     a.data = a.data or state["config"]["data"]
   if a.data is None:
     a.data = "data"
@@ -245,13 +248,13 @@ def train(a: argparse.Namespace) -> int:
       data.prepare([], a.data, vocab_size=llama.PRESETS[a.preset].vocab_size)
   meta = data.read_meta(a.data)
   train_tokens, val_tokens = data.load_split(a.data, "train"), data.load_split(a.data, "val")
+  tokenizer = data.load_tokenizer(pathlib.Path(a.data) / meta["tokenizer"])
   if a.seq_len + 1 > min(len(train_tokens), len(val_tokens)):
     raise TrainError(f"--seq-len {a.seq_len} is longer than the data in {a.data} ({len(train_tokens)} train / {len(val_tokens)} val tokens)")
   if not a.resume:
     Tensor.manual_seed(a.seed)
     model = llama.Transformer(model_args(a, meta["vocab_size"]))
     place_model(model, dtype)
-    tokenizer = data.load_tokenizer(pathlib.Path(a.data) / meta["tokenizer"])
     state = {"step": 0, "tokens": 0, "rng": np.random.default_rng(a.seed).bit_generator.state}
   elif model.args.vocab_size != meta["vocab_size"]:
     raise TrainError(f"--resume: the checkpoint's vocabulary ({model.args.vocab_size}) is not the dataset's ({meta['vocab_size']})")
