@@ -254,6 +254,8 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
     if name not in want: raise CheckpointError(f"{source} holds a tensor '{name}' that this LLaMA configuration does not have")
     if tuple(t.shape) != want[name]: raise CheckpointError(f"{source}: '{name}' has shape {tuple(t.shape)} but the config implies {want[name]}")
     t = t.to(device)                       # off the disk first: disk tensors cannot be cast in place
+    if t.dtype == dtypes.uint16:           # bfloat16 carried as its bits (see _bits): keep it, or widen exactly to float32
+      t = t.contiguous().realize().bitcast(dtypes.bfloat16) if dtype in (None, dtypes.bfloat16) else (t.cast(dtypes.uint32) << 16).bitcast(dtypes.float32)
     if dtype is not None: t = t.cast(dtype)
     *parents, leaf = name.split(".")
     obj = model
@@ -265,13 +267,18 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
   model.freqs = model.freqs.to(device).realize()
   return model
 
+def _bits(t: Tensor) -> Tensor:
+  """bfloat16 weights travel as raw uint16 bits until _build: copies, permutations and concatenations then compile
+  as integer kernels, which every backend has (Debian 12's clang 14 cannot compile CPU kernels that touch __bf16)."""
+  return t.bitcast(dtypes.uint16) if t.dtype == dtypes.bfloat16 else t
+
 def _safetensors(path: pathlib.Path) -> dict[str, Tensor]:
   """Lazy views into a .safetensors file on disk, after checking that the header's offsets lie inside the file."""
   if not path.is_file(): raise CheckpointError(f"{path} is missing")
   disk, data_start, header = safe_load_metadata(path)
   end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
   if data_start + end > disk.shape[0]: raise CheckpointError(f"{path} is truncated: its header needs {data_start + end} bytes, the file has {disk.shape[0]}")
-  return safe_load(disk)
+  return {k: _bits(t) for k, t in safe_load(disk).items()}
 
 def _beside(*candidates: pathlib.Path) -> Callable[[], object] | None:
   """The first tokenizer file that exists among the candidates, loaded through data.load_tokenizer."""
@@ -368,7 +375,7 @@ def _read_meta(path: pathlib.Path, device) -> Reader:
   states = []
   for s in shards:     # torch_load gives lazy views into each zip: no data is read until a tensor is realised
     if not zipfile.is_zipfile(s): raise CheckpointError(f"{s} is not a PyTorch zip checkpoint (truncated, or saved by torch older than 1.6)")
-    states.append({k: v for k, v in torch_load(s).items() if k != "rope.freqs"})    # Meta's saved RoPE table: ours is computed
+    states.append({k: _bits(v) for k, v in torch_load(s).items() if k != "rope.freqs"})    # Meta's saved RoPE table: ours is computed
     if set(states[-1]) != set(states[0]): raise CheckpointError(f"{s} holds different tensors from {shards[0]}")
   first = states[0]
   args = ModelArgs(dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"], n_kv_heads=params.get("n_kv_heads"),
@@ -461,7 +468,7 @@ def _read_gguf(path: pathlib.Path, device) -> Reader:
       parts = gguf_name.split(".")
       name = ".".join(["layers", parts[1], _GGUF_NAMES.get(parts[2], parts[2]), *parts[3:]] if parts[0] == "blk" else
                       [_GGUF_NAMES.get(parts[0], parts[0]), *parts[1:]])
-      yield name, ggml_data_to_tensor(disk[start:start + nbytes].to(device), n, ggml_type).reshape(*reversed(shape))
+      yield name, _bits(ggml_data_to_tensor(disk[start:start + nbytes].to(device), n, ggml_type)).reshape(*reversed(shape))
   def tokenizer():
     import data
     return data.tokenizer_from_gguf(kv)
@@ -486,8 +493,9 @@ def _sniff(path: pathlib.Path) -> str:
 
 def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, object]:
   """Open a checkpoint in any of the five formats: (model, tokenizer or None). `tokenizer` is a tokenizer file that
-  overrides or adds one; `dtype` casts every weight (default: keep what is stored; quantised GGUF tensors dequantise
-  to float32); `device` defaults to tinygrad's default device."""
+  overrides or adds one; `dtype` (a tinygrad dtype or its name) casts every weight. By default what is stored is kept:
+  float16 and bfloat16 stay half precision (CPU kernels in bfloat16 need a clang newer than Debian 12's 14: pass
+  dtype="float32" there), quantised GGUF tensors dequantise to float32. `device` defaults to tinygrad's default."""
   path = pathlib.Path(path)
   if isinstance(dtype, str): dtype = getattr(dtypes, dtype)
   fmt = None
@@ -497,7 +505,7 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, ob
     model = _build(args, weights, files, dtype, device, path)
   except CheckpointError: raise
   except Exception as e:   # whatever a damaged file trips deep inside a parser becomes one sentence naming the file
-    raise CheckpointError(f"{path} could not be read as a {fmt + ' ' if fmt else ''}checkpoint ({type(e).__name__}: {e})") from e
+    raise CheckpointError(f"{path} could not be read as a checkpoint{f' in {fmt} format' if fmt else ''} ({type(e).__name__}: {e})") from e
   if tokenizer is not None: make_tokenizer = _beside(pathlib.Path(tokenizer))
   if tokenizer is not None and make_tokenizer is None: raise CheckpointError(f"tokenizer file {tokenizer} does not exist")
   try: return model, make_tokenizer() if make_tokenizer else None
