@@ -496,7 +496,9 @@ def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=Non
   if not docs: raise DataError("the corpus is empty")
   random.Random(0).shuffle(docs)   # the validation tail is then a sample of the documents, not the last directory
   out.mkdir(parents=True, exist_ok=True)
-  if tokenizer is None: tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")
+  if tokenizer is None:
+    print(f"training a {vocab_size}-token tokenizer on {len(docs)} documents ...", file=sys.stderr, flush=True)
+    tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")
   else:
     tok = load_tokenizer(tokenizer)
     tok_path = str(out / ("tokenizer.model" if isinstance(tok, SentencePieceTokenizer) else pathlib.Path(tokenizer).name))

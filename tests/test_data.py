@@ -27,8 +27,10 @@ def numbers_tok(tmp_path_factory):
 
 # ***** tokenizer (§2.1) *****
 
+# U+2581 '▁' is sentencepiece's own marker for a space, so that one character comes back as ' ' (so it does with
+# Llama's tokenizer); every other character, including unseen ones, control bytes and NUL, survives
 @settings(max_examples=200)
-@given(st.text())
+@given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581")))   # Cs: lone surrogates are not text
 def test_round_trip_unicode(tok, s):
   assert tok.decode(tok.encode(s)) == s
 
