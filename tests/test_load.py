@@ -375,6 +375,11 @@ def test_stories260K_first_logits_match_numpy_reference(stories):
   assert_close(out, ref.forward(weights_of(stories), a, toks))
   assert out[0, 0].argmax() == 403     # after BOS the model starts its story with "Once"
 
+def test_device_option_places_every_tensor(stories, fixtures):
+  model, _ = llama.load(fixtures / "stories260K" / "stories260K.bin", device="CPU:1")   # a second virtual CPU device
+  assert {t.device for t in nn.state.get_state_dict(model).values()} == {"CPU:1"}
+  np.testing.assert_array_equal(model(Tensor([[1, 403]], device="CPU:1")).numpy(), stories(Tensor([[1, 403]])).numpy())
+
 def greedy(model: llama.Transformer, prompt: list[int], steps: int) -> list[int]:
   """Greedy decoding with the KV cache, one token per call, the prompt too, through one TinyJit step at a bound
   symbolic position: a single compiled graph serves every position (scheduling a 30-layer graph costs seconds).
