@@ -219,3 +219,22 @@ def test_cli_chat_two_turns(fixtures):
   assert len([a for a in answers if a.strip()]) >= 2, r.stdout
   assert "Paris" in answers[0]
   assert r.stderr.count("[") >= 2 and "prompt" in r.stderr
+
+_keepers: dict = {}
+@settings(max_examples=30)
+@given(logits=st.lists(st.floats(-6, 6, allow_nan=False).map(lambda x: round(x, 1)), min_size=V, max_size=V).map(np.array),
+       p=st.floats(0.05, 0.99), k=st.integers(1, V), fan=st.sampled_from([4, 16]))
+def test_threshold_search_is_exact(logits, p, k, fan):
+  """The sort-free threshold search keeps exactly the tokens at or above the k-th largest probability (top-k),
+  and exactly the smallest nucleus reaching mass p plus ties (top-p), for both fan-outs; numpy on the same
+  float32 probabilities, with near-boundary cases (within 1e-5 of p) left out."""
+  probs = softmax(logits, 1.0).astype(np.float32)
+  order = np.sort(probs)[::-1]
+  csum = np.cumsum(order.astype(np.float64))
+  n = int(np.searchsorted(csum, p))                 # the nucleus: order[:n+1]
+  assume(np.abs(csum - p).min() > 1e-5)
+  if fan not in _keepers:
+    _keepers[fan] = TinyJit(lambda x, kk, pp: Tensor.stack(G._keep_top(x, x.ones_like(), kk, fan), G._keep_top(x, x, pp, fan)).realize())
+  top_k, top_p = _keepers[fan](Tensor(probs[None]).realize(), Tensor([float(k)]).realize(), Tensor([p]).realize()).numpy()[:, 0]
+  assert np.array_equal(top_k > 0, probs >= order[k - 1])
+  assert np.array_equal(top_p > 0, probs >= order[n])
