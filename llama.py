@@ -156,7 +156,9 @@ class TransformerBlock:
     return (h + self.feed_forward(self.ffn_norm(h))).contiguous()
 
 class Transformer:
-  def __init__(self, args: ModelArgs):
+  def __init__(self, args: ModelArgs, init: bool = True):
+    """init=False leaves the weights as lazy placeholders that are never realised, for loaders that overwrite them
+    (the random init of a 7B model would cost a whole model's worth of memory for nothing)."""
     self.args = args
     self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
     self.layers = [TransformerBlock(args) for _ in range(args.n_layers)]
@@ -164,7 +166,7 @@ class Transformer:
     self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
     # table for twice the context, as Meta does, so decoding a little past max_seq_len still has angles
     self.freqs = precompute_freqs(args.head_dim, args.max_seq_len * 2, args.rope_theta)
-    self._init_weights()
+    if init: self._init_weights()
 
   def _init_weights(self):
     """Training from scratch as nanoGPT / llama2.c: N(0, 0.02) for every matrix, residual projections (wo, w2)
@@ -225,16 +227,6 @@ class CheckpointError(ValueError):
 Weights = Iterable[tuple[str, Tensor]]
 Reader = tuple[ModelArgs, Weights, Callable[[], object] | None, list[pathlib.Path]]
 
-def _skeleton(args: ModelArgs) -> Transformer:
-  """A Transformer whose weights are lazy placeholders that are never realised: the random init of a 7B model would
-  cost a whole model's worth of memory only to be overwritten. The instance attribute shadows _init_weights for this
-  one construction."""
-  model = Transformer.__new__(Transformer)
-  model._init_weights = lambda: None
-  Transformer.__init__(model, args)
-  del model._init_weights
-  return model
-
 def _weight_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
   """The learned tensors by Meta name: the state dict without the RoPE table and the KV cache."""
   return {k: tuple(v.shape) for k, v in get_state_dict(model).items() if k != "freqs" and not k.endswith("cache_kv")}
@@ -248,7 +240,7 @@ def _drop_pages(files: list[pathlib.Path]):
     if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
 
 def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, device, source: pathlib.Path) -> Transformer:
-  model = _skeleton(args)
+  model = Transformer(args, init=False)
   want, seen = _weight_shapes(model), set()
   for name, t in weights:
     if name not in want: raise CheckpointError(f"{source} holds a tensor '{name}' that this LLaMA configuration does not have")
