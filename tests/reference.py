@@ -37,7 +37,9 @@ def rope(x: np.ndarray, positions, theta: float = 10000.0) -> np.ndarray:
 
 # ***** §2.2 SwiGLU [PaLM] (Shazeer 2020) *****
 
-def silu(x: np.ndarray) -> np.ndarray: return x / (1.0 + np.exp(-x))
+def silu(x: np.ndarray) -> np.ndarray:
+  """x·σ(x), with σ(x) = (1 + tanh(x/2))/2 so no exp overflows for large |x|."""
+  return x * 0.5 * (1.0 + np.tanh(0.5 * x))
 
 def swiglu(x: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray) -> np.ndarray:
   """FFN(x) = W2 (SiLU(W1 x) ⊙ W3 x)."""

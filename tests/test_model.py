@@ -159,9 +159,10 @@ def load(model: llama.Transformer, weights: dict[str, np.ndarray]) -> llama.Tran
   Tensor.realize(*nn.state.load_state_dict(model, {k: Tensor(v) for k, v in weights.items()}, strict=False, verbose=False, realize=False))
   return model
 
-def make_model(args: llama.ModelArgs, weights: dict[str, np.ndarray]) -> llama.Transformer:
-  Tensor.manual_seed(0)
-  return load(llama.Transformer(args), weights)
+def make_model(args: llama.ModelArgs, weights: dict[str, np.ndarray] | None = None) -> llama.Transformer:
+  Tensor.manual_seed(0)   # the model's own init (kept when no weights are given) is then the same every run
+  model = llama.Transformer(args)
+  return load(model, weights) if weights else model
 
 def logits(model: llama.Transformer, tokens: np.ndarray) -> np.ndarray:
   """The plain one-shot forward (no cache)."""
@@ -188,8 +189,7 @@ def gqa():
 @functools.cache
 def config_model(name: str) -> llama.Transformer:
   """One model per config, shared by the tests that only need its shapes or load their own weights."""
-  Tensor.manual_seed(0)
-  return llama.Transformer(make_args(name))
+  return make_model(make_args(name))
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_state_dict_has_meta_names(name):
