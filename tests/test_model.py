@@ -160,8 +160,8 @@ def load(model: llama.Transformer, weights: dict[str, np.ndarray]) -> llama.Tran
   return model
 
 def make_model(args: llama.ModelArgs, weights: dict[str, np.ndarray] | None = None) -> llama.Transformer:
-  Tensor.manual_seed(0)   # the model's own init (kept when no weights are given) is then the same every run
-  model = llama.Transformer(args)
+  """A model of this config without the random init (its placeholders are replaced by the weights given, if any)."""
+  model = llama.Transformer(args, init=False)
   return load(model, weights) if weights else model
 
 def logits(model: llama.Transformer, tokens: np.ndarray) -> np.ndarray:
@@ -190,6 +190,23 @@ def gqa():
 def config_model(name: str) -> llama.Transformer:
   """One model per config, shared by the tests that only need its shapes or load their own weights."""
   return make_model(make_args(name))
+
+def test_init_from_scratch():
+  # nanoGPT / llama2.c: N(0, 0.02) matrices, residual projections (wo, w2) at 0.02/sqrt(2·n_layers), unit norm gains;
+  # the same seed gives the same model
+  args = make_args("gqa")
+  Tensor.manual_seed(5)
+  first = {k: v.numpy() for k, v in nn.state.get_state_dict(llama.Transformer(args)).items() if k != "freqs"}
+  Tensor.manual_seed(5)
+  again = {k: v.numpy() for k, v in nn.state.get_state_dict(llama.Transformer(args)).items() if k != "freqs"}
+  assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
+  groups = {"norm": [], "residual": [], "other": []}
+  for k, v in first.items():
+    groups["norm" if v.ndim == 1 else "residual" if k.endswith(("wo.weight", "w2.weight")) else "other"].append(v.ravel())
+  norm, residual, other = (np.concatenate(g).astype(np.float64) for g in groups.values())
+  assert np.all(norm == 1)
+  for values, std in ((other, 0.02), (residual, 0.02 / np.sqrt(2 * args.n_layers))):
+    assert abs(values.mean()) < 0.1 * std and abs(values.std() / std - 1) < 0.05, (values.mean(), values.std(), std)
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_state_dict_has_meta_names(name):
