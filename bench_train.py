@@ -95,9 +95,8 @@ def main(argv=None) -> int:
   p.add_argument("--torch", action="store_true", help="also time PyTorch (optional extra)")
   import train
   a, rest = p.parse_known_args(argv)
-  t = train.parse_args(rest)
-  import llama
-  args = train.model_args(t, a.vocab_size or llama.PRESETS[t.preset].vocab_size)
+  t = train.parse_args(rest)   # every train.py flag (preset, sizes, batch, optimiser) means the same here
+  args = train.model_args(t, a.vocab_size or train.preset(t).vocab_size)
   tokens = t.batch_size * t.seq_len
   print(f"{t.preset}: dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, "
         f"{args.num_params() / 1e6:.2f}M params, batch {t.batch_size}x{t.seq_len}")

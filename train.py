@@ -58,10 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   if a.lr_decay_steps is None: a.lr_decay_steps = a.max_steps
   return a
 
+def preset(a: argparse.Namespace) -> llama.ModelArgs:
+  if a.preset not in llama.PRESETS: raise TrainError(f"unknown preset {a.preset!r} (known: {', '.join(llama.PRESETS)})")
+  return llama.PRESETS[a.preset]
+
 def model_args(a: argparse.Namespace, vocab_size: int) -> llama.ModelArgs:
   """The preset with the command line's overrides; the vocabulary is the dataset's tokenizer's."""
-  if a.preset not in llama.PRESETS: raise TrainError(f"unknown preset {a.preset!r} (known: {', '.join(llama.PRESETS)})")
-  cfg = llama.PRESETS[a.preset].to_dict()
+  cfg = preset(a).to_dict()
   if a.n_heads is not None and a.n_kv_heads is None: cfg["n_kv_heads"] = None   # a new head count: plain MHA unless told
   cfg.update({k: getattr(a, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of") if getattr(a, k) is not None})
   cfg.update(vocab_size=vocab_size, max_seq_len=max(cfg["max_seq_len"], a.seq_len))
@@ -243,9 +246,8 @@ def train(a: argparse.Namespace) -> int:
   if a.data is None:
     a.data = "data"
     if not (pathlib.Path(a.data) / "meta.json").is_file():
-      if a.preset not in llama.PRESETS: raise TrainError(f"unknown preset {a.preset!r} (known: {', '.join(llama.PRESETS)})")
       print(f"no dataset in {a.data}/: building it from the default corpus (the Python standard library's docs and source)")
-      data.prepare([], a.data, vocab_size=llama.PRESETS[a.preset].vocab_size)
+      data.prepare([], a.data, vocab_size=preset(a).vocab_size)
   meta = data.read_meta(a.data)
   train_tokens, val_tokens = data.load_split(a.data, "train"), data.load_split(a.data, "val")
   tokenizer = data.load_tokenizer(pathlib.Path(a.data) / meta["tokenizer"])
@@ -324,5 +326,8 @@ def main(argv=None) -> int:
   except (ValueError, OSError) as e:   # TrainError, data.DataError, llama.CheckpointError: one line, no traceback
     print(f"train.py: error: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:            # before training started (data preparation, compilation) or a second Ctrl-C
+    print("train.py: interrupted", file=sys.stderr)
+    return 130
 
 if __name__ == "__main__": sys.exit(main())
