@@ -655,7 +655,10 @@ def memory_per_device(args: ModelArgs, n_devices: int = 1, mode: str = "dp", bat
   head = 2 * d * e + 2 * V * 4 // tp
   per_token = (L * d * e + layer if checkpoint_activations else L * layer) + head
   tokens = -(-batch // (n_devices if mode == "dp" else 1)) * seq_len   # sequences per device, rounded up
-  ret = {"weights": params * e + rope, "grads": params * e, "adam": params * 4 * (2 + (e < 4)),
+  # under tp tinygrad leaves an untied embedding's gradient whole on every device: its backward (one-hot · upstream
+  # gradient, summed over batch and sequence) never touches the split weight, so nothing splits the result (measured)
+  whole_embedding_grad = 0 if mode != "tp" or args.tie_embeddings else V * d - V * d // tp
+  ret = {"weights": params * e + rope, "grads": (params + whole_embedding_grad) * e, "adam": params * 4 * (2 + (e < 4)),
          "activations_per_token": per_token, "activations": per_token * tokens}
   ret["total"] = ret["weights"] + ret["grads"] + ret["adam"] + ret["activations"]
   return ret
