@@ -238,3 +238,11 @@ def test_threshold_search_is_exact(logits, p, k, fan):
   top_k, top_p = _keepers[fan](Tensor(probs[None]).realize(), Tensor([float(k)]).realize(), Tensor([p]).realize()).numpy()[:, 0]
   assert np.array_equal(top_k > 0, probs >= order[k - 1])
   assert np.array_equal(top_p > 0, probs >= order[n])
+
+def test_no_model_uses_out_dir(s260, tmp_path):
+  """Without MODEL, generate.py samples from the checkpoint train.py leaves in out/ (our own format)."""
+  model, tok = llama.load(s260[0], tokenizer=s260[1])
+  llama.save(model, tmp_path / "out", tokenizer=tok)
+  r = cli("-p", "", "-n", 12, "-t", 0, cwd=tmp_path)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout == "Once upon a time, there was a little girl\n"   # the golden text, cut at 12 tokens
