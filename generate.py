@@ -10,7 +10,7 @@ Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top
 """
 from __future__ import annotations
 import argparse, math, pathlib, re, resource, secrets, statistics, sys, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from tinygrad import Tensor, TinyJit, UOp, dtypes
 from tinygrad.nn.state import get_state_dict
 import llama
@@ -113,7 +113,6 @@ def use_matvec_linears(model: llama.Transformer, min_size: int = 1 << 16):
   # a tied classifier (output None, llama2.c / SmolLM) becomes an explicit layer over the shared embedding matrix
   swap(model, "output", model.tok_embeddings.weight if model.output is None else model.output.weight)
 
-
 class Generator:
   """The KV cache of one model and two compiled steps over it: a prefill of `chunk` tokens and a one-token decode.
   Both run the same function; `start_pos` is a bound symbolic variable, so the position can advance without
@@ -212,7 +211,6 @@ class ChatFormat:
   token's name looked up in tokenizer.special_tokens, so user text can never inject a control token."""
   name: str
   default_system: str | None = None
-  specials: tuple[str, ...] = field(default=())
 
   def turn(self, text: str, system: str | None, first: bool) -> list:
     system = system if system is not None else (self.default_system if first else None)
