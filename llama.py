@@ -626,7 +626,11 @@ def shard_batch(x: Tensor, devices: tuple[str, ...], mode: str = "dp", batch_axi
 @function(precompile=True, precompile_backward=True)
 def checkpointed_block(layer: TransformerBlock, x: Tensor, freqs: Tensor) -> Tensor:
   """`layer(x, 0, freqs)` for training (no KV cache), with the block's activations recomputed in the backward pass.
-  The layer's weights reach the call as inputs because the layer is an argument."""
+  The layer's weights reach the call as inputs because the layer is an argument.
+  After backward(), set `p.grad = p.grad.contiguous()` for every weight before realising the gradients: tinygrad
+  0.14 does not bind a realised output of a precompiled backward to its buffer, so each later use of such a
+  gradient (clipping, accumulation, the optimiser, .numpy()) would run the block's backward again, with whatever
+  the weights are by then. contiguous() gives each gradient a buffer of its own (and costs nothing otherwise)."""
   return layer(x, 0, freqs)
 
 def memory_per_device(args: ModelArgs, n_devices: int = 1, mode: str = "dp", batch: int = 1, seq_len: int | None = None,
