@@ -9,7 +9,7 @@ model at a symbolic position and samples the next id on the device, so only that
 Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top_p`, optionally top-k first.
 """
 from __future__ import annotations
-import argparse, math, pathlib, re, resource, secrets, statistics, sys, time
+import argparse, functools, math, pathlib, re, resource, secrets, statistics, sys, time
 from dataclasses import dataclass
 from tinygrad import Tensor, TinyJit, UOp, dtypes
 from tinygrad.nn.state import get_state_dict
@@ -88,30 +88,38 @@ class Rng:
 
 # ***** the decoding loop *****
 
-class MatVecLinear:
-  """A bias-free linear layer (Meta's Linear has no bias) whose one-token product is written as 8 partial sums
-  per row. tinygrad's default schedule for x @ W.T with one row of x sums each output in one scalar chain (a
+def matvec_linear(weight: Tensor, x: Tensor) -> Tensor:
+  """x @ weight.T for a bias-free linear layer (Meta's Linear has no bias), with the one-token product written as
+  8 partial sums per row. tinygrad's default schedule for one row of x sums each output in one scalar chain (a
   latency-bound loop, 4-5 GB/s on the CPU); splitting the reduction into 8 lanes gives the compiler 8 independent
-  accumulators (measured 3-8x faster per kernel for SmolLM2's 576x1536 matrices). The input and output are
-  realised so that SwiGLU's gate and up products do not fuse into one slow two-reduction kernel and silu is not
-  recomputed inside the down projection. Longer inputs (prefill) use the ordinary matmul."""
-  def __init__(self, weight: Tensor): self.weight = weight
+  accumulators (measured 3-8x faster per kernel for SmolLM2's 576x1536 matrices, 1.5-2x for the whole decode
+  step). The input and output are realised so that SwiGLU's gate and up products do not fuse into one slow
+  two-reduction kernel and silu is not recomputed inside the down projection. Longer inputs (prefill) use the
+  ordinary matmul."""
+  n, k = weight.shape
+  if x.shape[-2] != 1: return x @ weight.T
+  return (x.contiguous().reshape(*x.shape[:-1], 1, k // 8, 8) * weight.reshape(n, k // 8, 8)).sum(-2).sum(-1).contiguous()
 
-  def __call__(self, x: Tensor) -> Tensor:
-    n, k = self.weight.shape
-    if x.shape[-2] != 1: return x @ self.weight.T
-    return (x.contiguous().reshape(*x.shape[:-1], 1, k // 8, 8) * self.weight.reshape(n, k // 8, 8)).sum(-2).sum(-1).contiguous()
+class MatVecLinear:
+  def __init__(self, weight: Tensor): self.weight = weight      # the same state-dict name as nn.Linear's
+  def __call__(self, x: Tensor) -> Tensor: return matvec_linear(self.weight, x)
 
 def use_matvec_linears(model: llama.Transformer, min_size: int = 1 << 16):
-  """Swap the model's linear layers (and a tied classifier) for MatVecLinear over the same weight tensors, where
-  the matrix is big enough (>= min_size weights) that kernel time outweighs the cost of the extra kernels."""
-  def swap(obj, name: str, weight: Tensor):
-    if weight.numel() >= min_size and weight.shape[1] % 8 == 0: setattr(obj, name, MatVecLinear(weight))
+  """Swap the model's linear layers (and a tied classifier) for matvec_linear over the same weight tensors, where
+  the matrix is big enough (>= min_size weights) that kernel time outweighs the cost of the extra kernels.
+  The state dict keeps its names, so llama.save and training work on the model as before."""
+  def big(w: Tensor) -> bool: return w.numel() >= min_size and w.shape[1] % 8 == 0
   for layer in model.layers:
     for obj, names in ((layer.attention, ("wq", "wk", "wv", "wo")), (layer.feed_forward, ("w1", "w2", "w3"))):
-      for name in names: swap(obj, name, getattr(obj, name).weight)
-  # a tied classifier (output None, llama2.c / SmolLM) becomes an explicit layer over the shared embedding matrix
-  swap(model, "output", model.tok_embeddings.weight if model.output is None else model.output.weight)
+      for name in names:
+        if big(w := getattr(obj, name).weight): setattr(obj, name, MatVecLinear(w))
+  if isinstance(model.output, functools.partial): return     # swapped before
+  if model.output is not None:
+    if big(model.output.weight): model.output = MatVecLinear(model.output.weight)
+  elif big(model.tok_embeddings.weight):
+    # tied (llama2.c, SmolLM): the classifier reads the embedding matrix. A partial is no module, so the state
+    # dict gains no 'output.weight' and a saved checkpoint stays tied
+    model.output = functools.partial(matvec_linear, model.tok_embeddings.weight)
 
 class Generator:
   """The KV cache of one model and two compiled steps over it: a prefill of `chunk` tokens and a one-token decode.

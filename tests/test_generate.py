@@ -246,3 +246,19 @@ def test_no_model_uses_out_dir(s260, tmp_path):
   r = cli("-p", "", "-n", 12, "-t", 0, cwd=tmp_path)
   assert r.returncode == 0, r.stderr
   assert r.stdout == "Once upon a time, there was a little girl\n"   # the golden text, cut at 12 tokens
+
+def test_matvec_linears_keep_state_dict_and_tokens(s260):
+  """Swapping every layer (min_size 0) for the 8-lane matvec keeps the state dict's names (a tied classifier stays
+  tied) and gives the tokens of the plain nn.Linear forward."""
+  from tinygrad.nn.state import get_state_dict
+  model, tok = llama.load(*s260)
+  keys = set(get_state_dict(model))
+  prompt = tok.encode("Once upon a time", bos=True)
+  plain = [int(t) for t in model(Tensor([prompt]), 0)[0].argmax(-1).numpy()]
+  G.use_matvec_linears(model, min_size=0)
+  assert isinstance(model.layers[0].attention.wq, G.MatVecLinear) and model.output is not None
+  assert set(get_state_dict(model)) == keys
+  _, out = run_gen(model, prompt, 8, G.Sampling(0.0))
+  seq = prompt + out
+  assert out[0] == plain[-1]
+  assert [int(t) for t in model(Tensor([seq[:-1]]), 0)[0].argmax(-1).numpy()][len(prompt) - 1:] == out
