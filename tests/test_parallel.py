@@ -33,9 +33,12 @@ def train_step(devices: tuple[str, ...] | None, mode: str | None, checkpoint: bo
   if devices: x, y = llama.shard_batch(x, devices, mode), llama.shard_batch(y, devices, mode)
   with Context(TRAINING=1):
     opt.zero_grad()
-    h, freqs = model.tok_embeddings(x), model.freqs[:x.shape[1]]
-    for layer in model.layers: h = llama.checkpointed_block(layer, h, freqs) if checkpoint else layer(h, 0, freqs)
-    loss = model.output(model.norm(h)).float().sparse_categorical_crossentropy(y)
+    if checkpoint:   # Transformer.__call__ with each block through checkpointed_block
+      h, freqs = model.tok_embeddings(x), model.freqs[:x.shape[1]]
+      for layer in model.layers: h = llama.checkpointed_block(layer, h, freqs)
+      logits = model.output(model.norm(h)).float()
+    else: logits = model(x)
+    loss = logits.sparse_categorical_crossentropy(y)
     loss.backward()
     for p in params: p.grad = p.grad.contiguous()   # a buffer per gradient (llama.checkpointed_block explains)
     Tensor.realize(loss, *[p.grad for p in params])
