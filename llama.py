@@ -166,6 +166,7 @@ class Transformer:
     self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
     # table for twice the context, as Meta does, so decoding a little past max_seq_len still has angles
     self.freqs = precompute_freqs(args.head_dim, args.max_seq_len * 2, args.rope_theta)
+    self.checkpoint_activations = False   # §2.4, set by train.py: recompute each block's activations in the backward pass
     if init: self._init_weights()
 
   def _init_weights(self):
@@ -206,7 +207,8 @@ class Transformer:
     _, seqlen = tokens.shape
     h = self.tok_embeddings(tokens)
     freqs = self.freqs[start_pos:start_pos+seqlen]
-    for layer in self.layers: h = layer(h, start_pos, freqs)
+    for layer in self.layers:
+      h = checkpointed_block(layer, h, freqs) if self.checkpoint_activations else layer(h, start_pos, freqs)
     h = self.norm(h)
     return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
 
@@ -239,13 +241,14 @@ def _drop_pages(files: list[pathlib.Path]):
     dev = Device[f"DISK:{f.resolve()}"]
     if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
 
-def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, device, source: pathlib.Path) -> Transformer:
+def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, devices: tuple, source: pathlib.Path) -> Transformer:
   model = Transformer(args, init=False)
+  check_parallel(args, len(devices), "tp")
   want, seen = _weight_shapes(model), set()
   for name, t in weights:
     if name not in want: raise CheckpointError(f"{source} holds a tensor '{name}' that this LLaMA configuration does not have")
     if tuple(t.shape) != want[name]: raise CheckpointError(f"{source}: '{name}' has shape {tuple(t.shape)} but the config implies {want[name]}")
-    t = t.to(device)                       # off the disk first: disk tensors cannot be cast in place
+    t = place(name, t, devices, "tp")      # off the disk first (disk tensors cannot be cast in place); split under tp
     if t.dtype == dtypes.uint16:           # bfloat16 carried as its bits (see _bits): keep it, or widen exactly to float32
       t = t.contiguous().realize().bitcast(dtypes.bfloat16) if dtype in (None, dtypes.bfloat16) else (t.cast(dtypes.uint32) << 16).bitcast(dtypes.float32)
     if dtype is not None: t = t.cast(dtype)
@@ -256,7 +259,7 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
     seen.add(name)
     _drop_pages(files)
   if missing := sorted(set(want) - seen): raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
-  model.freqs = model.freqs.to(device).realize()
+  model.freqs = place("freqs", model.freqs, devices, "tp").realize()
   return model
 
 def _bits(t: Tensor) -> Tensor:
@@ -487,15 +490,18 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, ob
   """Open a checkpoint in any of the five formats: (model, tokenizer or None). `tokenizer` is a tokenizer file that
   overrides or adds one; `dtype` (a tinygrad dtype or its name) casts every weight. By default what is stored is kept:
   float16 and bfloat16 stay half precision (CPU kernels in bfloat16 need a clang newer than Debian 12's 14: pass
-  dtype="float32" there), quantised GGUF tensors dequantise to float32. `device` defaults to tinygrad's default."""
+  dtype="float32" there), quantised GGUF tensors dequantise to float32. `device` defaults to tinygrad's default; a
+  tuple of devices loads the model tensor-parallel (§2.4), each tensor split as it is read, so no device ever holds
+  the whole model."""
   path = pathlib.Path(path)
+  devices = tuple(device) if isinstance(device, (tuple, list)) else (device or Device.DEFAULT,)
   if isinstance(dtype, str): dtype = getattr(dtypes, dtype)
   fmt = None
   try:
     fmt = _sniff(path)
-    args, weights, make_tokenizer, files = _READERS[fmt](path, device)
-    model = _build(args, weights, files, dtype, device, path)
-  except CheckpointError: raise
+    args, weights, make_tokenizer, files = _READERS[fmt](path, devices[0])
+    model = _build(args, weights, files, dtype, devices, path)
+  except (CheckpointError, ParallelError): raise
   except Exception as e:   # whatever a damaged file trips deep inside a parser becomes one sentence naming the file
     raise CheckpointError(f"{path} could not be read as a checkpoint{f' in {fmt} format' if fmt else ''} ({type(e).__name__}: {e})") from e
   if tokenizer is not None: make_tokenizer = _beside(pathlib.Path(tokenizer))
@@ -518,6 +524,9 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, ob
 from tinygrad import Device, function
 
 PARALLEL_MODES = ("dp", "tp", "dp+tp")
+
+class ParallelError(ValueError):
+  """A model that cannot run in the asked parallel mode on the asked devices; the message is one sentence."""
 
 # tensor parallel: the axis each state-dict entry is split along; weights are (out, in) as nn.Linear stores them.
 # Entries not listed (norm gains, the RoPE table) are copied to every device.
@@ -545,7 +554,7 @@ def parse_devices(spec: str | None) -> tuple[str, ...]:
   return devices
 
 def check_parallel(args: ModelArgs, n_devices: int, mode: str) -> None:
-  """Raise a one-sentence ValueError unless a model of `args` can run in `mode` ('dp', 'tp', 'dp+tp') on `n_devices`.
+  """Raise a one-sentence ParallelError unless a model of `args` can run in `mode` ('dp', 'tp', 'dp+tp') on `n_devices`.
 
   Tensor parallel splits heads, kv-heads, FFN hidden units and the vocabulary evenly, so all four must divide
   `n_devices` (uneven shards are not supported by Tensor.shard: "multi axis uneven").
@@ -564,16 +573,16 @@ def check_parallel(args: ModelArgs, n_devices: int, mode: str) -> None:
   (axis, device range) pairs, so the representation is part-way there.) One TP-sharded replica per group, with
   gradients summed across the groups by hand-written copies, would work, but that is a collective of our own outside
   tinygrad's multi-device tensors, which issue 6 rules out."""
-  if mode not in PARALLEL_MODES: raise ValueError(f"parallel mode must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
-  if n_devices < 1: raise ValueError("at least one device is needed")
+  if mode not in PARALLEL_MODES: raise ParallelError(f"parallel mode must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
+  if n_devices < 1: raise ParallelError("at least one device is needed")
   if mode == "dp+tp":
-    raise ValueError("--parallel dp+tp is not supported: tinygrad 0.14 shards a tensor over one flat tuple of devices and all-reduces "
+    raise ParallelError("--parallel dp+tp is not supported: tinygrad 0.14 shards a tensor over one flat tuple of devices and all-reduces "
                      "over all of them, with no 2-D device mesh or subgroup all-reduce (see llama.check_parallel); use dp or tp")
   if mode == "tp":
     for what, count in (("n_heads", args.n_heads), ("n_kv_heads", args.n_kv_heads), ("the FFN hidden size", args.ffn_hidden),
                         ("vocab_size", args.vocab_size)):
       if count % n_devices:
-        raise ValueError(f"tensor parallel over {n_devices} devices needs {what} ({count}) to be divisible by {n_devices}")
+        raise ParallelError(f"tensor parallel over {n_devices} devices needs {what} ({count}) to be divisible by {n_devices}")
 
 def shard_axis(name: str, mode: str) -> int | None:
   """The axis along which the state-dict entry `name` ('layers.3.attention.wq.weight', 'freqs', ...) is split in
