@@ -74,9 +74,9 @@ def sample(logits: Tensor, knobs: Tensor, s: Sampling, uniform: Tensor | None = 
 class Rng:
   """Counter-based randomness on the device: draw k is threefry(k << 32 | i) under the key `seed`, so a seed
   fixes every draw of a run, and the state is one small buffer that the compiled step advances itself."""
-  def __init__(self, seed: int | None):
+  def __init__(self, seed: int | None, device: str | None = None):
     self.seed = secrets.randbits(32) if seed is None else seed % 2**32
-    self.state = Tensor([self.seed, 0], dtype=dtypes.uint32).realize()   # key, counter
+    self.state = Tensor([self.seed, 0], dtype=dtypes.uint32, device=device).realize()   # key, counter
 
   def uniform(self, *shape: int) -> Tensor:
     """Uniform floats in (0, 1), a new set at every realisation (also on every replay of a TinyJit)."""
@@ -124,16 +124,19 @@ def use_matvec_linears(model: llama.Transformer, min_size: int = 1 << 16):
 class Generator:
   """The KV cache of one model and two compiled steps over it: a prefill of `chunk` tokens and a one-token decode.
   Both run the same function; `start_pos` is a bound symbolic variable, so the position can advance without
-  recompiling. `pos` counts the tokens already in the cache."""
+  recompiling. `pos` counts the tokens already in the cache.
+  A model on several devices (llama.load(device=(d0, d1, ...)): tensor parallel, §2.4) gets each step's tokens
+  copied to all of them, and its logits (split by vocabulary) gathered onto the first, where sampling runs."""
   def __init__(self, model: llama.Transformer, max_context: int, sampling: Sampling, seed: int | None = None, chunk: int = 32):
     self.model, self.max_context, self.sampling, self.chunk = model, max_context, sampling.check(), min(chunk, max_context)
+    self.devices = llama.model_devices(model)
     use_matvec_linears(model)
     # the last prefill chunk is padded to full size: the cache has room for its tail (padding is written past
     # the real tokens, never attended to, and overwritten by later tokens)
     model.init_cache(1, max_context + self.chunk - 1)
-    self.rng = Rng(seed)
-    self.knobs = sampling.knobs()
-    self.one = Tensor([1.0]).realize()
+    self.rng = Rng(seed, self.devices[0])
+    self.knobs = sampling.knobs().to(self.devices[0]).realize()
+    self.one = Tensor([1.0], device=self.devices[0]).realize()
     self.prefill_step, self.decode_step = TinyJit(self._step), TinyJit(self._step)
     self.v_pos = UOp.variable("start_pos", 0, max_context - 1)
     self.pos, self.pending = 0, None   # pending: the last sampled token, on the device, not yet in the cache
@@ -142,7 +145,8 @@ class Generator:
   def _step(self, tokens: Tensor, start_pos: UOp, select: Tensor, knobs: Tensor) -> Tensor:
     # select is one-hot over the chunk: it picks the logits of the last real token out of a padded chunk
     # (a symbolic index into the output is not replayed correctly by TinyJit in tinygrad 0.14)
-    logits = (self.model(tokens, start_pos) * select.reshape(1, -1, 1)).sum(1)
+    logits = self.model(llama.shard_batch(tokens, self.devices, "tp"), start_pos).to(self.devices[0])
+    logits = (logits * select.reshape(1, -1, 1)).sum(1)
     return sample(logits, knobs, self.sampling, None if self.sampling.temperature == 0 else self.rng.uniform(*logits.shape)).realize()
 
   def reset(self): self.pos, self.pending = 0, None
@@ -156,8 +160,8 @@ class Generator:
       part = ids[s:s + self.chunk]
       select = [0.0] * self.chunk
       select[len(part) - 1] = 1.0
-      self.pending = self.prefill_step(Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32),
-                                       self.v_pos.bind(self.pos), Tensor(select), self.knobs)
+      self.pending = self.prefill_step(Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32, device=self.devices[0]),
+                                       self.v_pos.bind(self.pos), Tensor(select, device=self.devices[0]), self.knobs)
       self.pos += len(part)
     return self.pending.item()
 
@@ -331,6 +335,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--tokenizer", default=None, help="tokenizer file (.model or llama2.c tokenizer.bin) to use or add")
   p.add_argument("--max-context", type=int, default=None, help="tokens of context (default: the model's, at most 2048)")
   p.add_argument("--benchmark", action="store_true", help="time a fixed prompt: median prefill and decode tok/s, bandwidth")
+  p.add_argument("--devices", default=None, help="e.g. CUDA:0,CUDA:1: split the model across them, tensor parallel (§2.4); "
+                 "default: tinygrad's default device")
   return p.parse_args(argv)
 
 def main(argv=None):
@@ -339,8 +345,10 @@ def main(argv=None):
   if args.max_new_tokens < 1: raise ValueError(f"-n must be at least 1, got {args.max_new_tokens}")
   if args.model is None and not DEFAULT_OUT.exists():
     raise ValueError(f"no MODEL given and no checkpoint in {DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
+  devices = llama.parse_devices(args.devices)
   t0 = time.perf_counter()
-  model, tok = llama.load(args.model if args.model is not None else DEFAULT_OUT, tokenizer=args.tokenizer)
+  # several devices: each tensor is split as it is read, so no device ever holds the whole model
+  model, tok = llama.load(args.model if args.model is not None else DEFAULT_OUT, tokenizer=args.tokenizer, device=devices)
   if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_seq = model.args.max_seq_len
   ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
@@ -351,7 +359,8 @@ def main(argv=None):
     ids = tok.encode(prompt, bos=getattr(tok, "add_bos", True)) if prompt else [tok.bos_id]
     if len(ids) >= ctx: raise ValueError(f"the prompt is {len(ids)} tokens, too long for the context of {ctx} (--max-context)")
   print(f"loaded {args.model or DEFAULT_OUT} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
-        f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights", file=sys.stderr)
+        f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights"
+        + (f" split over {len(devices)} devices (tensor parallel)" if len(devices) > 1 else ""), file=sys.stderr)
   gen = Generator(model, ctx, sampling, args.seed)
   if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
   if args.chat: stats = run_chat(gen, tok, args)
