@@ -4,6 +4,7 @@
   python data.py input.txt --out data/mine && python train.py --data data/mine --preset tiny --max-steps 2000
   python train.py --resume --max-steps 2000         # continue out/ exactly where it stopped
   python generate.py                                # sample from out/
+  python train.py --devices CUDA:0,CUDA:1 --parallel tp --dry-run   # memory per device, nothing allocated
 
 §2.3: AdamW with β1 = 0.9, β2 = 0.95, weight decay 0.1, gradient clipping at 1.0, a cosine learning-rate schedule
 whose final value is 10% of the peak, and warmup. The paper's numbers (2000 warmup steps, 4M-token batches, peak
@@ -51,11 +52,20 @@ def parse_args(argv=None) -> argparse.Namespace:
   r.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
   r.add_argument("--plot", action="store_true", help="write out/loss.png (needs matplotlib)")
   r.add_argument("--sample-tokens", type=int, default=100, help="tokens of the sample printed at the end (0: none)")
-  # multi-device training (--devices, --parallel) plugs in at place_model() and to_device()
+  g = p.add_argument_group("devices and memory (§2.4)")
+  g.add_argument("--devices", help="comma-separated, e.g. CUDA:0,CUDA:1 (CPU:0,CPU:1: virtual CPU devices); default: tinygrad's default device")
+  g.add_argument("--parallel", choices=llama.PARALLEL_MODES, default="dp",
+                 help="with several devices: dp copies the model and splits each batch, tp splits every layer (Megatron-LM); "
+                      "dp+tp needs a 2-D device mesh that tinygrad 0.14 lacks (default dp)")
+  g.add_argument("--checkpoint-activations", action="store_true", help="recompute each block's activations in the backward pass: less memory, one more forward")
+  g.add_argument("--dry-run", action="store_true", help="print the memory per device (the paper's four models, then this run) and exit, allocating nothing")
   a = p.parse_args(argv)
   for k in ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_every", "eval_steps", "save_every"):
     if getattr(a, k) < 1: raise TrainError(f"--{k.replace('_', '-')} must be at least 1")
   if a.lr_decay_steps is None: a.lr_decay_steps = a.max_steps
+  a.devices = llama.parse_devices(a.devices)   # opens each device now: a missing one is reported before anything runs
+  if a.parallel == "dp" and a.batch_size % len(a.devices):
+    raise TrainError(f"--parallel dp over {len(a.devices)} devices needs --batch-size ({a.batch_size}) to be divisible by {len(a.devices)}")
   return a
 
 def preset(a: argparse.Namespace) -> llama.ModelArgs:
@@ -92,10 +102,17 @@ def param_groups(model: llama.Transformer) -> tuple[dict[str, Tensor], dict[str,
   return decay, keep
 
 def make_optimizer(model: llama.Transformer, a) -> tuple[OptimizerGroup, list[Tensor]]:
+  """AdamW over the model's trained tensors; returns (optimiser, those tensors). The tensors the optimiser updates
+  (opt.params, in the same order) are the model's own when they are float32, else float32 master copies, placed like
+  them (mixed precision, Micikevicius et al. 2018): tinygrad's AdamW keeps fp32 moments but adds each update to the
+  weight in the weight's dtype, and an update below half a weight's last bit is lost (bfloat16 keeps 8 significant
+  bits: a weight of 0.02 moves in steps of 1.2e-4, more than the paper's final learning rate 3e-5 times Adam's unit
+  step). The train step copies the updated masters back into the model, rounded."""
   decay, keep = param_groups(model)
+  def master(ts): return [t if t.dtype == dtypes.float32 else t.float().contiguous().realize() for t in ts]
   # §2.3: "AdamW optimizer with the following hyper-parameters: β1 = 0.9, β2 = 0.95", weight decay 0.1
-  opt = OptimizerGroup(AdamW(list(decay.values()), lr=a.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=a.weight_decay),
-                       AdamW(list(keep.values()), lr=a.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0))
+  opt = OptimizerGroup(AdamW(master(decay.values()), lr=a.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=a.weight_decay),
+                       AdamW(master(keep.values()), lr=a.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0))
   return opt, list(decay.values()) + list(keep.values())
 
 def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
@@ -106,21 +123,36 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
   for p in params: p.grad = (p.grad * scale).cast(p.grad.dtype)
   return norm
 
-def optimizer_state(opt: OptimizerGroup) -> dict[str, Tensor]:
-  """AdamW's moments and bias-correction powers, by position (parameters are always listed in the same order)."""
-  out = {}
+def optimizer_state(opt: OptimizerGroup, params: list[Tensor]) -> dict[str, Tensor]:
+  """AdamW's moments and bias-correction powers, by position (parameters are always listed in the same order), and
+  the float32 master copies of 16-bit weights (make_optimizer)."""
+  out = {f"master.{j}": m for j, (p, m) in enumerate(zip(params, opt.params)) if m is not p}
   for i, o in enumerate(opt.optimizers):
     out |= {f"{i}.b1_t": o.b1_t, f"{i}.b2_t": o.b2_t}
     out |= {f"{i}.m.{j}": t for j, t in enumerate(o.m)} | {f"{i}.v.{j}": t for j, t in enumerate(o.v)}
   return out
 
-# ***** devices (multi-device training will shard here) *****
+# ***** devices (§2.4): llama.shard_model places the weights for --parallel, llama.shard_batch each batch *****
 
-def place_model(model: llama.Transformer, dtype) -> None:
-  if dtype != dtypes.float32:
+def place_model(model: llama.Transformer, a) -> None:
+  """Cast the trained tensors to --dtype, then move the model onto --devices (split or copied as --parallel says).
+  Before make_optimizer: AdamW creates its moments (and make_optimizer the masters) where the weights are."""
+  if (dtype := getattr(dtypes, a.dtype)) != dtypes.float32:
     for t in (t for g in param_groups(model) for t in g.values()): t.replace(t.cast(dtype).contiguous()).realize()
+  llama.shard_model(model, a.devices, a.parallel)
 
-def to_device(arr: np.ndarray) -> Tensor: return Tensor(arr).realize()
+def to_device(arr: np.ndarray, a=None, batch_axis: int = 0) -> Tensor:
+  """Tokens onto --devices: split along the batch axis under dp (axis 1 of micro-batches stacked (accum, B, T)),
+  copied under tp; without `a` (bench_train.py), onto the default device."""
+  return (Tensor(arr) if a is None else llama.shard_batch(Tensor(arr), a.devices, a.parallel, batch_axis)).realize()
+
+def use_atomics(a) -> int:
+  """USE_ATOMICS=1 makes the embedding's backward scatter into the table instead of a B·T×V one-hot matmul (trap 4),
+  where it is right: tinygrad 0.14 has that kernel for CPU and AMD only (others raise NotImplementedError), and with
+  the batch split across devices (dp) each device scatters only its own tokens and nothing all-reduces the results
+  (measured: half the embedding gradient on 2 devices). Tensor parallel (vocabulary split, batch copied) is right."""
+  backends = {Device.canonicalize(d).split(":")[0] for d in a.devices}
+  return int(backends <= {"CPU", "AMD"} and (len(a.devices) == 1 or a.parallel == "tp"))
 
 def check_memory(args: llama.ModelArgs, a) -> None:
   """Refuse a micro-batch that cannot fit in host memory before allocating it (CPU only: the other backends
@@ -147,7 +179,7 @@ def save_checkpoint(out: pathlib.Path, model, tokenizer, opt: OptimizerGroup, st
   tmp, old = out.with_name(f".{out.name}.saving"), out.with_name(f".{out.name}.old")
   shutil.rmtree(tmp, ignore_errors=True)
   llama.save(model, tmp, tokenizer if isinstance(tokenizer, data.SentencePieceTokenizer) else None)   # .model files only
-  safe_save(optimizer_state(opt), str(tmp / "optimizer.safetensors"))
+  safe_save(optimizer_state(opt, [t for g in param_groups(model) for t in g.values()]), str(tmp / "optimizer.safetensors"))
   (tmp / "train_state.json").write_text(json.dumps(state, indent=1) + "\n")
   if out.is_dir():
     for f in out.iterdir():
@@ -157,17 +189,22 @@ def save_checkpoint(out: pathlib.Path, model, tokenizer, opt: OptimizerGroup, st
   os.replace(tmp, out)
   shutil.rmtree(old, ignore_errors=True)
 
-def load_checkpoint(out: pathlib.Path, dtype) -> tuple[llama.Transformer, dict, dict[str, Tensor]]:
+def load_checkpoint(out: pathlib.Path, a) -> tuple[llama.Transformer, dict, dict[str, Tensor]]:
   if not out.exists() and out.with_name(f".{out.name}.old").is_dir(): os.replace(out.with_name(f".{out.name}.old"), out)  # crashed mid-swap
   if not (out / "train_state.json").is_file(): raise TrainError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
-  model, _ = llama.load(out)
-  place_model(model, dtype)
-  return model, json.loads((out / "train_state.json").read_text()), safe_load(str(out / "optimizer.safetensors"))
+  state = json.loads((out / "train_state.json").read_text())
+  if (was := state["config"].get("dtype", "float32")) != a.dtype:   # the master copies exist only for 16-bit weights
+    raise TrainError(f"--resume: the checkpoint was trained with --dtype {was}, not {a.dtype}")
+  llama.check_parallel(llama.ModelArgs.from_dict(state["config"]["model"]), len(a.devices), a.parallel)   # before loading
+  model, _ = llama.load(out, device=a.devices[0])
+  place_model(model, a)
+  return model, state, safe_load(str(out / "optimizer.safetensors"))
 
-def restore_optimizer(opt: OptimizerGroup, saved: dict[str, Tensor]) -> None:
-  mine = optimizer_state(opt)
+def restore_optimizer(opt: OptimizerGroup, params: list[Tensor], saved: dict[str, Tensor]) -> None:
+  mine = optimizer_state(opt, params)
   if set(mine) != set(saved): raise TrainError("--resume: the optimiser state does not match this model")
-  for k, t in mine.items(): t.assign(saved[k].to(t.device).cast(t.dtype)).realize()
+  # each saved tensor is read from the file split or copied as its counterpart is (whatever the devices were then)
+  for k, t in mine.items(): t.assign(saved[k].shard_like(t).cast(t.dtype)).realize()
 
 # ***** logs *****
 
@@ -199,20 +236,25 @@ def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip:
   @TinyJit
   def train_step(x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
     """One update from grad_accum micro-batches x, y: (K, B, T). Each micro-batch's gradients are realised before
-    the next forward, so memory holds one micro-batch of activations; then clip, then AdamW, all one compiled step."""
+    the next forward, so memory holds one micro-batch of activations; then clip, then AdamW, all one compiled step.
+    On several devices the same code runs sharded: under dp each weight's gradient is all-reduced by tinygrad."""
     with Context(TRAINING=1):
-      opt.zero_grad()
+      for p in params: p.grad = None   # not opt.zero_grad(): with 16-bit weights it holds the masters (their .grad is set below)
       model.freqs.grad = None   # backward also differentiates the RoPE table; it is not trained, drop that
       losses = []
       for k in range(x.shape[0]):
         loss = model(x[k]).sparse_categorical_crossentropy(y[k]) / x.shape[0]
         loss.backward()
+        # a buffer per gradient: needed under --checkpoint-activations (llama.checkpointed_block explains), free otherwise
+        for p in params: p.grad = p.grad.contiguous()
         losses.append(loss.realize(*[p.grad for p in params]).detach())
       total = sum(losses[1:], losses[0])
-      norm = clip_grad_norm(params, grad_clip)
-      for o in opt.optimizers: o.lr.assign(lr)
-      # the loss is read together with the update (TINYGRAD_NOTES trap 1)
-      Tensor.realize(total, norm, *opt.schedule_step())
+      masters = [(p, m) for p, m in zip(params, opt.params) if m is not p]   # 16-bit weights (make_optimizer)
+      for p, m in masters: m.grad = p.grad.float()
+      norm = clip_grad_norm(opt.params, grad_clip)
+      for o in opt.optimizers: o.lr.assign(lr.to(o.lr.device))   # the optimiser keeps lr where the weights are
+      # the loss is read together with the update (TINYGRAD_NOTES trap 1); the model gets the updated masters, rounded
+      Tensor.realize(total, norm, *opt.schedule_step(), *[p.assign(m.cast(p.dtype)) for p, m in masters])
     return total, norm
   return train_step
 
@@ -225,23 +267,40 @@ def evaluate(eval_step, val: np.ndarray, a) -> float:
   """Mean validation loss over eval_steps batches; the same batches every time (a fixed seed), so the curve
   compares like with like."""
   rng = np.random.default_rng(a.seed + 1)
-  return float(np.mean([eval_step(*map(to_device, data.get_batch(val, a.batch_size, a.seq_len, rng))).item() for _ in range(a.eval_steps)]))
+  return float(np.mean([eval_step(*(to_device(b, a) for b in data.get_batch(val, a.batch_size, a.seq_len, rng))).item()
+                        for _ in range(a.eval_steps)]))
 
 def print_sample(model, tokenizer, a) -> None:
   import generate
+  model.checkpoint_activations = False   # recomputation serves the backward pass; decoding writes the KV cache at start_pos
   gen = generate.Generator(model, max_context=min(model.args.max_seq_len, a.sample_tokens + 1),
                            sampling=generate.Sampling(temperature=0.8, top_p=1.0), seed=a.seed, chunk=1)
   ids = generate.generate(gen, [tokenizer.bos_id], a.sample_tokens, tokenizer.eos_id, generate.Stats())
   model.drop_cache()
   print(f"--- sample ---\n{tokenizer.decode(ids)}\n---")
 
+def dry_run(a: argparse.Namespace) -> int:
+  """--dry-run: memory per device from the configuration alone (llama.memory_per_device), nothing allocated: the
+  paper's four models with 2048-token sequences on this many devices, then this run (vocabulary: --data's, else the
+  preset's; one micro-batch: --grad-accum adds no memory)."""
+  args = model_args(a, data.read_meta(a.data)["vocab_size"] if a.data else preset(a).vocab_size)
+  n, gib = len(a.devices), 1 << 30
+  m = llama.memory_per_device(args, n, a.parallel, a.batch_size, a.seq_len, a.dtype, a.checkpoint_activations)
+  print(llama.memory_table(n_devices=n, dtype=a.dtype, checkpoint_activations=a.checkpoint_activations))
+  print(f"\nthis run: {a.preset} ({args.num_params() / 1e6:,.1f}M parameters, vocab {args.vocab_size}), {a.dtype}, {a.parallel} over "
+        f"{n} device(s), micro-batch {a.batch_size}x{a.seq_len} tokens{', activation checkpointing' if a.checkpoint_activations else ''}:\n"
+        f"  per device: weights {m['weights'] / gib:.2f} GiB | grads {m['grads'] / gib:.2f} | Adam state {m['adam'] / gib:.2f} | "
+        f"activations {m['activations'] / gib:.2f} ({m['activations_per_token'] / (1 << 20):.3f} MiB/token) | total {m['total'] / gib:.2f} GiB")
+  return 0
+
 def train(a: argparse.Namespace) -> int:
-  out, dtype = pathlib.Path(a.out), getattr(dtypes, a.dtype)
+  if a.dry_run: return dry_run(a)
+  out = pathlib.Path(a.out)
   if a.plot:
     try: import matplotlib  # noqa: F401  (an optional extra: fail before training, not after)
     except ImportError: raise TrainError("--plot needs matplotlib: pip install matplotlib") from None
   if a.resume:
-    model, state, opt_saved = load_checkpoint(out, dtype)
+    model, state, opt_saved = load_checkpoint(out, a)
     a.data = a.data or state["config"]["data"]
   if a.data is None:
     a.data = "data"
@@ -254,15 +313,18 @@ def train(a: argparse.Namespace) -> int:
   if a.seq_len + 1 > min(len(train_tokens), len(val_tokens)):
     raise TrainError(f"--seq-len {a.seq_len} is longer than the data in {a.data} ({len(train_tokens)} train / {len(val_tokens)} val tokens)")
   if not a.resume:
+    args = model_args(a, meta["vocab_size"])
+    llama.check_parallel(args, len(a.devices), a.parallel)   # a clear error before anything is allocated
     Tensor.manual_seed(a.seed)
-    model = llama.Transformer(model_args(a, meta["vocab_size"]))
-    place_model(model, dtype)
+    model = llama.Transformer(args)
+    place_model(model, a)
     state = {"step": 0, "tokens": 0, "rng": np.random.default_rng(a.seed).bit_generator.state}
   elif model.args.vocab_size != meta["vocab_size"]:
     raise TrainError(f"--resume: the checkpoint's vocabulary ({model.args.vocab_size}) is not the dataset's ({meta['vocab_size']})")
   check_memory(model.args, a)
+  model.checkpoint_activations = a.checkpoint_activations
   opt, params = make_optimizer(model, a)
-  if a.resume: restore_optimizer(opt, opt_saved)
+  if a.resume: restore_optimizer(opt, params, opt_saved)
   rng = np.random.default_rng()
   rng.bit_generator.state = state["rng"]   # the data position: the sampler's state decides every next window
   out.mkdir(parents=True, exist_ok=True)
@@ -283,18 +345,18 @@ def train(a: argparse.Namespace) -> int:
 
   tokens_per_step = a.batch_size * a.grad_accum * a.seq_len
   print(f"model {model.args.num_params() / 1e6:.2f}M parameters ({a.preset}: dim {model.args.dim}, {model.args.n_layers} layers, "
-        f"{model.args.n_heads} heads, vocab {model.args.vocab_size}) | {tokens_per_step} tokens/step | data {a.data}: "
+        f"{model.args.n_heads} heads, vocab {model.args.vocab_size}) | {tokens_per_step} tokens/step"
+        + (f" | {a.parallel} over {len(a.devices)} devices" if len(a.devices) > 1 else "") + f" | data {a.data}: "
         f"{len(train_tokens):,} train tokens | steps {state['step']}..{a.max_steps}")
   train_step, eval_step = make_train_step(model, opt, params, a.grad_clip), make_eval_step(model)
   loss = val_loss = float("nan")
   try:
-    # USE_ATOMICS: the embedding's backward scatters into the table instead of a B·T×V one-hot matmul (trap 4)
-    with Context(USE_ATOMICS=1), tqdm(total=a.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
+    with Context(USE_ATOMICS=use_atomics(a)), tqdm(total=a.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
       t_last = time.perf_counter()
       while state["step"] < a.max_steps and not stop:
         step, lr = state["step"], lr_at(state["step"], a)
         batches = [data.get_batch(train_tokens, a.batch_size, a.seq_len, rng) for _ in range(a.grad_accum)]
-        x, y = (to_device(np.stack([b[i] for b in batches])) for i in (0, 1))
+        x, y = (to_device(np.stack([b[i] for b in batches]), a, batch_axis=1) for i in (0, 1))
         loss, norm = train_step(x, y, Tensor([lr], dtype=dtypes.float32))
         loss, norm = loss.item(), norm.item()
         now = time.perf_counter()

@@ -86,7 +86,7 @@ def test_overfits_one_batch(dataset):
   opt, params = train.make_optimizer(model, a)
   step = train.make_train_step(model, opt, params, a.grad_clip)
   x, y = data.get_batch(data.load_split(dataset, "train"), 4, 32, np.random.default_rng(0))
-  x, y = train.to_device(x[None]), train.to_device(y[None])
+  x, y = train.to_device(x[None], a, batch_axis=1), train.to_device(y[None], a, batch_axis=1)
   lr = Tensor([3e-3], dtype=dtypes.float32).realize()
   with Context(USE_ATOMICS=1): hist = [step(x, y, lr)[0].item() for _ in range(250)]
   assert hist[0] > 5.5 and hist[-1] < 0.1, hist[::25]
