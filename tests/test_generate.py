@@ -210,6 +210,17 @@ def test_cli_bad_inputs(s260, tmp_path):
   r = cli(cwd=tmp_path)                        # no MODEL and no out/ here: say how to get a checkpoint
   assert one_line_error(r) and "train.py" in r.stderr
 
+def test_cli_tensor_parallel_two_devices(fixtures, s260):
+  """--devices: stories260K loaded split over two virtual CPU devices (tensor parallel, tensor by tensor) prints
+  llama2.c's greedy text, the same the one-device run prints (test_golden_stories260k)."""
+  ref = re.search(r"```text\n(.*?)```", (fixtures / "README.md").read_text(), re.S).group(1)
+  r = cli(s260[0], "--tokenizer", s260[1], "-p", "", "-n", 40, "-t", 0, "--devices", "CPU:0,CPU:1")
+  assert r.returncode == 0, r.stderr
+  assert len(r.stdout) > 100 and ref.startswith(r.stdout.rstrip("\n"))
+  assert "split over 2 devices (tensor parallel)" in r.stderr and "40 new tokens (-n)" in r.stderr
+  r = cli(s260[0], "--tokenizer", s260[1], "--devices", "CPU:0,CPU:1,CPU:2")
+  assert one_line_error(r) and "n_heads (8) to be divisible by 3" in r.stderr
+
 def test_cli_chat_two_turns(fixtures):
   """SmolLM2-135M-Instruct answers two piped turns through its ChatML template, reusing the cache."""
   r = cli(fixtures / "smollm2-135m-instruct-q4_1.gguf", "--chat", "-t", "0", "-n", "24", "--max-context", "256",

@@ -131,6 +131,16 @@ def test_tp_greedy_stories260k_matches_one_device(fixtures):
   assert ids1 == STORIES_IDS and ids2 == STORIES_IDS
   np.testing.assert_allclose(np.stack(logits2), np.stack(logits1), atol=1e-4)
 
+def test_tp_generator_gives_golden_tokens(fixtures):
+  """generate.Generator (what generate.py --devices runs) on stories260K loaded over 2 devices: chunked prefill, the
+  TinyJit decode step and the 8-lane matvec layers (on every layer here, so the row-split wo/w2 reshape their split
+  axis) give llama2.c's greedy tokens. (Sampling on a split model: test_train's tensor-parallel sample.)"""
+  import generate as G
+  model, _ = llama.load(fixtures / "stories260K" / "stories260K.bin", device=devs(2))
+  G.use_matvec_linears(model, min_size=0)
+  gen = G.Generator(model, 16, G.Sampling(0.0), chunk=4)
+  assert G.generate(gen, STORIES_IDS[:6], 6, None, G.Stats()) == STORIES_IDS[6:]   # a prefill of 2 chunks, then decode
+
 def test_tp_load_splits_each_tensor_as_it_is_read(fixtures):
   """llama.load(device=(d0, d1)) places each tensor as the reader yields it: each device ends up holding only its
   shards (plus the copied norms and RoPE table), never the whole model, and the weights equal a one-device load."""
