@@ -31,7 +31,7 @@ def tinygrad_step(a, args):
   def run():
     x = train.to_device(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32))
     y = train.to_device(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32))
-    with Context(USE_ATOMICS=1): step(x, y, lr)[0].item()
+    with Context(USE_ATOMICS=train.use_atomics(a)): step(x, y, lr)[0].item()
   return run
 
 def torch_step(a, args):

@@ -223,7 +223,8 @@ class Transformer:
     h = self.tok_embeddings(tokens)
     freqs = self.freqs[start_pos:start_pos+seqlen]
     for layer in self.layers:
-      h = checkpointed_block(layer, h, freqs) if self.checkpoint_activations else layer(h, start_pos, freqs)
+      # recomputation serves training only: a decoding step writes the KV cache at start_pos
+      h = checkpointed_block(layer, h, freqs) if self.checkpoint_activations and layer.attention.cache_kv is None else layer(h, start_pos, freqs)
     h = self.norm(h)
     return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
 

@@ -272,7 +272,6 @@ def evaluate(eval_step, val: np.ndarray, a) -> float:
 
 def print_sample(model, tokenizer, a) -> None:
   import generate
-  model.checkpoint_activations = False   # recomputation serves the backward pass; decoding writes the KV cache at start_pos
   gen = generate.Generator(model, max_context=min(model.args.max_seq_len, a.sample_tokens + 1),
                            sampling=generate.Sampling(temperature=0.8, top_p=1.0), seed=a.seed, chunk=1)
   ids = generate.generate(gen, [tokenizer.bos_id], a.sample_tokens, tokenizer.eos_id, generate.Stats())
