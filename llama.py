@@ -153,7 +153,10 @@ class FeedForward:
     self.w2 = nn.Linear(hidden_dim, dim, bias=False)   # down projection
     self.w3 = nn.Linear(dim, hidden_dim, bias=False)   # up projection
 
-  def __call__(self, x: Tensor) -> Tensor: return self.w2(self.w1(x).silu() * self.w3(x))
+  def __call__(self, x: Tensor) -> Tensor:
+    # contiguous_backward() gives the gradients of the two projections a buffer of their own: without it tinygrad fuses
+    # silu's derivative into the backward matmuls and recomputes it for every output column (train step 1.5 → 0.9 s)
+    return self.w2(self.w1(x).contiguous_backward().silu() * self.w3(x).contiguous_backward())
 
 # ***** the block and the model *****
 
