@@ -212,7 +212,10 @@ def test_memory_estimate_matches_measured_persistent_memory(step):
   small scratch buffers)."""
   *_, held = step(2, "tp")
   est = llama.memory_per_device(CFG, 2, "tp", batch=4, seq_len=8)
-  assert 0 <= held["CPU:1"] - (est["weights"] + est["grads"] + est["adam"]) <= 0.05 * held["CPU:1"]
+  # FeedForward's contiguous_backward gives the gradients of w1(x) and w3(x) buffers of their own, which tinygrad
+  # still references after the step (until the next one): at most two (batch, seq, hidden) fp32 tensors per layer
+  swiglu_grads = CFG.n_layers * 2 * 4 * 8 * CFG.ffn_hidden * 4
+  assert 0 <= held["CPU:1"] - (est["weights"] + est["grads"] + est["adam"]) <= 0.05 * held["CPU:1"] + swiglu_grads
 
 def test_memory_per_device_splits_as_documented():
   a = llama.PRESETS["65B"]
