@@ -24,14 +24,14 @@ def tinygrad_step(a, args):
   import llama, train
   Tensor.manual_seed(0)
   model = llama.Transformer(args)
-  opt, params = train.make_optimizer(model, a)
+  opt, params = train.make_optimizer(model, a.lr, a.weight_decay)
   step = train.make_train_step(model, opt, params, a.grad_clip)
   rng = np.random.default_rng(0)
   lr = Tensor([a.lr], dtype=dtypes.float32).realize()
   def run():
     x = train.to_device(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32))
     y = train.to_device(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32))
-    with Context(USE_ATOMICS=train.use_atomics(a)): step(x, y, lr)[0].item()
+    with Context(USE_ATOMICS=train.use_atomics(a.devices, a.parallel)): step(x, y, lr)[0].item()
   return run
 
 def torch_step(a, args):

@@ -9,11 +9,10 @@ model at a symbolic position and samples the next id on the device, so only that
 Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top_p`, optionally top-k first.
 """
 from __future__ import annotations
-import argparse, functools, math, pathlib, re, resource, secrets, statistics, sys, time
+import argparse, math, pathlib, re, resource, secrets, statistics, sys, time
 from dataclasses import dataclass
 from tinygrad import Tensor, TinyJit, UOp, dtypes
-from tinygrad.nn.state import get_state_dict
-import llama
+import checkpoint, kernels, llama, parallel
 
 DEFAULT_OUT = pathlib.Path("out")   # where train.py writes its checkpoint
 
@@ -27,8 +26,7 @@ def _keep_top(probs: Tensor, weight: Tensor, target: Tensor, fan: int = 16) -> T
   values order like their bit patterns read as integers, so a search over those integers finds τ exactly.
   Each round tests fan-1 thresholds in one reduction and narrows the interval [lo, hi) fan-fold: 9 rounds
   cover the 2^30 patterns up to 1.0 (a plain bisection needs 30 rounds, and on the CPU each kernel launch
-  costs more than the arithmetic for a small vocabulary). Measured per draw under load: V=512 fan 16: 26 kernels,
-  1.6 ms (bisection: 68 kernels, 3.6 ms); V=49152 fan 4: 60 kernels, 6.4 ms (fan 16: 9.9 ms, bisection: 11.2 ms)."""
+  costs more than the arithmetic for a small vocabulary)."""
   lo = Tensor.zeros(probs.shape[0], 1, dtype=dtypes.int32)                # 0.0 keeps everything: always valid
   hi = Tensor.full((probs.shape[0], 1), 0x3F800001, dtype=dtypes.int32)   # just above 1.0 keeps nothing
   j = Tensor.arange(1, fan, dtype=dtypes.int32).reshape(1, fan - 1, 1)
@@ -88,49 +86,16 @@ class Rng:
 
 # ***** the decoding loop *****
 
-def matvec_linear(weight: Tensor, x: Tensor) -> Tensor:
-  """x @ weight.T for a bias-free linear layer (Meta's Linear has no bias), with the one-token product written as
-  8 partial sums per row. tinygrad's default schedule for one row of x sums each output in one scalar chain (a
-  latency-bound loop, 4-5 GB/s on the CPU); splitting the reduction into 8 lanes gives the compiler 8 independent
-  accumulators (measured 3-8x faster per kernel for SmolLM2's 576x1536 matrices, 1.5-2x for the whole decode
-  step). The input and output are realised so that SwiGLU's gate and up products do not fuse into one slow
-  two-reduction kernel and silu is not recomputed inside the down projection. Longer inputs (prefill) use the
-  ordinary matmul."""
-  n, k = weight.shape
-  if x.shape[-2] != 1: return x @ weight.T
-  return (x.contiguous().reshape(*x.shape[:-1], 1, k // 8, 8) * weight.reshape(n, k // 8, 8)).sum(-2).sum(-1).contiguous()
-
-class MatVecLinear:
-  def __init__(self, weight: Tensor): self.weight = weight      # the same state-dict name as nn.Linear's
-  def __call__(self, x: Tensor) -> Tensor: return matvec_linear(self.weight, x)
-
-def use_matvec_linears(model: llama.Transformer, min_size: int = 1 << 16):
-  """Swap the model's linear layers (and a tied classifier) for matvec_linear over the same weight tensors, where
-  the matrix is big enough (>= min_size weights) that kernel time outweighs the cost of the extra kernels.
-  The state dict keeps its names, so llama.save and training work on the model as before."""
-  def big(w: Tensor) -> bool: return w.numel() >= min_size and w.shape[1] % 8 == 0
-  for layer in model.layers:
-    for obj, names in ((layer.attention, ("wq", "wk", "wv", "wo")), (layer.feed_forward, ("w1", "w2", "w3"))):
-      for name in names:
-        if big(w := getattr(obj, name).weight): setattr(obj, name, MatVecLinear(w))
-  if isinstance(model.output, functools.partial): return     # swapped before
-  if model.output is not None:
-    if big(model.output.weight): model.output = MatVecLinear(model.output.weight)
-  elif big(model.tok_embeddings.weight):
-    # tied (llama2.c, SmolLM): the classifier reads the embedding matrix. A partial is no module, so the state
-    # dict gains no 'output.weight' and a saved checkpoint stays tied
-    model.output = functools.partial(matvec_linear, model.tok_embeddings.weight)
-
 class Generator:
   """The KV cache of one model and two compiled steps over it: a prefill of `chunk` tokens and a one-token decode.
   Both run the same function; `start_pos` is a bound symbolic variable, so the position can advance without
   recompiling. `pos` counts the tokens already in the cache.
-  A model on several devices (llama.load(device=(d0, d1, ...)): tensor parallel, §2.4) gets each step's tokens
-  copied to all of them, and its logits (split by vocabulary) gathered onto the first, where sampling runs."""
+  A model on several devices (checkpoint.load(device=(d0, d1, ...)): tensor parallel, §2.4) gets each step's tokens
+  copied to all of them, and its logits (split by vocabulary) gathered onto the first, where sampling runs.
+  Call kernels.use_decode_kernels(model) first for the fast one-token kernels."""
   def __init__(self, model: llama.Transformer, max_context: int, sampling: Sampling, seed: int | None = None, chunk: int = 32):
     self.model, self.max_context, self.sampling, self.chunk = model, max_context, sampling.check(), min(chunk, max_context)
-    self.devices = llama.model_devices(model)
-    use_matvec_linears(model)
+    self.devices = parallel.model_devices(model)
     # the last prefill chunk is padded to full size: the cache has room for its tail (padding is written past
     # the real tokens, never attended to, and overwritten by later tokens)
     model.init_cache(1, max_context + self.chunk - 1)
@@ -145,7 +110,7 @@ class Generator:
   def _step(self, tokens: Tensor, start_pos: UOp, select: Tensor, knobs: Tensor) -> Tensor:
     # select is one-hot over the chunk: it picks the logits of the last real token out of a padded chunk
     # (a symbolic index into the output is not replayed correctly by TinyJit in tinygrad 0.14)
-    logits = self.model(llama.shard_batch(tokens, self.devices, "tp"), start_pos).to(self.devices[0])
+    logits = self.model(parallel.shard_batch(tokens, self.devices, "tp"), start_pos).to(self.devices[0])
     logits = (logits * select.reshape(1, -1, 1)).sum(1)
     return sample(logits, knobs, self.sampling, None if self.sampling.temperature == 0 else self.rng.uniform(*logits.shape)).realize()
 
@@ -262,20 +227,23 @@ def _fail(msg: str):
   sys.exit(1)
 
 def weight_bytes(model: llama.Transformer) -> int:
-  """Bytes of weights one decode step reads: every parameter once (a tied embedding is read whole by the classifier)."""
-  weights = {id(t): t for k, t in get_state_dict(model).items() if "cache_kv" not in k and k != "freqs"}   # tied: once
-  return sum(t.nbytes() for t in weights.values())
+  """Bytes of weights one decode step reads: every learned tensor once (a tied classifier reads the embedding)."""
+  return sum(t.nbytes() for t in llama.learned(model).values())
+
+class Printer:
+  """Streams new ids to stdout as text, flushed at once (multi-byte characters and leading spaces right)."""
+  def __init__(self, tok): self.dec = tok.decoder()
+  def __call__(self, tid: int): self.write(self.dec.add(tid))
+  def write(self, text: str):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+  def close(self): self.write(self.dec.flush() + "\n")
 
 def run_plain(gen: Generator, tok, args, prompt_ids: list[int]) -> tuple[Stats, list[int]]:
-  stats, dec = Stats(), tok.decoder()
-  sys.stdout.write("".join(dec.add(i) for i in prompt_ids))
-  sys.stdout.flush()
-  def show(i: int):
-    sys.stdout.write(dec.add(i))
-    sys.stdout.flush()
+  stats, show = Stats(), Printer(tok)
+  show.write("".join(show.dec.add(i) for i in prompt_ids))
   new = generate(gen, prompt_ids, args.max_new_tokens, tok.eos_id, stats, show)
-  sys.stdout.write(dec.flush() + "\n")
-  sys.stdout.flush()
+  show.close()
   return stats, new
 
 def run_chat(gen: Generator, tok, args) -> Stats:
@@ -291,14 +259,10 @@ def run_chat(gen: Generator, tok, args) -> Stats:
     if gen.pending is not None:
       last = gen.pending.item()
       ids = ([last] if last != tok.eos_id else []) + [tok.eos_id] + encode_pieces(tok, fmt.after_eos()) + ids
-    if gen.pos + len(ids) >= gen.max_context: _fail(f"the conversation no longer fits the context of {gen.max_context} tokens")
-    dec = tok.decoder()
-    def show(i: int):
-      sys.stdout.write(dec.add(i))
-      sys.stdout.flush()
+    if gen.pos + len(ids) >= gen.max_context: raise ValueError(f"the conversation no longer fits the context of {gen.max_context} tokens")
+    show = Printer(tok)
     generate(gen, ids, args.max_new_tokens, tok.eos_id, stats, show)
-    sys.stdout.write(dec.flush() + "\n")
-    sys.stdout.flush()
+    show.close()
     print(f"[{stats.stop}]", file=sys.stderr)
     first = False
   return stats
@@ -345,10 +309,10 @@ def main(argv=None):
   if args.max_new_tokens < 1: raise ValueError(f"-n must be at least 1, got {args.max_new_tokens}")
   if args.model is None and not DEFAULT_OUT.exists():
     raise ValueError(f"no MODEL given and no checkpoint in {DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
-  devices = llama.parse_devices(args.devices)
+  devices = parallel.parse_devices(args.devices)
   t0 = time.perf_counter()
   # several devices: each tensor is split as it is read, so no device ever holds the whole model
-  model, tok = llama.load(args.model if args.model is not None else DEFAULT_OUT, tokenizer=args.tokenizer, device=devices)
+  model, tok = checkpoint.load(args.model if args.model is not None else DEFAULT_OUT, tokenizer=args.tokenizer, device=devices)
   if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_seq = model.args.max_seq_len
   ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
@@ -361,7 +325,7 @@ def main(argv=None):
   print(f"loaded {args.model or DEFAULT_OUT} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
         f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights"
         + (f" split over {len(devices)} devices (tensor parallel)" if len(devices) > 1 else ""), file=sys.stderr)
-  gen = Generator(model, ctx, sampling, args.seed)
+  gen = Generator(kernels.use_decode_kernels(model), ctx, sampling, args.seed)
   if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
   if args.chat: stats = run_chat(gen, tok, args)
   else:
@@ -371,5 +335,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
   try: main()
-  except (ValueError, OSError) as e: _fail(str(e))   # llama.CheckpointError is a ValueError
+  except (ValueError, OSError) as e: _fail(str(e))   # checkpoint.CheckpointError, TokenizerError are ValueErrors
   except KeyboardInterrupt: _fail("interrupted")

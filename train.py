@@ -11,20 +11,64 @@ whose final value is 10% of the peak, and warmup. The paper's numbers (2000 warm
 3e-4 to 1.5e-4) are for billions of parameters; the defaults here scale them to the small preset.
 """
 from __future__ import annotations
-import argparse, json, math, os, pathlib, shutil, signal, sys, time
+import argparse, json, math, os, pathlib, signal, sys, time
+from dataclasses import asdict, dataclass, fields
 import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from tinygrad.helpers import tqdm
 from tinygrad.nn.optim import AdamW, OptimizerGroup
-from tinygrad.nn.state import get_state_dict, safe_load, safe_save
-import data, llama
+from tinygrad.nn.state import safe_load, safe_save
+import checkpoint, data, llama, parallel
+from files import atomic_write, publish_dir, recover_dir
+from tokenizer import load_tokenizer
 
 class TrainError(ValueError):
   """Bad input to train.py; the message is one line for the user."""
 
-# ***** command line *****
+# ***** configuration: every command-line option, one field each *****
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass
+class TrainConfig:
+  preset: str = "small"
+  dim: int | None = None                  # model overrides of the preset
+  n_layers: int | None = None
+  n_heads: int | None = None
+  n_kv_heads: int | None = None
+  multiple_of: int | None = None
+  data: str | None = None
+  out: str = "out"
+  batch_size: int = 8
+  grad_accum: int = 1
+  seq_len: int = 128
+  max_steps: int = 200
+  lr: float = 3e-3
+  warmup_steps: int = 20
+  lr_decay_steps: int | None = None      # None: max_steps
+  min_lr_ratio: float = 0.1
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0
+  dtype: str = "float32"
+  seed: int = 1337
+  eval_every: int = 100
+  eval_steps: int = 10
+  save_every: int = 100
+  resume: bool = False
+  plot: bool = False
+  sample_tokens: int = 100
+  devices: str | tuple[str, ...] = ""     # "CUDA:0,CUDA:1" or a tuple; empty: tinygrad's default device
+  parallel: str = "dp"
+  checkpoint_activations: bool = False
+  dry_run: bool = False
+
+  def __post_init__(self):
+    for k in ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_every", "eval_steps", "save_every"):
+      if getattr(self, k) < 1: raise TrainError(f"--{k.replace('_', '-')} must be at least 1")
+    if self.lr_decay_steps is None: self.lr_decay_steps = self.max_steps
+    # opens each device now: a missing one is reported before anything runs
+    self.devices = parallel.parse_devices(self.devices if isinstance(self.devices, str) else ",".join(self.devices))
+    if self.parallel == "dp": parallel.check_batch(self.batch_size, len(self.devices), "dp")
+
+def parse_args(argv=None) -> TrainConfig:
   p = argparse.ArgumentParser(description="Train a LLaMA model from scratch (paper §2.3 recipe).")
   m = p.add_argument_group("model (a preset, optionally overridden field by field)")
   m.add_argument("--preset", default="small", help=f"one of {', '.join(llama.PRESETS)} (default small)")
@@ -53,66 +97,56 @@ def parse_args(argv=None) -> argparse.Namespace:
   r.add_argument("--plot", action="store_true", help="write out/loss.png (needs matplotlib)")
   r.add_argument("--sample-tokens", type=int, default=100, help="tokens of the sample printed at the end (0: none)")
   g = p.add_argument_group("devices and memory (§2.4)")
-  g.add_argument("--devices", help="comma-separated, e.g. CUDA:0,CUDA:1 (CPU:0,CPU:1: virtual CPU devices); default: tinygrad's default device")
-  g.add_argument("--parallel", choices=llama.PARALLEL_MODES, default="dp",
+  g.add_argument("--devices", default="",
+                 help="comma-separated, e.g. CUDA:0,CUDA:1 (CPU:0,CPU:1: virtual CPU devices); default: tinygrad's default device")
+  g.add_argument("--parallel", choices=parallel.PARALLEL_MODES, default="dp",
                  help="with several devices: dp copies the model and splits each batch, tp splits every layer (Megatron-LM); "
                       "dp+tp needs a 2-D device mesh that tinygrad 0.14 lacks (default dp)")
   g.add_argument("--checkpoint-activations", action="store_true", help="recompute each block's activations in the backward pass: less memory, one more forward")
   g.add_argument("--dry-run", action="store_true", help="print the memory per device (the paper's four models, then this run) and exit, allocating nothing")
-  a = p.parse_args(argv)
-  for k in ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_every", "eval_steps", "save_every"):
-    if getattr(a, k) < 1: raise TrainError(f"--{k.replace('_', '-')} must be at least 1")
-  if a.lr_decay_steps is None: a.lr_decay_steps = a.max_steps
-  a.devices = llama.parse_devices(a.devices)   # opens each device now: a missing one is reported before anything runs
-  if a.parallel == "dp" and a.batch_size % len(a.devices):
-    raise TrainError(f"--parallel dp over {len(a.devices)} devices needs --batch-size ({a.batch_size}) to be divisible by {len(a.devices)}")
-  return a
+  return TrainConfig(**vars(p.parse_args(argv)))
 
-def preset(a: argparse.Namespace) -> llama.ModelArgs:
-  if a.preset not in llama.PRESETS: raise TrainError(f"unknown preset {a.preset!r} (known: {', '.join(llama.PRESETS)})")
-  return llama.PRESETS[a.preset]
+def preset(cfg: TrainConfig) -> llama.ModelArgs:
+  if cfg.preset not in llama.PRESETS: raise TrainError(f"unknown preset {cfg.preset!r} (known: {', '.join(llama.PRESETS)})")
+  return llama.PRESETS[cfg.preset]
 
-def model_args(a: argparse.Namespace, vocab_size: int) -> llama.ModelArgs:
+def model_args(cfg: TrainConfig, vocab_size: int) -> llama.ModelArgs:
   """The preset with the command line's overrides; the vocabulary is the dataset's tokenizer's."""
-  cfg = preset(a).to_dict()
-  if a.n_heads is not None and a.n_kv_heads is None: cfg["n_kv_heads"] = None   # a new head count: plain MHA unless told
-  cfg.update({k: getattr(a, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of") if getattr(a, k) is not None})
-  cfg.update(vocab_size=vocab_size, max_seq_len=max(cfg["max_seq_len"], a.seq_len))
-  return llama.ModelArgs.from_dict(cfg)
+  args = preset(cfg).to_dict()
+  if cfg.n_heads is not None and cfg.n_kv_heads is None: args["n_kv_heads"] = None   # a new head count: plain MHA unless told
+  args.update({k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of") if getattr(cfg, k) is not None})
+  args.update(vocab_size=vocab_size, max_seq_len=max(args["max_seq_len"], cfg.seq_len))
+  return llama.ModelArgs.from_dict(args)
 
 # ***** §2.3 optimiser: AdamW, cosine schedule with warmup, clipping *****
 
-def lr_at(step: int, a) -> float:
+def lr_at(step: int, cfg: TrainConfig) -> float:
   """Learning rate of update number step+1: linear warmup to the peak over warmup_steps, then a cosine down to
   min_lr_ratio·peak at lr_decay_steps (§2.3: "the final learning rate is equal to 10% of the maximal learning
   rate"), and that floor afterwards."""
-  n = step + 1
-  if n <= a.warmup_steps: return a.lr * n / a.warmup_steps
-  progress = min(1.0, (n - a.warmup_steps) / (a.lr_decay_steps - a.warmup_steps)) if a.lr_decay_steps > a.warmup_steps else 1.0
-  return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+  n, warm, end = step + 1, cfg.warmup_steps, cfg.lr_decay_steps
+  if n <= warm: return cfg.lr * n / warm
+  progress = min(1.0, (n - warm) / (end - warm)) if end > warm else 1.0
+  return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 def param_groups(model: llama.Transformer) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-  """(decayed, not decayed) trainable tensors by name. Weight decay goes on the weight matrices of the linear layers
-  only; norm gains and the token embedding are not decayed (as in nanoGPT / llama2.c). The RoPE table and a KV cache
-  are not trained."""
+  """(decayed, not decayed) learned tensors by name. Weight decay goes on the weight matrices of the linear layers
+  only; norm gains and the token embedding are not decayed (as in nanoGPT / llama2.c)."""
   decay, keep = {}, {}
-  for name, t in get_state_dict(model).items():
-    if name == "freqs" or name.endswith("cache_kv"): continue
-    (decay if t.ndim == 2 and name != "tok_embeddings.weight" else keep)[name] = t
+  for name, t in llama.learned(model).items(): (decay if t.ndim == 2 and name != "tok_embeddings.weight" else keep)[name] = t
   return decay, keep
 
-def make_optimizer(model: llama.Transformer, a) -> tuple[OptimizerGroup, list[Tensor]]:
-  """AdamW over the model's trained tensors; returns (optimiser, those tensors). The tensors the optimiser updates
+def make_optimizer(model: llama.Transformer, lr: float, weight_decay: float) -> tuple[OptimizerGroup, list[Tensor]]:
+  """AdamW over the model's learned tensors; returns (optimiser, those tensors). The tensors the optimiser updates
   (opt.params, in the same order) are the model's own when they are float32, else float32 master copies, placed like
-  them (mixed precision, Micikevicius et al. 2018): tinygrad's AdamW keeps fp32 moments but adds each update to the
-  weight in the weight's dtype, and an update below half a weight's last bit is lost (bfloat16 keeps 8 significant
-  bits: a weight of 0.02 moves in steps of 1.2e-4, more than the paper's final learning rate 3e-5 times Adam's unit
-  step). The train step copies the updated masters back into the model, rounded."""
+  them (mixed precision, Micikevicius et al. 2018): tinygrad's AdamW adds each update to the weight in the weight's
+  dtype, and an update below half a weight's last bit is lost (bfloat16 keeps 8 significant bits). The train step
+  copies the updated masters back into the model, rounded."""
   decay, keep = param_groups(model)
   def master(ts): return [t if t.dtype == dtypes.float32 else t.float().contiguous().realize() for t in ts]
   # §2.3: "AdamW optimizer with the following hyper-parameters: β1 = 0.9, β2 = 0.95", weight decay 0.1
-  opt = OptimizerGroup(AdamW(master(decay.values()), lr=a.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=a.weight_decay),
-                       AdamW(master(keep.values()), lr=a.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0))
+  opt = OptimizerGroup(AdamW(master(decay.values()), lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=weight_decay),
+                       AdamW(master(keep.values()), lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0))
   return opt, list(decay.values()) + list(keep.values())
 
 def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
@@ -132,72 +166,67 @@ def optimizer_state(opt: OptimizerGroup, params: list[Tensor]) -> dict[str, Tens
     out |= {f"{i}.m.{j}": t for j, t in enumerate(o.m)} | {f"{i}.v.{j}": t for j, t in enumerate(o.v)}
   return out
 
-# ***** devices (§2.4): llama.shard_model places the weights for --parallel, llama.shard_batch each batch *****
+# ***** devices (§2.4): parallel.shard_model places the weights for --parallel, parallel.shard_batch each batch *****
 
-def place_model(model: llama.Transformer, a) -> None:
-  """Cast the trained tensors to --dtype, then move the model onto --devices (split or copied as --parallel says).
+def place_model(model: llama.Transformer, cfg: TrainConfig) -> None:
+  """Cast the learned tensors to --dtype, then move the model onto --devices (split or copied as --parallel says).
   Before make_optimizer: AdamW creates its moments (and make_optimizer the masters) where the weights are."""
-  if (dtype := getattr(dtypes, a.dtype)) != dtypes.float32:
-    for t in (t for g in param_groups(model) for t in g.values()): t.replace(t.cast(dtype).contiguous()).realize()
-  llama.shard_model(model, a.devices, a.parallel)
+  if (dtype := getattr(dtypes, cfg.dtype)) != dtypes.float32:
+    for t in llama.learned(model).values(): t.replace(t.cast(dtype).contiguous()).realize()
+  parallel.shard_model(model, cfg.devices, cfg.parallel)
 
-def to_device(arr: np.ndarray, a=None, batch_axis: int = 0) -> Tensor:
-  """Tokens onto --devices: split along the batch axis under dp (axis 1 of micro-batches stacked (accum, B, T)),
-  copied under tp; without `a` (bench_train.py), onto the default device."""
-  return (Tensor(arr) if a is None else llama.shard_batch(Tensor(arr), a.devices, a.parallel, batch_axis)).realize()
+def to_device(arr: np.ndarray, devices: tuple[str, ...] = (), mode: str = "dp", batch_axis: int = 0) -> Tensor:
+  """Tokens onto `devices`: split along the batch axis under dp (axis 1 of micro-batches stacked (accum, B, T)),
+  copied under tp; no devices: the default device."""
+  return (parallel.shard_batch(Tensor(arr), devices, mode, batch_axis) if devices else Tensor(arr)).realize()
 
-def use_atomics(a) -> int:
-  """USE_ATOMICS=1 makes the embedding's backward scatter into the table instead of a B·T×V one-hot matmul (trap 4),
-  where it is right: tinygrad 0.14 has that kernel for CPU and AMD only (others raise NotImplementedError), and with
-  the batch split across devices (dp) each device scatters only its own tokens and nothing all-reduces the results
-  (measured: half the embedding gradient on 2 devices). Tensor parallel (vocabulary split, batch copied) is right."""
-  backends = {Device.canonicalize(d).split(":")[0] for d in a.devices}
-  return int(backends <= {"CPU", "AMD"} and (len(a.devices) == 1 or a.parallel == "tp"))
+def use_atomics(devices: tuple[str, ...], mode: str) -> int:
+  """USE_ATOMICS=1 makes the embedding's backward scatter into the table instead of a B·T×V one-hot matmul, where it
+  is right: tinygrad 0.14 has that kernel for CPU and AMD only (others raise NotImplementedError), and with the batch
+  split across devices (dp) each device scatters only its own tokens and nothing all-reduces the results."""
+  backends = {Device.canonicalize(d).split(":")[0] for d in devices}
+  return int(backends <= {"CPU", "AMD"} and (len(devices) == 1 or mode == "tp"))
 
-def check_memory(args: llama.ModelArgs, a) -> None:
-  """Refuse a micro-batch that cannot fit in host memory before allocating it (CPU only: the other backends
-  report their own allocation failures). The estimate is deliberately rough: weights, gradients and two AdamW
-  moments, plus per token the activations backward keeps (≈ 16·dim + 4·ffn + 2·heads·seq per layer) and 3 copies
-  of the logits."""
-  if Device.DEFAULT != "CPU": return
-  try:   # Linux: MemAvailable counts reclaimable page cache; elsewhere: all physical memory
-    info = pathlib.Path("/proc/meminfo").read_text() if os.path.exists("/proc/meminfo") else ""
-    avail = next((int(l.split()[1]) * 1024 for l in info.splitlines() if l.startswith("MemAvailable:")), None) \
-            or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError, AttributeError): return
-  per_token = args.n_layers * (16 * args.dim + 4 * args.ffn_hidden + 2 * args.n_heads * a.seq_len) + 3 * args.vocab_size
-  need = 4 * (4 * args.num_params() + a.batch_size * a.seq_len * per_token)
-  if need > avail:
-    raise TrainError(f"a micro-batch of {a.batch_size}x{a.seq_len} tokens needs about {need / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB "
-                     "is free: lower --batch-size or --seq-len (and raise --grad-accum to keep the tokens per step)")
+def available_memory() -> int | None:
+  """Bytes of host memory free for this run (Linux: MemAvailable, which counts reclaimable page cache), or None."""
+  try:
+    if os.path.exists("/proc/meminfo"):
+      for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError): return None
 
-# ***** checkpoints: model (llama.save) + optimiser + training state, swapped in as one directory *****
+def check_memory(args: llama.ModelArgs, cfg: TrainConfig) -> None:
+  """Refuse a run whose estimate (parallel.memory_per_device) exceeds the free host memory, before allocating it.
+  CPU only: the other backends report their own allocation failures."""
+  if Device.canonicalize(cfg.devices[0]).split(":")[0] != "CPU" or (avail := available_memory()) is None: return
+  need = parallel.memory_per_device(args, len(cfg.devices), cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations)["total"]
+  if need * (len(cfg.devices)) > avail:   # virtual CPU devices share the host's memory
+    raise TrainError(f"a micro-batch of {cfg.batch_size}x{cfg.seq_len} tokens needs about {need * len(cfg.devices) / 2**30:.1f} GiB but "
+                     f"{avail / 2**30:.1f} GiB is free: lower --batch-size or --seq-len (and raise --grad-accum to keep the tokens per step)")
+
+# ***** checkpoints: model (checkpoint.save) + optimiser + training state, swapped in as one directory *****
 
 def save_checkpoint(out: pathlib.Path, model, tokenizer, opt: OptimizerGroup, state: dict) -> None:
-  """Build the whole checkpoint in a temporary directory beside `out`, carry over the files of `out` that are not
-  part of it (log.jsonl, loss.png), then swap directories: a crash leaves either the old or the new checkpoint."""
-  tmp, old = out.with_name(f".{out.name}.saving"), out.with_name(f".{out.name}.old")
-  shutil.rmtree(tmp, ignore_errors=True)
-  llama.save(model, tmp, tokenizer if isinstance(tokenizer, data.SentencePieceTokenizer) else None)   # .model files only
+  """Build the whole checkpoint in a directory beside `out`, carry over the files of `out` that are not part of it
+  (log.jsonl, loss.png), then swap directories: a crash leaves either the old or the new checkpoint."""
+  tmp = out.with_name(f".{out.name}.saving")
+  checkpoint.save(model, tmp, tokenizer)
   safe_save(optimizer_state(opt, [t for g in param_groups(model) for t in g.values()]), str(tmp / "optimizer.safetensors"))
   (tmp / "train_state.json").write_text(json.dumps(state, indent=1) + "\n")
-  if out.is_dir():
-    for f in out.iterdir():
-      if f.is_file() and not (tmp / f.name).exists(): os.link(f, tmp / f.name)
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-  os.replace(tmp, out)
-  shutil.rmtree(old, ignore_errors=True)
+  publish_dir(tmp, out)
 
-def load_checkpoint(out: pathlib.Path, a) -> tuple[llama.Transformer, dict, dict[str, Tensor]]:
-  if not out.exists() and out.with_name(f".{out.name}.old").is_dir(): os.replace(out.with_name(f".{out.name}.old"), out)  # crashed mid-swap
+def load_checkpoint(out: pathlib.Path, cfg: TrainConfig) -> tuple[llama.Transformer, dict, dict[str, Tensor]]:
+  recover_dir(out)   # a crash between the two renames of a save
   if not (out / "train_state.json").is_file(): raise TrainError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
   state = json.loads((out / "train_state.json").read_text())
-  if (was := state["config"].get("dtype", "float32")) != a.dtype:   # the master copies exist only for 16-bit weights
-    raise TrainError(f"--resume: the checkpoint was trained with --dtype {was}, not {a.dtype}")
-  llama.check_parallel(llama.ModelArgs.from_dict(state["config"]["model"]), len(a.devices), a.parallel)   # before loading
-  model, _ = llama.load(out, device=a.devices[0])
-  place_model(model, a)
+  if (was := state["config"].get("dtype", "float32")) != cfg.dtype:   # the master copies exist only for 16-bit weights
+    raise TrainError(f"--resume: the checkpoint was trained with --dtype {was}, not {cfg.dtype}")
+  args = llama.ModelArgs.from_dict(state["config"]["model"])
+  parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # before loading
+  check_memory(args, cfg)
+  model, _ = checkpoint.load(out, device=cfg.devices[0])
+  place_model(model, cfg)
   return model, state, safe_load(str(out / "optimizer.safetensors"))
 
 def restore_optimizer(opt: OptimizerGroup, params: list[Tensor], saved: dict[str, Tensor]) -> None:
@@ -230,9 +259,9 @@ def plot(out: pathlib.Path) -> None:
   plt.close(fig)
   os.replace(tmp, out / "loss.png")
 
-# ***** training *****
+# ***** the compiled steps *****
 
-def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip: float) -> TinyJit:
+def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip: float, checkpoint_activations: bool = False) -> TinyJit:
   @TinyJit
   def train_step(x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
     """One update from grad_accum micro-batches x, y: (K, B, T). Each micro-batch's gradients are realised before
@@ -243,17 +272,17 @@ def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip:
       model.freqs.grad = None   # backward also differentiates the RoPE table; it is not trained, drop that
       losses = []
       for k in range(x.shape[0]):
-        loss = model(x[k]).sparse_categorical_crossentropy(y[k]) / x.shape[0]
+        loss = model(x[k], checkpoint_activations=checkpoint_activations).sparse_categorical_crossentropy(y[k]) / x.shape[0]
         loss.backward()
-        # a buffer per gradient: needed under --checkpoint-activations (llama.checkpointed_block explains), free otherwise
-        for p in params: p.grad = p.grad.contiguous()
+        for p in params: p.grad = p.grad.contiguous()   # a buffer per gradient (llama.checkpointed_block says why)
         losses.append(loss.realize(*[p.grad for p in params]).detach())
       total = sum(losses[1:], losses[0])
       masters = [(p, m) for p, m in zip(params, opt.params) if m is not p]   # 16-bit weights (make_optimizer)
       for p, m in masters: m.grad = p.grad.float()
       norm = clip_grad_norm(opt.params, grad_clip)
       for o in opt.optimizers: o.lr.assign(lr.to(o.lr.device))   # the optimiser keeps lr where the weights are
-      # the loss is read together with the update (TINYGRAD_NOTES trap 1); the model gets the updated masters, rounded
+      # the loss is read together with the update (realised after it, it would be the next step's); the model gets
+      # the updated masters, rounded
       Tensor.realize(total, norm, *opt.schedule_step(), *[p.assign(m.cast(p.dtype)) for p, m in masters])
     return total, norm
   return train_step
@@ -263,77 +292,98 @@ def make_eval_step(model) -> TinyJit:
   def eval_step(x: Tensor, y: Tensor) -> Tensor: return model(x).sparse_categorical_crossentropy(y).realize()
   return eval_step
 
-def evaluate(eval_step, val: np.ndarray, a) -> float:
+def evaluate(eval_step, val: np.ndarray, cfg: TrainConfig) -> float:
   """Mean validation loss over eval_steps batches; the same batches every time (a fixed seed), so the curve
   compares like with like."""
-  rng = np.random.default_rng(a.seed + 1)
-  return float(np.mean([eval_step(*(to_device(b, a) for b in data.get_batch(val, a.batch_size, a.seq_len, rng))).item()
-                        for _ in range(a.eval_steps)]))
+  rng = np.random.default_rng(cfg.seed + 1)
+  return float(np.mean([eval_step(*(to_device(b, cfg.devices, cfg.parallel) for b in data.get_batch(val, cfg.batch_size, cfg.seq_len, rng))).item()
+                        for _ in range(cfg.eval_steps)]))
 
-def print_sample(model, tokenizer, a) -> None:
+def print_sample(model, tokenizer, cfg: TrainConfig) -> None:
   import generate
-  gen = generate.Generator(model, max_context=min(model.args.max_seq_len, a.sample_tokens + 1),
-                           sampling=generate.Sampling(temperature=0.8, top_p=1.0), seed=a.seed, chunk=1)
-  ids = generate.generate(gen, [tokenizer.bos_id], a.sample_tokens, tokenizer.eos_id, generate.Stats())
+  gen = generate.Generator(model, max_context=min(model.args.max_seq_len, cfg.sample_tokens + 1),
+                           sampling=generate.Sampling(temperature=0.8, top_p=1.0), seed=cfg.seed, chunk=1)
+  ids = generate.generate(gen, [tokenizer.bos_id], cfg.sample_tokens, tokenizer.eos_id, generate.Stats())
   model.drop_cache()
   print(f"--- sample ---\n{tokenizer.decode(ids)}\n---")
 
-def dry_run(a: argparse.Namespace) -> int:
-  """--dry-run: memory per device from the configuration alone (llama.memory_per_device), nothing allocated: the
+def dry_run(cfg: TrainConfig) -> int:
+  """--dry-run: memory per device from the configuration alone (parallel.memory_per_device), nothing allocated: the
   paper's four models with 2048-token sequences on this many devices, then this run (vocabulary: --data's, else the
   preset's; one micro-batch: --grad-accum adds no memory)."""
-  args = model_args(a, data.read_meta(a.data)["vocab_size"] if a.data else preset(a).vocab_size)
-  n, gib = len(a.devices), 1 << 30
-  m = llama.memory_per_device(args, n, a.parallel, a.batch_size, a.seq_len, a.dtype, a.checkpoint_activations)
-  print(llama.memory_table(n_devices=n, dtype=a.dtype, checkpoint_activations=a.checkpoint_activations))
-  print(f"\nthis run: {a.preset} ({args.num_params() / 1e6:,.1f}M parameters, vocab {args.vocab_size}), {a.dtype}, {a.parallel} over "
-        f"{n} device(s), micro-batch {a.batch_size}x{a.seq_len} tokens{', activation checkpointing' if a.checkpoint_activations else ''}:\n"
+  args = model_args(cfg, data.read_meta(cfg.data)["vocab_size"] if cfg.data else preset(cfg).vocab_size)
+  n, gib = len(cfg.devices), 1 << 30
+  m = parallel.memory_per_device(args, n, cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations)
+  print(parallel.memory_table(n_devices=n, dtype=cfg.dtype, checkpoint_activations=cfg.checkpoint_activations))
+  print(f"\nthis run: {cfg.preset} ({args.num_params() / 1e6:,.1f}M parameters, vocab {args.vocab_size}), {cfg.dtype}, {cfg.parallel} over "
+        f"{n} device(s), micro-batch {cfg.batch_size}x{cfg.seq_len} tokens{', activation checkpointing' if cfg.checkpoint_activations else ''}:\n"
         f"  per device: weights {m['weights'] / gib:.2f} GiB | grads {m['grads'] / gib:.2f} | Adam state {m['adam'] / gib:.2f} | "
         f"activations {m['activations'] / gib:.2f} ({m['activations_per_token'] / (1 << 20):.3f} MiB/token) | total {m['total'] / gib:.2f} GiB")
   return 0
 
-def train(a: argparse.Namespace) -> int:
-  if a.dry_run: return dry_run(a)
-  out = pathlib.Path(a.out)
-  if a.plot:
+# ***** training: set up (data, model, optimiser, state), then the loop *****
+
+@dataclass
+class Run:
+  model: llama.Transformer
+  tokenizer: object
+  opt: OptimizerGroup
+  params: list[Tensor]
+  train_tokens: np.ndarray
+  val_tokens: np.ndarray
+  state: dict                     # step, tokens, the data sampler's RNG state, config (what a checkpoint saves)
+  rng: np.random.Generator
+
+def load_data(cfg: TrainConfig):
+  """(train tokens, val tokens, tokenizer) of --data, building data/ from the default corpus when no dataset is named."""
+  if cfg.data is None:
+    cfg.data = "data"
+    if not (pathlib.Path(cfg.data) / "meta.json").is_file():
+      print(f"no dataset in {cfg.data}/: building it from the default corpus (the Python standard library's docs and source)")
+      data.prepare([], cfg.data, vocab_size=preset(cfg).vocab_size)
+  meta = data.read_meta(cfg.data)
+  train_tokens, val_tokens = data.load_split(cfg.data, "train"), data.load_split(cfg.data, "val")
+  if cfg.seq_len + 1 > min(len(train_tokens), len(val_tokens)):
+    raise TrainError(f"--seq-len {cfg.seq_len} is longer than the data in {cfg.data} ({len(train_tokens)} train / {len(val_tokens)} val tokens)")
+  return train_tokens, val_tokens, load_tokenizer(pathlib.Path(cfg.data) / meta["tokenizer"])
+
+def setup(cfg: TrainConfig) -> Run:
+  out = pathlib.Path(cfg.out)
+  if cfg.plot:
     try: import matplotlib  # noqa: F401  (an optional extra: fail before training, not after)
     except ImportError: raise TrainError("--plot needs matplotlib: pip install matplotlib") from None
-  if a.resume:
-    model, state, opt_saved = load_checkpoint(out, a)
-    a.data = a.data or state["config"]["data"]
-  if a.data is None:
-    a.data = "data"
-    if not (pathlib.Path(a.data) / "meta.json").is_file():
-      print(f"no dataset in {a.data}/: building it from the default corpus (the Python standard library's docs and source)")
-      data.prepare([], a.data, vocab_size=preset(a).vocab_size)
-  meta = data.read_meta(a.data)
-  train_tokens, val_tokens = data.load_split(a.data, "train"), data.load_split(a.data, "val")
-  tokenizer = data.load_tokenizer(pathlib.Path(a.data) / meta["tokenizer"])
-  if a.seq_len + 1 > min(len(train_tokens), len(val_tokens)):
-    raise TrainError(f"--seq-len {a.seq_len} is longer than the data in {a.data} ({len(train_tokens)} train / {len(val_tokens)} val tokens)")
-  if not a.resume:
-    args = model_args(a, meta["vocab_size"])
-    llama.check_parallel(args, len(a.devices), a.parallel)   # a clear error before anything is allocated
-    Tensor.manual_seed(a.seed)
+  if cfg.resume:
+    model, state, opt_saved = load_checkpoint(out, cfg)
+    cfg.data = cfg.data or state["config"]["data"]
+  train_tokens, val_tokens, tokenizer = load_data(cfg)
+  if not cfg.resume:
+    args = model_args(cfg, tokenizer.vocab_size)
+    parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # a clear error before anything is allocated
+    check_memory(args, cfg)
+    Tensor.manual_seed(cfg.seed)
     model = llama.Transformer(args)
-    place_model(model, a)
-    state = {"step": 0, "tokens": 0, "rng": np.random.default_rng(a.seed).bit_generator.state}
-  elif model.args.vocab_size != meta["vocab_size"]:
-    raise TrainError(f"--resume: the checkpoint's vocabulary ({model.args.vocab_size}) is not the dataset's ({meta['vocab_size']})")
-  check_memory(model.args, a)
-  model.checkpoint_activations = a.checkpoint_activations
-  opt, params = make_optimizer(model, a)
-  if a.resume: restore_optimizer(opt, params, opt_saved)
+    place_model(model, cfg)
+    state = {"step": 0, "tokens": 0, "rng": np.random.default_rng(cfg.seed).bit_generator.state}
+  elif model.args.vocab_size != tokenizer.vocab_size:
+    raise TrainError(f"--resume: the checkpoint's vocabulary ({model.args.vocab_size}) is not the dataset's ({tokenizer.vocab_size})")
+  opt, params = make_optimizer(model, cfg.lr, cfg.weight_decay)
+  if cfg.resume: restore_optimizer(opt, params, opt_saved)
   rng = np.random.default_rng()
   rng.bit_generator.state = state["rng"]   # the data position: the sampler's state decides every next window
   out.mkdir(parents=True, exist_ok=True)
-  log = [e for e in read_log(out) if e["step"] <= state["step"]] if a.resume else []
-  data._atomic_write(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())   # drop steps past the checkpoint
+  log = [e for e in read_log(out) if e["step"] <= state["step"]] if cfg.resume else []
+  atomic_write(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())   # drop steps past the checkpoint
+  return Run(model, tokenizer, opt, params, train_tokens, val_tokens, state, rng)
 
-  def save():
-    state.update(rng=rng.bit_generator.state, config=vars(a) | {"model": model.args.to_dict()})
-    save_checkpoint(out, model, tokenizer, opt, state)
+def save(run: Run, cfg: TrainConfig) -> None:
+  config = asdict(cfg) | {"devices": list(cfg.devices), "model": run.model.args.to_dict()}
+  run.state.update(rng=run.rng.bit_generator.state, config=config)
+  save_checkpoint(pathlib.Path(cfg.out), run.model, run.tokenizer, run.opt, run.state)
 
+def train(cfg: TrainConfig) -> int:
+  if cfg.dry_run: return dry_run(cfg)
+  run = setup(cfg)
+  model, state, out = run.model, run.state, pathlib.Path(cfg.out)
   # Ctrl-C is honoured between steps, so the checkpoint never holds a half-applied update; a second Ctrl-C aborts
   stop: list[int] = []
   def on_sigint(*_):
@@ -342,20 +392,21 @@ def train(a: argparse.Namespace) -> int:
     tqdm.write("interrupt: saving a checkpoint after this step (Ctrl-C again to abort without saving)")
   old_handler = signal.signal(signal.SIGINT, on_sigint)
 
-  tokens_per_step = a.batch_size * a.grad_accum * a.seq_len
-  print(f"model {model.args.num_params() / 1e6:.2f}M parameters ({a.preset}: dim {model.args.dim}, {model.args.n_layers} layers, "
+  tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+  print(f"model {model.args.num_params() / 1e6:.2f}M parameters ({cfg.preset}: dim {model.args.dim}, {model.args.n_layers} layers, "
         f"{model.args.n_heads} heads, vocab {model.args.vocab_size}) | {tokens_per_step} tokens/step"
-        + (f" | {a.parallel} over {len(a.devices)} devices" if len(a.devices) > 1 else "") + f" | data {a.data}: "
-        f"{len(train_tokens):,} train tokens | steps {state['step']}..{a.max_steps}")
-  train_step, eval_step = make_train_step(model, opt, params, a.grad_clip), make_eval_step(model)
+        + (f" | {cfg.parallel} over {len(cfg.devices)} devices" if len(cfg.devices) > 1 else "") + f" | data {cfg.data}: "
+        f"{len(run.train_tokens):,} train tokens | steps {state['step']}..{cfg.max_steps}")
+  train_step = make_train_step(model, run.opt, run.params, cfg.grad_clip, cfg.checkpoint_activations)
+  eval_step = make_eval_step(model)
   loss = val_loss = float("nan")
   try:
-    with Context(USE_ATOMICS=use_atomics(a)), tqdm(total=a.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
+    with Context(USE_ATOMICS=use_atomics(cfg.devices, cfg.parallel)), tqdm(total=cfg.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
       t_last = time.perf_counter()
-      while state["step"] < a.max_steps and not stop:
-        step, lr = state["step"], lr_at(state["step"], a)
-        batches = [data.get_batch(train_tokens, a.batch_size, a.seq_len, rng) for _ in range(a.grad_accum)]
-        x, y = (to_device(np.stack([b[i] for b in batches]), a, batch_axis=1) for i in (0, 1))
+      while state["step"] < cfg.max_steps and not stop:
+        step, lr = state["step"], lr_at(state["step"], cfg)
+        batches = [data.get_batch(run.train_tokens, cfg.batch_size, cfg.seq_len, run.rng) for _ in range(cfg.grad_accum)]
+        x, y = (to_device(np.stack([b[i] for b in batches]), cfg.devices, cfg.parallel, batch_axis=1) for i in (0, 1))
         loss, norm = train_step(x, y, Tensor([lr], dtype=dtypes.float32))
         loss, norm = loss.item(), norm.item()
         now = time.perf_counter()
@@ -363,28 +414,28 @@ def train(a: argparse.Namespace) -> int:
         entry = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tokens_per_step / (now - t_last)}
         t_last = now
         if not math.isfinite(loss): raise TrainError(f"the loss became {loss} at step {step + 1}: lower --lr")
-        if (step + 1) % a.eval_every == 0 or step + 1 == a.max_steps:
-          entry["val_loss"] = val_loss = evaluate(eval_step, val_tokens, a)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
+          entry["val_loss"] = val_loss = evaluate(eval_step, run.val_tokens, cfg)
           t_last = time.perf_counter()   # evaluation time is not training throughput
         append_log(out, entry)
         bar.set_description(f"step {step + 1} | loss {loss:.3f}" + (f" | val {val_loss:.3f}" if math.isfinite(val_loss) else "") +
                             f" | lr {lr:.2e} | {entry['tok_s']:,.0f} tok/s")
         bar.update(1)
-        if (step + 1) % a.save_every == 0 or step + 1 == a.max_steps: save()
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps: save(run, cfg)
   finally:
     signal.signal(signal.SIGINT, old_handler)
   if stop:
-    save()
+    save(run, cfg)
     print(f"interrupted: checkpoint at step {state['step']} saved in {out}/ (continue with --resume)", file=sys.stderr)
     return 130
-  if a.plot: plot(out)
+  if cfg.plot: plot(out)
   print(f"done: step {state['step']}, train loss {loss:.4f}, validation loss {val_loss:.4f}; checkpoint in {out}/")
-  if a.sample_tokens: print_sample(model, tokenizer, a)
+  if cfg.sample_tokens: print_sample(model, run.tokenizer, cfg)
   return 0
 
 def main(argv=None) -> int:
   try: return train(parse_args(argv))
-  except (ValueError, OSError) as e:   # TrainError, data.DataError, llama.CheckpointError: one line, no traceback
+  except (ValueError, OSError) as e:   # TrainError, DataError, CheckpointError, ParallelError: one line, no traceback
     print(f"train.py: error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:            # before training started (data preparation, compilation) or a second Ctrl-C

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 import data
+import tokenizer as tk
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -16,14 +17,14 @@ def shakespeare(fixtures, tmp_path_factory) -> pathlib.Path:
   return out
 
 @pytest.fixture(scope="module")
-def tok(shakespeare): return data.load_tokenizer(shakespeare / "tokenizer.model")
+def tok(shakespeare): return tk.load_tokenizer(shakespeare / "tokenizer.model")
 
 @pytest.fixture(scope="module")
 def numbers_tok(tmp_path_factory):
   """A tokenizer trained on text full of numbers: without split_digits BPE would learn multi-digit pieces."""
   rng = np.random.default_rng(0)
   lines = [f"item {rng.integers(0, 10**6)} costs {rng.integers(0, 1000)}.{rng.integers(10, 99)} in year 19{rng.integers(10, 99)}" for _ in range(3000)]
-  return data.load_tokenizer(data.train_tokenizer(["\n".join(lines)], 300, tmp_path_factory.mktemp("num") / "num"))
+  return tk.load_tokenizer(data.train_tokenizer(["\n".join(lines)], 300, tmp_path_factory.mktemp("num") / "num"))
 
 # ***** tokenizer (§2.1) *****
 
@@ -42,13 +43,13 @@ def test_digits_always_split(numbers_tok, n, prefix):
   assert all(len(t) == 1 for t in digit_tokens), digit_tokens    # no piece holds two digits or a digit and a letter
   assert "".join(digit_tokens) == "".join(c for c in f"{prefix}{n}" if c.isdigit())
   # the corpus was full of numbers, so the digits are pieces of their own, not byte fallbacks
-  assert any(numbers_tok.types[i] == data.NORMAL for i in ids if numbers_tok.decode([i]).strip().isdigit())
+  assert any(numbers_tok.types[i] == tk.NORMAL for i in ids if numbers_tok.decode([i]).strip().isdigit())
 
 @settings(max_examples=50)
 @given(st.text(st.characters(min_codepoint=0x3400, max_codepoint=0x4DBF), min_size=1, max_size=8))   # CJK, absent from Shakespeare
 def test_unknown_characters_fall_back_to_bytes(tok, s):
   ids = tok.encode(s)
-  body = [i for i in ids if tok.types[i] == data.BYTE]
+  body = [i for i in ids if tok.types[i] == tk.BYTE]
   assert bytes(tok.pieces[i][0] for i in body) == s.encode()       # every UTF-8 byte spelled by a byte token
   assert 0 not in ids                                               # never <unk>
   assert tok.decode(ids) == s

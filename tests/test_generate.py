@@ -6,6 +6,7 @@ from hypothesis import given, settings, assume, strategies as st
 from tinygrad import Tensor, TinyJit, dtypes
 from tinygrad.engine.realize import runtime_cache
 import llama, generate as G
+import checkpoint, kernels
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 V, ROWS = 10, 256   # sampling tests: a 10-token vocabulary, 256 independent draws per call
@@ -21,7 +22,7 @@ def s260(fixtures):
 
 @pytest.fixture(scope="module")
 def stories(s260):
-  return llama.load(s260[0], tokenizer=s260[1])
+  return checkpoint.load(s260[0], tokenizer=s260[1])
 
 # ***** golden *****
 
@@ -252,23 +253,28 @@ def test_threshold_search_is_exact(logits, p, k, fan):
 
 def test_no_model_uses_out_dir(s260, tmp_path):
   """Without MODEL, generate.py samples from the checkpoint train.py leaves in out/ (our own format)."""
-  model, tok = llama.load(s260[0], tokenizer=s260[1])
-  llama.save(model, tmp_path / "out", tokenizer=tok)
+  model, tok = checkpoint.load(s260[0], tokenizer=s260[1])
+  checkpoint.save(model, tmp_path / "out", tokenizer=tok)
   r = cli("-p", "", "-n", 12, "-t", 0, cwd=tmp_path)
   assert r.returncode == 0, r.stderr
   assert r.stdout == "Once upon a time, there was a little girl\n"   # the golden text, cut at 12 tokens
 
-def test_matvec_linears_keep_state_dict_and_tokens(s260):
-  """Swapping every layer (min_size 0) for the 8-lane matvec keeps the state dict's names (a tied classifier stays
-  tied) and gives the tokens of the plain nn.Linear forward."""
-  from tinygrad.nn.state import get_state_dict
-  model, tok = llama.load(*s260)
-  keys = set(get_state_dict(model))
+def test_matvec_linears_keep_state_dict_and_tokens(s260, tmp_path):
+  """Swapping every layer (min_size 0) for the 8-lane matvec keeps the learned tensors' names (a tied classifier stays
+  tied, also in a saved checkpoint) and gives the tokens of the plain nn.Linear forward; a second call changes nothing."""
+  model, tok = checkpoint.load(*s260)
+  keys = set(llama.learned(model))
   prompt = tok.encode("Once upon a time", bos=True)
   plain = [int(t) for t in model(Tensor([prompt]), 0)[0].argmax(-1).numpy()]
-  G.use_matvec_linears(model, min_size=0)
-  assert isinstance(model.layers[0].attention.wq, G.MatVecLinear) and model.output is not None
-  assert set(get_state_dict(model)) == keys
+  kernels.use_decode_kernels(model, min_size=0)
+  assert isinstance(model.layers[0].attention.wq, kernels.MatVecLinear) and model.output is not None
+  wq, output = model.layers[0].attention.wq, model.output
+  kernels.use_decode_kernels(model, min_size=0)
+  assert model.layers[0].attention.wq is wq and model.output is output
+  assert set(llama.learned(model)) == keys and "output.weight" not in keys
+  checkpoint.save(model, tmp_path / "ck")
+  saved, _ = checkpoint.load(tmp_path / "ck")
+  assert saved.args.tie_embeddings and saved.output is None
   _, out = run_gen(model, prompt, 8, G.Sampling(0.0))
   seq = prompt + out
   assert out[0] == plain[-1]

@@ -1,4 +1,4 @@
-"""Checkpoints in and out (issue 3): every format llama.load reads, built here from known weights by independent
+"""Checkpoints in and out (issue 3): every format checkpoint.load reads, built here from known weights by independent
 writers (numpy, the safetensors package, a hand-made torch zip and GGUF), and the real-weights golden tests.
 
 Small models share one config family so tinygrad compiles few distinct kernels; real weights come from ../shared/fixtures.
@@ -9,6 +9,7 @@ import pytest
 from tinygrad import Tensor, TinyJit, UOp, dtypes, nn
 import llama
 import reference as ref
+import checkpoint
 
 def small_args(**kw) -> llama.ModelArgs:
   base = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=48, norm_eps=1e-5, max_seq_len=32)
@@ -45,10 +46,10 @@ def test_own_format_round_trip_is_exact(tmp_path, tied, half):
   w = ref.random_weights(args, seed=1)
   if half: w = {k: v.astype(np.float16) for k, v in w.items()}
   source = model_from(w, args)
-  llama.save(source, tmp_path / "ck")
+  checkpoint.save(source, tmp_path / "ck")
   assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
   assert [p.name for p in tmp_path.iterdir()] == ["ck"]                     # the temp dir is gone
-  model, tok = llama.load(tmp_path / "ck")
+  model, tok = checkpoint.load(tmp_path / "ck")
   assert model.args == args and tok is None
   assert_same_weights(model, w)
   np.testing.assert_array_equal(logits(model), logits(source))
@@ -58,10 +59,10 @@ def test_save_into_existing_dir_keeps_other_files(tmp_path):
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "train_state.safetensors").write_bytes(b"optimizer")   # what train.py keeps beside the model
   w1, w2 = ref.random_weights(args, seed=2), ref.random_weights(args, seed=3)
-  llama.save(model_from(w1, args), tmp_path / "out")
-  llama.save(model_from(w2, args), tmp_path / "out")
+  checkpoint.save(model_from(w1, args), tmp_path / "out")
+  checkpoint.save(model_from(w2, args), tmp_path / "out")
   assert (tmp_path / "out" / "train_state.safetensors").read_bytes() == b"optimizer"
-  assert_same_weights(llama.load(tmp_path / "out")[0], w2)
+  assert_same_weights(checkpoint.load(tmp_path / "out")[0], w2)
   assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 # ***** Karpathy's llama2.c .bin, written here in both layouts from known weights *****
@@ -88,7 +89,7 @@ def test_llama2c_layouts_load_exactly(tmp_path, version, tied):
   args = small_args(tie_embeddings=tied)
   w = ref.random_weights(args, seed=4)
   write_llama2c(tmp_path / "m.bin", w, args, version)
-  model, tok = llama.load(tmp_path / "m.bin")
+  model, tok = checkpoint.load(tmp_path / "m.bin")
   assert tok is None and model.args.tie_embeddings == tied and model.args.n_kv_heads == 2
   assert_same_weights(model, w)
   assert_close(logits(model), ref.forward(w, args, TOKENS))
@@ -147,7 +148,7 @@ def test_meta_two_shards_merge_back_half_precision_kept(tmp_path, tied):
   args = small_args(tie_embeddings=tied, rope_theta=5e5)
   w = {k: v.astype(np.float16) for k, v in ref.random_weights(args, seed=5).items()}
   write_meta(tmp_path / "7B", w, args, shards=2)
-  model, tok = llama.load(tmp_path / "7B")
+  model, tok = checkpoint.load(tmp_path / "7B")
   assert tok is None and model.args == dataclasses.replace(args, max_seq_len=2048)   # params.json does not say; Meta's default
   assert_same_weights(model, w)          # float16 stays float16, every shard back in place
   assert_close(logits(model), logits(model_from(w, args)))
@@ -157,7 +158,7 @@ def test_meta_dtype_option_casts(tmp_path):
   args = small_args()
   w = ref.random_weights(args, seed=6)
   write_meta(tmp_path / "m", w, args, shards=1)
-  model, _ = llama.load(tmp_path / "m", dtype=dtypes.float16)
+  model, _ = checkpoint.load(tmp_path / "m", dtype=dtypes.float16)
   assert_same_weights(model, {k: v.astype(np.float16) for k, v in w.items()})
 
 # ***** Hugging Face: config.json + sharded safetensors, q/k permuted for rotate-half RoPE *****
@@ -212,7 +213,7 @@ def test_hf_undoes_rotate_half_permutation(tmp_path, tied, shards):
   args = small_args(tie_embeddings=tied, rope_theta=5e5, norm_eps=1e-6)
   w = ref.random_weights(args, seed=7)
   write_hf(tmp_path / "hf", w, args, shards)
-  model, tok = llama.load(tmp_path / "hf")
+  model, tok = checkpoint.load(tmp_path / "hf")
   assert tok is None and model.args == args
   assert_same_weights(model, w)
   assert_close(logits(model), ref.forward(w, args, TOKENS))
@@ -231,9 +232,9 @@ def test_bfloat16_kept_or_widened_exactly(tmp_path, write):
   bits = bf16_bits(ref.random_weights(args, seed=11))
   write(tmp_path / "m", bits, args, 2)
   # kept bfloat16 (CPU clang 14 cannot compute in bf16, so the bits are checked through our own format's file)
-  model, _ = llama.load(tmp_path / "m")
+  model, _ = checkpoint.load(tmp_path / "m")
   assert all(v.dtype == dtypes.bfloat16 for k, v in nn.state.get_state_dict(model).items() if k in bits)
-  llama.save(model, tmp_path / "own")
+  checkpoint.save(model, tmp_path / "own")
   raw = (tmp_path / "own" / "model.safetensors").read_bytes()
   start = 8 + struct.unpack("<Q", raw[:8])[0]
   for k, h in json.loads(raw[8:start]).items():
@@ -241,7 +242,7 @@ def test_bfloat16_kept_or_widened_exactly(tmp_path, write):
     np.testing.assert_array_equal(np.frombuffer(raw[start + h["data_offsets"][0]:start + h["data_offsets"][1]], np.uint16).reshape(h["shape"]), bits[k], err_msg=k)
   # dtype= widens exactly: float32 holds every bfloat16
   for path in (tmp_path / "m", tmp_path / "own"):
-    model, _ = llama.load(path, dtype="float32")
+    model, _ = checkpoint.load(path, dtype="float32")
     assert_same_weights(model, widen(bits))
   assert_close(logits(model), ref.forward(widen(bits), args, TOKENS))
 
@@ -302,7 +303,7 @@ def test_gguf_dequantises_and_maps_names(tmp_path, tied):
   args = small_args(tie_embeddings=tied, rope_theta=5e5)
   w = ref.random_weights(args, seed=8)
   expected = write_gguf(tmp_path / "m.gguf", w, args, {"token_embd": 8, "attn_q": 3, "ffn_gate": 8, "output": 3})
-  model, tok = llama.load(tmp_path / "m.gguf")
+  model, tok = checkpoint.load(tmp_path / "m.gguf")
   assert tok is None and model.args == args
   got = weights_of(model)
   assert got["layers.0.attention.wk.weight"].dtype == np.float16 and got["norm.weight"].dtype == np.float32   # F16 stays half
@@ -317,7 +318,7 @@ def test_gguf_carries_its_tokenizer_and_dtype_option(tmp_path):
   tok_kv = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces, "tokenizer.ggml.scores": [float(-i) for i in range(64)],
             "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 29 + [1] * 32, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
   write_gguf(tmp_path / "m.gguf", ref.random_weights(args, seed=9), args, {}, tok_kv)
-  model, tok = llama.load(tmp_path / "m.gguf", dtype="float32")
+  model, tok = checkpoint.load(tmp_path / "m.gguf", dtype="float32")
   assert all(v.dtype == np.float32 for v in weights_of(model).values())
   assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (64, 1, 2)
   assert tok.decode(tok.encode("the b")) == "the b"
@@ -329,9 +330,9 @@ def broken_inputs(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
   w = ref.random_weights(args, seed=10)
   cases = {}
   def truncate(p: pathlib.Path, keep: float): p.write_bytes(p.read_bytes()[:int(p.stat().st_size * keep)])
-  llama.save(model_from(w, args), cases.setdefault("own: truncated safetensors", tmp_path / "own"))
+  checkpoint.save(model_from(w, args), cases.setdefault("own: truncated safetensors", tmp_path / "own"))
   truncate(tmp_path / "own" / "model.safetensors", 0.7)
-  llama.save(model_from(w, args), cases.setdefault("own: corrupt config", tmp_path / "own2"))
+  checkpoint.save(model_from(w, args), cases.setdefault("own: corrupt config", tmp_path / "own2"))
   (tmp_path / "own2" / "config.json").write_text("{not json")
   write_llama2c(cases.setdefault("llama2.c: truncated", tmp_path / "m.bin"), w, args, 1)
   truncate(tmp_path / "m.bin", 0.9)
@@ -351,7 +352,7 @@ def broken_inputs(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def test_broken_inputs_raise_one_clear_sentence(tmp_path):
   for case, path in broken_inputs(tmp_path).items():
-    with pytest.raises(llama.CheckpointError) as e: llama.load(path)
+    with pytest.raises(checkpoint.CheckpointError) as e: checkpoint.load(path)
     msg = str(e.value)
     assert str(path) in msg and "\n" not in msg, (case, msg)
     assert isinstance(e.value, ValueError)
@@ -360,10 +361,10 @@ def test_broken_inputs_raise_one_clear_sentence(tmp_path):
 
 @pytest.fixture(scope="module")
 def stories(fixtures):
-  return llama.load(fixtures / "stories260K" / "stories260K.bin")[0]
+  return checkpoint.load(fixtures / "stories260K" / "stories260K.bin")[0]
 
 def test_stories260K_legacy_and_v1_hold_the_same_weights(stories, fixtures):
-  v1, _ = llama.load(fixtures / "stories260K" / "stories260K_v1.bin")
+  v1, _ = checkpoint.load(fixtures / "stories260K" / "stories260K_v1.bin")
   assert v1.args == stories.args
   assert_same_weights(v1, weights_of(stories))
 
@@ -376,7 +377,7 @@ def test_stories260K_first_logits_match_numpy_reference(stories):
   assert out[0, 0].argmax() == 403     # after BOS the model starts its story with "Once"
 
 def test_device_option_places_every_tensor(stories, fixtures):
-  model, _ = llama.load(fixtures / "stories260K" / "stories260K.bin", device="CPU:1")   # a second virtual CPU device
+  model, _ = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device="CPU:1")   # a second virtual CPU device
   assert {t.device for t in nn.state.get_state_dict(model).values()} == {"CPU:1"}
   np.testing.assert_array_equal(model(Tensor([[1, 403]], device="CPU:1")).numpy(), stories(Tensor([[1, 403]])).numpy())
 
@@ -407,15 +408,15 @@ def test_stories260K_greedy_200_tokens_print_llama2c_reference(stories, fixtures
   sp = sentencepiece.SentencePieceProcessor(model_file=str(fixtures / "stories260K" / "tok512.model"))
   assert sp.decode(ids) == STORIES_REFERENCE
   # and through the tokenizer load() attaches: llama2.c's own tokenizer.bin export of the same vocabulary
-  _, tok = llama.load(fixtures / "stories260K" / "stories260K.bin", tokenizer=fixtures / "stories260K" / "tok512.bin")
+  _, tok = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", tokenizer=fixtures / "stories260K" / "tok512.bin")
   assert tok.decode(ids) == STORIES_REFERENCE
 
 def test_own_format_carries_the_sentencepiece_tokenizer(stories, fixtures, tmp_path):
   spm = fixtures / "stories260K" / "tok512.model"
-  _, tok = llama.load(fixtures / "stories260K" / "stories260K.bin", tokenizer=spm)
-  llama.save(stories, tmp_path / "ck", tok)
+  _, tok = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", tokenizer=spm)
+  checkpoint.save(stories, tmp_path / "ck", tok)
   assert (tmp_path / "ck" / "tokenizer.model").read_bytes() == spm.read_bytes()
-  model, tok2 = llama.load(tmp_path / "ck")
+  model, tok2 = checkpoint.load(tmp_path / "ck")
   assert model.args == stories.args and tok2.encode("Once upon a time", bos=True) == [1, 403, 407, 261, 378]
   assert_same_weights(model, weights_of(stories))
 
@@ -468,7 +469,7 @@ def read_gguf_numpy(path: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def smollm2(fixtures):
   path = fixtures / "smollm2-135m-instruct-q4_1.gguf"
-  model, tok = llama.load(path)
+  model, tok = checkpoint.load(path)
   kv, raw = read_gguf_numpy(path)
   meta = {}
   for k, v in raw.items():

@@ -5,6 +5,7 @@ import numpy as np, pytest
 from tinygrad import Context, GlobalCounters, Tensor, UOp, dtypes, nn
 from tinygrad.nn.state import get_state_dict
 import llama
+import checkpoint, parallel, kernels
 
 def devs(n: int) -> tuple[str, ...]: return tuple(f"CPU:{i}" for i in range(n))
 
@@ -24,13 +25,13 @@ def train_step(devices: tuple[str, ...] | None, mode: str | None, checkpoint: bo
   before = dict(GlobalCounters.mem_used_per_device)
   Tensor.manual_seed(7)
   model = llama.Transformer(CFG)
-  if devices: llama.shard_model(model, devices, mode)
+  if devices: parallel.shard_model(model, devices, mode)
   params = list(trained_params(model).values())
   # eps 1e-5, not 1e-8: Adam's first update lr·g/(|g|+eps) is ill-conditioned for |g| near eps (its slope lr/eps),
   # and fp32 sums in another order differ by ~1e-9; 1e-5 keeps that under 2e-6 without changing the arithmetic
   opt = nn.optim.AdamW(params, lr=LR, b1=0.9, b2=0.95, eps=1e-5, weight_decay=0.1)
   x, y = Tensor(BATCH[:, :-1]), Tensor(BATCH[:, 1:])
-  if devices: x, y = llama.shard_batch(x, devices, mode), llama.shard_batch(y, devices, mode)
+  if devices: x, y = parallel.shard_batch(x, devices, mode), parallel.shard_batch(y, devices, mode)
   with Context(TRAINING=1):
     opt.zero_grad()
     if checkpoint:   # Transformer.__call__ with each block through checkpointed_block
@@ -71,7 +72,7 @@ def test_train_step_matches_one_device(step, mode, n):
     np.testing.assert_allclose(w[k], w1[k], atol=1e-5, rtol=0, err_msg=k)
 
 def test_tp_places_weights_megatron_style():
-  model = llama.shard_model(llama.Transformer(CFG), devs(2), "tp")
+  model = parallel.shard_model(llama.Transformer(CFG), devs(2), "tp")
   a, f = model.layers[0].attention, model.layers[0].feed_forward
   axes = {"wq": a.wq, "wk": a.wk, "wv": a.wv, "w1": f.w1, "w3": f.w3, "wo": a.wo, "w2": f.w2, "emb": model.tok_embeddings,
           "out": model.output, "norm": model.layers[0].attention_norm}
@@ -81,15 +82,15 @@ def test_tp_places_weights_megatron_style():
   model.init_cache(1, 16)
   cache = model.layers[0].attention.cache_kv
   assert cache.device == a.wq.weight.device and cache.uop.axis == 2       # split by kv-heads
-  assert llama.model_devices(model) == a.wq.weight.device and len(a.wq.weight.device) == 2
+  assert parallel.model_devices(model) == a.wq.weight.device and len(a.wq.weight.device) == 2
 
 def test_dp_places_full_copies_and_splits_batch():
-  model = llama.shard_model(llama.Transformer(CFG), devs(2), "dp")
+  model = parallel.shard_model(llama.Transformer(CFG), devs(2), "dp")
   assert all(isinstance(t.device, tuple) and len(t.device) == 2 and t.uop.axis is None for t in get_state_dict(model).values())
-  x = llama.shard_batch(Tensor(BATCH), devs(2), "dp")
+  x = parallel.shard_batch(Tensor(BATCH), devs(2), "dp")
   assert x.uop.axis == 0 and x.shape == BATCH.shape
-  assert llama.shard_batch(Tensor(BATCH[None]), devs(2), "dp", batch_axis=1).uop.axis == 1   # (accum, batch, seq)
-  assert llama.shard_batch(Tensor(BATCH), devs(2), "tp").uop.axis is None
+  assert parallel.shard_batch(Tensor(BATCH[None]), devs(2), "dp", batch_axis=1).uop.axis == 1   # (accum, batch, seq)
+  assert parallel.shard_batch(Tensor(BATCH), devs(2), "tp").uop.axis is None
 
 # ----- greedy generation: tensor parallel over 2 devices equals one device -----
 
@@ -97,12 +98,12 @@ def greedy(model: llama.Transformer, prompt: list[int], n_new: int) -> tuple[lis
   """Plain KV-cache loop: prefill the prompt (the masked path when it has several tokens), then one token at a time
   at a bound symbolic position (one set of kernels for every position). Returns the ids and each step's last logits."""
   model.init_cache(1, len(prompt) + n_new)
-  devices = llama.model_devices(model)
+  devices = parallel.model_devices(model)
   pos = UOp.variable("start_pos", 0, len(prompt) + n_new - 1)
   ids, logits, step_in = list(prompt), [], prompt
   for _ in range(n_new):
     start = len(ids) - len(step_in)
-    toks = llama.shard_batch(Tensor([step_in], dtype=dtypes.int32), devices, "tp")
+    toks = parallel.shard_batch(Tensor([step_in], dtype=dtypes.int32), devices, "tp")
     out = model(toks, pos.bind(start) if len(step_in) == 1 else start)[0, -1].realize()
     logits.append(out.numpy())
     ids.append(int(logits[-1].argmax()))
@@ -115,7 +116,7 @@ def test_tp_greedy_matches_one_device_random_gqa():
   Tensor.manual_seed(3)
   model = llama.Transformer(args)
   ids1, logits1 = greedy(model, [1, 17, 42, 5], 8)
-  ids2, logits2 = greedy(llama.shard_model(model, devs(2), "tp"), [1, 17, 42, 5], 8)
+  ids2, logits2 = greedy(parallel.shard_model(model, devs(2), "tp"), [1, 17, 42, 5], 8)
   assert ids2 == ids1
   np.testing.assert_allclose(np.stack(logits2), np.stack(logits1), atol=1e-4)
 
@@ -124,10 +125,10 @@ STORIES_IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
 
 def test_tp_greedy_stories260k_matches_one_device(fixtures):
   path = fixtures / "stories260K" / "stories260K.bin"
-  model, _ = llama.load(path)
+  model, _ = checkpoint.load(path)
   ids1, logits1 = greedy(model, [1], 11)
-  sharded, _ = llama.load(path)
-  ids2, logits2 = greedy(llama.shard_model(sharded, devs(2), "tp"), [1], 11)
+  sharded, _ = checkpoint.load(path)
+  ids2, logits2 = greedy(parallel.shard_model(sharded, devs(2), "tp"), [1], 11)
   assert ids1 == STORIES_IDS and ids2 == STORIES_IDS
   np.testing.assert_allclose(np.stack(logits2), np.stack(logits1), atol=1e-4)
 
@@ -136,19 +137,19 @@ def test_tp_generator_gives_golden_tokens(fixtures):
   TinyJit decode step and the 8-lane matvec layers (on every layer here, so the row-split wo/w2 reshape their split
   axis) give llama2.c's greedy tokens. (Sampling on a split model: test_train's tensor-parallel sample.)"""
   import generate as G
-  model, _ = llama.load(fixtures / "stories260K" / "stories260K.bin", device=devs(2))
-  G.use_matvec_linears(model, min_size=0)
+  model, _ = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device=devs(2))
+  kernels.use_decode_kernels(model, min_size=0)
   gen = G.Generator(model, 16, G.Sampling(0.0), chunk=4)
   assert G.generate(gen, STORIES_IDS[:6], 6, None, G.Stats()) == STORIES_IDS[6:]   # a prefill of 2 chunks, then decode
 
 def test_tp_load_splits_each_tensor_as_it_is_read(fixtures):
-  """llama.load(device=(d0, d1)) places each tensor as the reader yields it: each device ends up holding only its
+  """checkpoint.load(device=(d0, d1)) places each tensor as the reader yields it: each device ends up holding only its
   shards (plus the copied norms and RoPE table), never the whole model, and the weights equal a one-device load."""
   path = fixtures / "stories260K" / "stories260K.bin"
-  ref, _ = llama.load(path)
+  ref, _ = checkpoint.load(path)
   gc.collect()
   before = dict(GlobalCounters.mem_used_per_device)
-  model, _ = llama.load(path, device=devs(2))
+  model, _ = checkpoint.load(path, device=devs(2))
   grown = [GlobalCounters.mem_used_per_device[d] - before.get(d, 0) for d in ("CPU", "CPU:1")]
   args = model.args
   copied = 4 * (2 * args.n_layers + 1) * args.dim               # norm gains, on every device
@@ -159,15 +160,15 @@ def test_tp_load_splits_each_tensor_as_it_is_read(fixtures):
     if not name.endswith("cache_kv"): np.testing.assert_array_equal(get_state_dict(model)[name].numpy(), t.numpy(), err_msg=name)
 
 def test_tp_load_indivisible_heads_fails_clearly(fixtures):
-  with pytest.raises(llama.ParallelError, match=r"tensor parallel over 3 devices needs n_heads \(8\) to be divisible by 3"):
-    llama.load(fixtures / "stories260K" / "stories260K.bin", device=devs(3))
+  with pytest.raises(parallel.ParallelError, match=r"tensor parallel over 3 devices needs n_heads \(8\) to be divisible by 3"):
+    checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device=devs(3))
 
 # ----- clear errors -----
 
 def test_tp_heads_not_dividing_devices_fails_before_moving_anything():
   model = llama.Transformer(CFG, init=False)   # 8 heads
   with pytest.raises(ValueError, match=r"tensor parallel over 3 devices needs n_heads \(8\) to be divisible by 3"):
-    llama.shard_model(model, devs(3), "tp")
+    parallel.shard_model(model, devs(3), "tp")
   assert all(isinstance(t.device, str) for t in get_state_dict(model).values())
 
 @pytest.mark.parametrize("args, message", [
@@ -177,21 +178,21 @@ def test_tp_heads_not_dividing_devices_fails_before_moving_anything():
   (llama.ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=64, hidden_dim=90), r"FFN hidden size \(90\) to be divisible by 4"),
 ])
 def test_tp_indivisible_config_fails_clearly(args, message):
-  with pytest.raises(ValueError, match=message): llama.check_parallel(args, 4, "tp")
-  with pytest.raises(ValueError, match=message): llama.memory_per_device(args, 4, "tp")
-  llama.check_parallel(args, 4, "dp")   # data parallel splits only the batch
+  with pytest.raises(ValueError, match=message): parallel.check_parallel(args, 4, "tp")
+  with pytest.raises(ValueError, match=message): parallel.memory_per_device(args, 4, "tp")
+  parallel.check_parallel(args, 4, "dp")   # data parallel splits only the batch
 
 def test_other_bad_parallel_input_fails_clearly():
   model = llama.Transformer(CFG)
-  with pytest.raises(ValueError, match=r"dp\+tp is not supported"): llama.shard_model(model, devs(4), "dp+tp")
-  with pytest.raises(ValueError, match="one of dp, tp, dp\\+tp"): llama.shard_model(model, devs(2), "pp")
-  with pytest.raises(ValueError, match=r"batch size \(3\) to be divisible by 2"): llama.shard_batch(Tensor(BATCH[:3]), devs(2), "dp")
-  llama.shard_model(model, devs(2), "dp")
-  with pytest.raises(ValueError, match="already on several devices"): llama.shard_model(model, devs(2), "tp")
-  assert llama.parse_devices("CPU:0, CPU:1") == ("CPU:0", "CPU:1")
-  with pytest.raises(ValueError, match="names a device twice"): llama.parse_devices("CPU,CPU:0")
-  with pytest.raises(ValueError, match="empty entry"): llama.parse_devices("CPU:0,")
-  with pytest.raises(ValueError, match="NOSUCHDEV:1 is not available"): llama.parse_devices("CPU:0,NOSUCHDEV:1")
+  with pytest.raises(ValueError, match=r"dp\+tp is not supported"): parallel.shard_model(model, devs(4), "dp+tp")
+  with pytest.raises(ValueError, match="one of dp, tp, dp\\+tp"): parallel.shard_model(model, devs(2), "pp")
+  with pytest.raises(ValueError, match=r"batch size \(3\) to be divisible by 2"): parallel.shard_batch(Tensor(BATCH[:3]), devs(2), "dp")
+  parallel.shard_model(model, devs(2), "dp")
+  with pytest.raises(ValueError, match="already on several devices"): parallel.shard_model(model, devs(2), "tp")
+  assert parallel.parse_devices("CPU:0, CPU:1") == ("CPU:0", "CPU:1")
+  with pytest.raises(ValueError, match="names a device twice"): parallel.parse_devices("CPU,CPU:0")
+  with pytest.raises(ValueError, match="empty entry"): parallel.parse_devices("CPU:0,")
+  with pytest.raises(ValueError, match="NOSUCHDEV:1 is not available"): parallel.parse_devices("CPU:0,NOSUCHDEV:1")
 
 # ----- §2.4 activation checkpointing -----
 
@@ -211,7 +212,7 @@ def test_memory_estimate_matches_measured_persistent_memory(step):
   tinygrad's allocator) is memory_per_device's figure, plus a few KB (lr, bias-correction powers, batch, loss,
   small scratch buffers)."""
   *_, held = step(2, "tp")
-  est = llama.memory_per_device(CFG, 2, "tp", batch=4, seq_len=8)
+  est = parallel.memory_per_device(CFG, 2, "tp", batch=4, seq_len=8)
   # FeedForward's contiguous_backward gives the gradients of w1(x) and w3(x) buffers of their own, which tinygrad
   # still references after the step (until the next one): at most two (batch, seq, hidden) fp32 tensors per layer
   swiglu_grads = CFG.n_layers * 2 * 4 * 8 * CFG.ffn_hidden * 4
@@ -219,9 +220,9 @@ def test_memory_estimate_matches_measured_persistent_memory(step):
 
 def test_memory_per_device_splits_as_documented():
   a = llama.PRESETS["65B"]
-  one = llama.memory_per_device(a, 1, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
-  dp = llama.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
-  tp = llama.memory_per_device(a, 8, "tp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
+  one = parallel.memory_per_device(a, 1, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
+  dp = parallel.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
+  tp = parallel.memory_per_device(a, 8, "tp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
   rope = a.max_seq_len * 2 * a.head_dim * 4
   assert one["weights"] == 2 * a.num_params() + rope and one["grads"] == 2 * a.num_params()
   assert one["adam"] == 12 * a.num_params()                          # fp32 m, v and master copy of bf16 weights
@@ -230,8 +231,8 @@ def test_memory_per_device_splits_as_documented():
   assert ((tp["weights"] - rope) // 2 - copied) * 8 == a.num_params() - copied
   assert tp["grads"] - (tp["weights"] - rope) == 2 * a.vocab_size * a.dim * 7 // 8   # the whole embedding gradient
   assert tp["activations_per_token"] < dp["activations_per_token"] and tp["activations"] > dp["activations"]
-  ckpt = llama.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16, checkpoint_activations=True)
+  ckpt = parallel.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16, checkpoint_activations=True)
   assert ckpt["activations"] < dp["activations"] / 10
-  table = llama.memory_table()
+  table = parallel.memory_table()
   assert all(f"| {p} | {m} | 8 |" in table for p in ("7B", "13B", "33B", "65B") for m in ("dp", "tp"))
   assert "n_heads (52) to be divisible by 8" in table                # 33B has 52 heads

@@ -4,6 +4,8 @@ import pathlib
 import pytest
 from hypothesis import given, settings, strategies as st
 import data
+import checkpoint
+import tokenizer as tk
 
 SENTENCES = ["Once upon a time", "Hello, world!", "  two leading spaces and\ttabs\n\nnew lines ", "The year 2023: 3.14159",
              "naïve café, Ünïcödé, 日本語のテキスト, emoji 🦙🙂", "", "x", " ", "a  b   c", "Lily's mom said, \"let's go\"."]
@@ -16,16 +18,16 @@ def normalized(tok, text: str) -> str:
   return tok.sp.normalize(text).replace("\u2581", " ").removeprefix(" ")
 
 @pytest.fixture(scope="module")
-def llama2(fixtures): return data.load_tokenizer(fixtures / "llama2-tokenizer.model")
+def llama2(fixtures): return tk.load_tokenizer(fixtures / "llama2-tokenizer.model")
 
 @pytest.fixture(scope="module")
-def llama2_bin(fixtures): return data.load_tokenizer(fixtures / "llama2-tokenizer.bin")
+def llama2_bin(fixtures): return tk.load_tokenizer(fixtures / "llama2-tokenizer.bin")
 
 @pytest.fixture(scope="module")
-def tok512(fixtures): return data.load_tokenizer(fixtures / "stories260K" / "tok512.model")
+def tok512(fixtures): return tk.load_tokenizer(fixtures / "stories260K" / "tok512.model")
 
 @pytest.fixture(scope="module")
-def tok512_bin(fixtures): return data.load_tokenizer(fixtures / "stories260K" / "tok512.bin")
+def tok512_bin(fixtures): return tk.load_tokenizer(fixtures / "stories260K" / "tok512.bin")
 
 def test_llama2_golden_ids(llama2, llama2_bin):
   assert llama2.encode("Once upon a time") == [9038, 2501, 263, 931]
@@ -85,18 +87,18 @@ def test_stream_decoder_leading_spaces(llama2):
 
 def test_save_round_trip(llama2, tmp_path):
   llama2.save(tmp_path / "tokenizer.model")
-  again = data.load_tokenizer(tmp_path / "tokenizer.model")
+  again = tk.load_tokenizer(tmp_path / "tokenizer.model")
   assert again.encode(SENTENCES[4]) == llama2.encode(SENTENCES[4])
 
 def test_bad_files(tmp_path, fixtures):
   """Missing, unknown and truncated tokenizer files give one clear ValueError."""
-  with pytest.raises(ValueError, match="not found"): data.load_tokenizer(tmp_path / "missing.model")
+  with pytest.raises(ValueError, match="not found"): tk.load_tokenizer(tmp_path / "missing.model")
   (tmp_path / "junk.model").write_bytes(b"\x00\x01garbage" * 10)
-  with pytest.raises(ValueError, match="neither"): data.load_tokenizer(tmp_path / "junk.model")
+  with pytest.raises(ValueError, match="neither"): tk.load_tokenizer(tmp_path / "junk.model")
   for name in ["stories260K/tok512.bin", "stories260K/tok512.model", "smollm2-135m-instruct-q4_1.gguf"]:
     cut = tmp_path / pathlib.Path(name).name
     cut.write_bytes((fixtures / name).read_bytes()[:3000])
-    with pytest.raises(ValueError, match="neither|not a readable GGUF"): data.load_tokenizer(cut)
+    with pytest.raises(tk.TokenizerError, match="neither|not a usable tokenizer"): tk.load_tokenizer(cut)
 
 # ***** GGUF vocabularies *****
 
@@ -108,7 +110,7 @@ def smollm_kv(fixtures):
   return kv
 
 @pytest.fixture(scope="module")
-def smollm(smollm_kv): return data.tokenizer_from_gguf(smollm_kv)
+def smollm(smollm_kv): return tk.tokenizer_from_gguf(smollm_kv)
 
 def test_smollm_known_ids(smollm, smollm_kv):
   """Ids read straight from the file's token list: whole words exist as tokens ('Ġ' is GPT-2's byte for ' '), every
@@ -164,7 +166,7 @@ def test_smollm_stream_decoder(smollm, text, junk):
 
 def test_gpt2_add_space_prefix(smollm_kv):
   """add_space_prefix=true puts one space in front of the text and decoding takes it away again."""
-  tok = data.tokenizer_from_gguf({**smollm_kv, "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_bos_token": True})
+  tok = tk.tokenizer_from_gguf({**smollm_kv, "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_bos_token": True})
   tokens = smollm_kv["tokenizer.ggml.tokens"]
   assert tok.encode("Hello world") == [tokens.index("ĠHello"), tokens.index("Ġworld")] and tok.add_bos
   assert tok.encode("") == [] and tok.encode("", bos=True) == [1]
@@ -172,7 +174,7 @@ def test_gpt2_add_space_prefix(smollm_kv):
   assert tok.decode(tok.encode("Hello world")) == "".join(dec.add(i) for i in tok.encode("Hello world")) == "Hello world"
 
 def test_load_tokenizer_reads_gguf(fixtures, smollm):
-  tok = data.load_tokenizer(fixtures / "smollm2-135m-instruct-q4_1.gguf")
+  tok = tk.load_tokenizer(fixtures / "smollm2-135m-instruct-q4_1.gguf")
   assert tok.encode(SENTENCES[4]) == smollm.encode(SENTENCES[4])
 
 def gguf_kv_from_sentencepiece(sp) -> dict:
@@ -184,7 +186,7 @@ def gguf_kv_from_sentencepiece(sp) -> dict:
           "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(), "tokenizer.ggml.unknown_token_id": sp.unk_id()}
 
 @pytest.fixture(scope="module")
-def llama2_gguf(llama2): return data.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
+def llama2_gguf(llama2): return tk.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
 
 def test_gguf_llama_vocab_encodes_like_sentencepiece(llama2, llama2_gguf, fixtures):
   tok = llama2_gguf
@@ -207,20 +209,20 @@ def test_gguf_llama_vocab_round_trip(llama2_gguf, text):
   assert tok.decode(ids) == "".join(dec.add(i) for i in ids) == text
 
 def test_gguf_errors():
-  with pytest.raises(ValueError, match="no tokenizer.ggml.tokens"): data.tokenizer_from_gguf({})
+  with pytest.raises(ValueError, match="no tokenizer.ggml.tokens"): tk.tokenizer_from_gguf({})
   with pytest.raises(ValueError, match="unsupported GGUF tokenizer model"):
-    data.tokenizer_from_gguf({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]})
+    tk.tokenizer_from_gguf({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]})
   with pytest.raises(ValueError, match="pre-tokenizer"):
-    data.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such", "tokenizer.ggml.tokens": ["a"]})
+    tk.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such", "tokenizer.ggml.tokens": ["a", "b", "c"]})
 
 @pytest.mark.parametrize("pair", [("llama2", "llama2_bin"), ("tok512", "tok512_bin")])
 def test_scored_vocab_saves_as_sentencepiece_model(pair, request, tmp_path):
-  """A llama2.c vocabulary written as a sentencepiece .model (what llama.save stores) is read by the library and
+  """A llama2.c vocabulary written as a sentencepiece .model (what checkpoint.save stores) is read by the library and
   encodes like our encoder and like the original model."""
   model, binary = (request.getfixturevalue(n) for n in pair)
   binary.save(tmp_path / "tokenizer.model")
-  again = data.load_tokenizer(tmp_path / "tokenizer.model")
-  assert isinstance(again, data.SentencePieceTokenizer)
+  again = tk.load_tokenizer(tmp_path / "tokenizer.model")
+  assert isinstance(again, tk.SentencePieceTokenizer)
   assert (again.bos_id, again.eos_id, again.vocab_size, again.special_tokens) == (1, 2, binary.vocab_size, model.special_tokens)
   for s in SENTENCES: assert again.encode(s) == binary.encode(s), s
   assert again.encode("Once upon a time") == model.encode("Once upon a time")
@@ -228,7 +230,7 @@ def test_scored_vocab_saves_as_sentencepiece_model(pair, request, tmp_path):
 def test_scored_vocab_partial_byte_table():
   """A vocabulary whose byte tokens do not cover every byte spells the missing ones as <unk>, it does not crash."""
   pieces = ["<unk>", "<s>", "</s>", "<0x41>", "\u2581", "\u2581a"]
-  tok = data.tokenizer_from_gguf({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
+  tok = tk.tokenizer_from_gguf({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
                                   "tokenizer.ggml.scores": [0.0] * 6, "tokenizer.ggml.token_type": [2, 3, 3, 6, 1, 1]})
   assert tok.encode("a AB") == [5, 4, 3, 0]
   assert tok.decode(tok.encode("a AB")) == "a A \u2047 "

@@ -1,0 +1,41 @@
+# Writing so that a crash or a kill never leaves half a file: every file and checkpoint directory is built under a
+# temporary name beside its destination and renamed into place (a rename is atomic on POSIX file systems).
+from __future__ import annotations
+import os, pathlib, shutil, tempfile
+
+def atomic_write(path, data: bytes) -> None:
+  """`path` holds either its old content or `data`, never a part of it."""
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "wb") as f: f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+def staging_dir(path) -> pathlib.Path:
+  """A fresh empty directory beside `path` to build its new content in (then publish_dir)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  return pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+
+def publish_dir(tmp: pathlib.Path, path, keep_others: bool = True) -> None:
+  """Make the directory `tmp` become `path`. The files of an existing `path` that `tmp` lacks are carried over
+  (hard links) when keep_others; the old directory is set aside under `.{name}.old` and removed only after the
+  swap, and recover_dir() puts it back if a crash came in between."""
+  path = pathlib.Path(path)
+  old = path.with_name(f".{path.name}.old")
+  if path.is_dir():
+    if keep_others:
+      for f in path.iterdir():
+        if f.is_file() and not (tmp / f.name).exists(): os.link(f, tmp / f.name)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+  os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)
+
+def recover_dir(path) -> None:
+  """After a crash between the two renames of publish_dir: the old directory becomes `path` again."""
+  path = pathlib.Path(path)
+  if not path.exists() and (old := path.with_name(f".{path.name}.old")).is_dir(): os.replace(old, path)

@@ -1,0 +1,49 @@
+# Faster one-token (decode) forms of the model's two hot operations, the same math as llama.py written for tinygrad's
+# CPU code generation, and use_decode_kernels(), the one explicit call that puts them into a model.
+from __future__ import annotations
+import math
+from tinygrad import Tensor
+import llama
+
+def lane_sum(x: Tensor, lanes: int = 8) -> Tensor:
+  """x summed over its last axis in `lanes` independent partial sums, then those added: tinygrad's CPU code for a
+  plain reduction is one dependent chain per output, which a one-token product cannot hide behind other work."""
+  if x.shape[-1] % lanes: return x.sum(-1)
+  return x.reshape(*x.shape[:-1], x.shape[-1] // lanes, lanes).sum(-2).sum(-1)
+
+def matvec_linear(weight: Tensor, x: Tensor) -> Tensor:
+  """x @ weight.T for a bias-free linear layer. One token: lane sums, input and output realised so that SwiGLU's gate
+  and up products do not fuse into one two-reduction kernel; longer inputs (prefill): the ordinary matmul."""
+  if x.shape[-2] != 1: return x @ weight.T
+  return lane_sum(x.contiguous().unsqueeze(-2) * weight).contiguous()
+
+class MatVecLinear:
+  def __init__(self, weight: Tensor): self.weight = weight      # the same state-dict name as nn.Linear's
+  def __call__(self, x: Tensor) -> Tensor: return matvec_linear(self.weight, x)
+
+def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+  """llama.attention for one query token, q (B, H, 1, d), keys/values (B, KV, S, d): query heads grouped onto their
+  K/V head by a reshape (no repeated copy of the cache), each dot product over d in lane sums (S is symbolic, so the
+  compiler cannot unroll across positions instead). Longer chunks go to llama.attention."""
+  if q.shape[2] != 1: return llama.attention(q, keys, values, mask)
+  (b, h, _, d), kv = q.shape, keys.shape[1]
+  qg = q.reshape(b, kv, h // kv, 1, d)
+  scores = lane_sum(qg * keys.unsqueeze(2)) / math.sqrt(d)                                      # (B, KV, group, S)
+  out = (scores.float().softmax(-1).cast(q.dtype).unsqueeze(-1) * values.unsqueeze(2)).sum(-2)   # (B, KV, group, d)
+  return out.reshape(b, h, 1, d)
+
+def use_decode_kernels(model: llama.Transformer, min_size: int = 1 << 16) -> llama.Transformer:
+  """Give `model` the one-token kernels: decode_attention in every block, and matvec_linear for each linear layer (and
+  the classifier, tied or not) whose matrix is big enough (>= min_size weights) that kernel time outweighs the cost of
+  the extra kernels. The weights are the same tensors under the same names, so saving and training work as before;
+  calling it twice changes nothing."""
+  def big(w: Tensor) -> bool: return w.numel() >= min_size and w.shape[1] % 8 == 0
+  def swap(lin): return MatVecLinear(lin.weight) if not isinstance(lin, MatVecLinear) and big(lin.weight) else lin
+  for layer in model.layers:
+    layer.attention.attend = decode_attention
+    for obj, names in ((layer.attention, ("wq", "wk", "wv", "wo")), (layer.feed_forward, ("w1", "w2", "w3"))):
+      for name in names: setattr(obj, name, swap(getattr(obj, name)))
+  if model.output is not None: model.output = swap(model.output)
+  # a tied classifier reads the embedding matrix; llama.learned() leaves 'output.weight' out, so the model stays tied
+  elif big(model.tok_embeddings.weight): model.output = MatVecLinear(model.tok_embeddings.weight)
+  return model
