@@ -5,8 +5,11 @@
 # cut at line ends, encoded by worker processes and appended to one token file on disk, so memory holds a few chunks
 # at a time, never the corpus. A file longer than one chunk is encoded chunk by chunk, each continuing where the
 # last one ended, so the tokens are the same as if the document had been encoded whole (see _encode_chunk).
+# Chat datasets (--chat) hold conversations rendered with the model's chat template, a loss mask beside the tokens
+# (only the assistant's tokens are learned) and where each conversation starts; batches take one per row, padded.
 from __future__ import annotations
 import argparse, hashlib, io, json, multiprocessing, os, pathlib, random, shutil, sys, sysconfig, threading, urllib.error, urllib.parse, urllib.request
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
@@ -18,6 +21,7 @@ class DataError(ValueError):
 
 CHUNK_BYTES = 1 << 20                  # unit of work of an encoding worker
 VAL_FRACTION = 0.1                     # the last 10% of the token stream is the validation split (as nanoGPT)
+IGNORE = -100                          # a target the loss skips (sparse_categorical_crossentropy's ignore_index)
 DOWNLOAD_CACHE = pathlib.Path.home() / ".cache" / "llama-tinygrad" / "downloads"
 Document = pathlib.Path | tuple[str, str]      # a file, or (name, text) for text that is not a file of its own
 
@@ -125,10 +129,10 @@ def _encode_chunk(job: tuple[bytes, bool, bool, str]) -> tuple[np.ndarray, int]:
   if after_newline:
     nl, joined = tok.encode("\n"), tok.encode("\n" + text)
     if joined[:len(nl)] == nl: return np.array(joined[len(nl):], dtype=dtype), len(data)
-  return np.array(tok.encode(text, bos=bos), dtype=dtype), len(data)
+  return np.array(tok.encode(text, bos=bos and tok.add_bos), dtype=dtype), len(data)   # add_bos: GGUF's BOS rule
 
 def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: pathlib.Path, workers: int) -> int:
-  """Encode every document (BOS at the start of each) into dest, in document order; returns the token count.
+  """Encode every document (BOS at the start of each, where the tokenizer wants one) into dest, in document order; returns the token count.
   A semaphore keeps at most a few chunks per worker in flight: Pool.imap alone would read the whole input ahead."""
   from tinygrad.helpers import tqdm
   in_flight = threading.BoundedSemaphore(4 * workers)
@@ -166,10 +170,7 @@ def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=Non
   if tokenizer is None:
     print(f"training a {vocab_size}-token tokenizer on {len(docs)} documents ...", file=sys.stderr, flush=True)
     tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")
-  else:
-    tok = load_tokenizer(tokenizer)   # saved in the form a checkpoint carries (a GGUF model leaves only its vocabulary)
-    tok_path = str(out / tok.file_name)
-    if pathlib.Path(tokenizer).resolve() != pathlib.Path(tok_path).resolve(): tok.save(tok_path)
+  else: tok_path = keep_tokenizer(tokenizer, out)
   tok = load_tokenizer(tok_path)
   dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
   tmp = out / ".tokens.tmp"
@@ -187,6 +188,112 @@ def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=Non
   atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
   return meta
 
+def keep_tokenizer(tokenizer, out: pathlib.Path) -> str:
+  """Save the tokenizer file `tokenizer` (any kind load_tokenizer reads) into the dataset directory `out` in the form a
+  checkpoint carries (Tokenizer.file_name: a GGUF model leaves only its vocabulary); returns the saved path."""
+  tok = load_tokenizer(tokenizer)
+  tok_path = str(out / tok.file_name)
+  if pathlib.Path(tokenizer).resolve() != pathlib.Path(tok_path).resolve(): tok.save(tok_path)
+  return tok_path
+
+# ***** chat data: conversations rendered as generate.py --chat feeds them, the loss on the assistant's tokens only *****
+
+def conversations(doc: Document) -> Iterator[list[dict]]:
+  """The conversations of a JSON-lines file, one per line: {"messages": [{"role": ..., "content": ...}, ...]}, an
+  optional system message first, then user and assistant turns alternating, ending with the assistant's."""
+  text = doc[1] if isinstance(doc, tuple) else doc.read_text(encoding="utf-8", errors="replace")
+  name = doc[0] if isinstance(doc, tuple) else doc
+  for n, line in enumerate(text.splitlines(), 1):
+    if not line.strip(): continue
+    try: obj = json.loads(line)
+    except json.JSONDecodeError as e: raise DataError(f"{name} line {n} is not JSON ({e.msg})") from None
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and
+                                                         isinstance(m.get("content"), str) for m in msgs):
+      raise DataError(f'{name} line {n}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
+    roles = [m["role"] for m in msgs]
+    turns = roles[1:] if roles[0] == "system" else roles
+    if "assistant" not in turns: raise DataError(f"{name} line {n}: the conversation has no assistant turn, so nothing to learn")
+    if len(turns) % 2 or turns != ["user", "assistant"] * (len(turns) // 2):
+      raise DataError(f"{name} line {n}: after an optional system message, user and assistant turns must alternate, "
+                      f"from the user's to the assistant's (roles here: {', '.join(roles)})")
+    yield msgs
+
+def render_chat(tok: Tokenizer, fmt, messages: list[dict]) -> tuple[list[int], list[int]]:
+  """(ids, mask) of one conversation in the chat format `fmt` (generate.chat_format), exactly as generate.py --chat
+  feeds a dialogue to the model: each user turn through fmt.turn, each answer as the model samples it, then EOS and
+  fmt.after_eos. mask is 1 on the answers and their EOS (what the model must learn to say), 0 elsewhere."""
+  from generate import encode_pieces   # only chat data needs the model code's imports
+  system = messages[0]["content"] if messages[0]["role"] == "system" else None
+  turns = messages[1:] if system is not None else messages
+  ids, mask = [], []
+  for k in range(0, len(turns), 2):
+    prompt = encode_pieces(tok, fmt.turn(turns[k]["content"], system if k == 0 else None, k == 0))
+    answer = tok.encode(turns[k + 1]["content"]) + [tok.eos_id]
+    after = encode_pieces(tok, fmt.after_eos())
+    ids += prompt + answer + after
+    mask += [0] * len(prompt) + [1] * len(answer) + [0] * len(after)
+  return ids, mask
+
+def prepare_chat(inputs: list[str], out="data", tokenizer=None) -> dict:
+  """A chat dataset in `out` from JSON-lines files of conversations: the tokenizer (as prepare saves it), per split
+  {split}.bin tokens, {split}_mask.bin (uint8 loss mask) and {split}_starts.bin (uint64 offset of each conversation,
+  and the end), then meta.json. The conversations are shuffled; the last 10% (at least one) are the validation split."""
+  from tinygrad.helpers import tqdm
+  from generate import chat_format
+  if tokenizer is None: raise DataError("--chat needs --tokenizer: the model's, whose chat template renders the conversations")
+  if not inputs: raise DataError("--chat needs INPUT files of JSON lines")
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  tok_path = keep_tokenizer(tokenizer, out)
+  tok = load_tokenizer(tok_path)
+  fmt = chat_format(tok)
+  convs = [c for doc in corpus_documents(inputs) for c in conversations(doc)]
+  if len(convs) < 2: raise DataError(f"--chat needs at least 2 conversations (one goes to the validation split), found {len(convs)}")
+  random.Random(0).shuffle(convs)
+  n_val, dtype = max(1, int(len(convs) * VAL_FRACTION)), "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
+  counts = {}
+  for split, part in (("train", convs[:-n_val]), ("val", convs[-n_val:])):
+    starts, files = [0], {k: out / f".{split}{k}.tmp" for k in ("", "_mask")}
+    with open(files[""], "wb") as ft, open(files["_mask"], "wb") as fm:
+      for msgs in tqdm(part, desc=f"rendering {split}", unit="conv"):
+        ids, mask = render_chat(tok, fmt, msgs)
+        ft.write(np.array(ids, dtype=dtype).tobytes())
+        fm.write(np.array(mask, dtype=np.uint8).tobytes())
+        starts.append(starts[-1] + len(ids))
+    np.array(starts, dtype=np.uint64).tofile(out / f".{split}_starts.tmp")
+    for k in ("", "_mask", "_starts"): os.replace(out / f".{split}{k}.tmp", out / f"{split}{k}.bin")
+    counts[split] = (len(part), starts[-1])
+  meta = {"format": "chat", "chat_format": fmt.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+          "dtype": dtype, "tokenizer": pathlib.Path(tok_path).name, "train_tokens": counts["train"][1], "val_tokens": counts["val"][1],
+          "documents": len(convs), "train_documents": counts["train"][0], "val_documents": counts["val"][0], "source": list(inputs)}
+  atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+  return meta
+
+@dataclass
+class ChatSplit:
+  """One split of a chat dataset: tokens, their loss mask, and where each conversation starts (and the end)."""
+  tokens: np.ndarray
+  mask: np.ndarray
+  starts: np.ndarray
+
+  def __len__(self) -> int: return len(self.tokens)
+
+  @property
+  def lengths(self) -> np.ndarray: return np.diff(self.starts)
+
+  def rows(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """batch_size random conversations, one per row: the first seq_len+1 tokens of each (a longer one is cut), padded
+    after its end. Inputs are the first seq_len; a target is the next token where the mask says the assistant wrote
+    it, else IGNORE (the user's and system's tokens, the template's, padding). Padding comes after the conversation,
+    so causal attention keeps it from every real token."""
+    w, m = np.zeros((batch_size, seq_len + 1), dtype=np.int32), np.zeros((batch_size, seq_len + 1), dtype=bool)
+    for r, d in enumerate(rng.integers(0, len(self.starts) - 1, size=batch_size)):
+      s = int(self.starts[d])
+      e = min(int(self.starts[d + 1]), s + seq_len + 1)
+      w[r, :e - s], m[r, :e - s] = self.tokens[s:e], self.mask[s:e]
+    return w[:, :-1], np.where(m[:, 1:], w[:, 1:], IGNORE).astype(np.int32)
+
 def read_meta(data_dir) -> dict:
   """meta.json of a prepared dataset; DataError naming the problem when the directory is missing or unprepared."""
   d = pathlib.Path(data_dir)
@@ -194,15 +301,24 @@ def read_meta(data_dir) -> dict:
   if not (d / "meta.json").is_file(): raise DataError(f"data directory {d} holds no dataset (meta.json missing; run: python data.py INPUT --out {d})")
   return json.loads((d / "meta.json").read_text())
 
-def load_split(data_dir, split: str) -> np.memmap:
-  """The tokens of 'train' or 'val' as a read-only memmap (nothing is read until a batch touches it)."""
-  meta, path = read_meta(data_dir), pathlib.Path(data_dir) / f"{split}.bin"
-  if not path.is_file() or path.stat().st_size == 0: raise DataError(f"{path} is missing or empty")
-  return np.memmap(path, dtype=meta["dtype"], mode="r")
+def load_split(data_dir, split: str) -> np.memmap | ChatSplit:
+  """The tokens of 'train' or 'val' as a read-only memmap (nothing is read until a batch touches it); for a chat
+  dataset a ChatSplit of memmaps."""
+  meta, d = read_meta(data_dir), pathlib.Path(data_dir)
+  def memmap(name: str, dtype) -> np.memmap:
+    if not (path := d / name).is_file() or path.stat().st_size == 0: raise DataError(f"{path} is missing or empty")
+    return np.memmap(path, dtype=dtype, mode="r")
+  tokens = memmap(f"{split}.bin", meta["dtype"])
+  if meta.get("format") != "chat": return tokens
+  chat = ChatSplit(tokens, memmap(f"{split}_mask.bin", np.uint8), memmap(f"{split}_starts.bin", np.uint64))
+  if len(chat.mask) != len(tokens) or int(chat.starts[-1]) != len(tokens): raise DataError(f"{d}: the {split} files of the chat dataset disagree in length")
+  return chat
 
-def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def get_batch(tokens: np.ndarray | ChatSplit, batch_size: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """batch_size random windows of seq_len+1 consecutive tokens (nanoGPT's get_batch): inputs are the first seq_len,
-  targets the same window shifted by one. The windows depend only on rng's state, so a seed fixes them."""
+  targets the same window shifted by one; for chat data one conversation per row (ChatSplit.rows). The windows
+  depend only on rng's state, so a seed fixes them."""
+  if isinstance(tokens, ChatSplit): return tokens.rows(batch_size, seq_len, rng)
   if len(tokens) < seq_len + 1: raise DataError(f"seq-len {seq_len} is longer than the data ({len(tokens)} tokens)")
   starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
   w = np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int32)
@@ -214,13 +330,16 @@ def main(argv=None) -> int:
   p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary when training one (default 2048)")
   p.add_argument("--out", default="data", help="dataset directory (default data/)")
   p.add_argument("--tokenizer", help="reuse this tokenizer (.model, llama2.c tokenizer.bin, or a GGUF file's vocabulary) instead of training one")
+  p.add_argument("--chat", action="store_true", help='INPUTs are JSON lines {"messages": [{"role": "system"|"user"|"assistant", '
+                 '"content": ...}, ...]}, rendered with --tokenizer\'s chat template; the loss is on the assistant\'s tokens only')
   p.add_argument("--workers", type=int, default=None, help="encoding processes (default: one per CPU)")
   a = p.parse_args(argv)
-  try: meta = prepare(a.inputs, a.out, a.vocab_size, a.tokenizer, a.workers)
+  try: meta = prepare_chat(a.inputs, a.out, a.tokenizer) if a.chat else prepare(a.inputs, a.out, a.vocab_size, a.tokenizer, a.workers)
   except (ValueError, OSError) as e:
     print(f"data.py: error: {e}", file=sys.stderr)
     return 1
-  print(f"{a.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens from {meta['documents']} documents, vocab {meta['vocab_size']}")
+  print(f"{a.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens from {meta['documents']} "
+        f"{'conversations' if a.chat else 'documents'}, vocab {meta['vocab_size']}")
   return 0
 
 if __name__ == "__main__": sys.exit(main())

@@ -106,13 +106,15 @@ def shard_batch(x: Tensor, devices: tuple[str, ...], mode: str = "dp", batch_axi
   return x.shard(devices)
 
 def memory_per_device(args: ModelArgs, n_devices: int = 1, mode: str = "dp", batch: int = 1, seq_len: int | None = None,
-                      dtype=dtypes.float32, checkpoint_activations: bool = False) -> dict[str, int]:
+                      dtype=dtypes.float32, checkpoint_activations: bool = False, trainable: int | None = None) -> dict[str, int]:
   """Bytes one device needs to train a model of `args` with AdamW, from the config alone (nothing is allocated).
   `batch` sequences of `seq_len` tokens per step in all (dp gives each device batch/n of them); `dtype` is the weights'.
     weights      the parameters on this device, plus the fp32 RoPE table
     grads        one gradient per parameter, in the weights' dtype
     adam         tinygrad's AdamW moments m and v, fp32, plus an fp32 master copy when the weights are 16-bit
     activations_per_token   what the backward pass keeps per token (below), and `activations` for this device's tokens
+  `trainable`: the number of parameters that are trained when not all are (LoRA's float32 adapters beside frozen
+  weights); they alone get gradients and Adam moments, no master copies, and are counted whole on every device.
   Activations kept per token and layer: the inputs of the two norms and of the three matmul groups (4·dim), q k v
   (dim + 2·kv_dim), the attention output (dim), the SwiGLU gate, up and product (3·hidden), and one row of scores
   (fp32) and probabilities per head (n_heads·seq_len). Under tp everything after a column-parallel matmul is split,
@@ -134,8 +136,9 @@ def memory_per_device(args: ModelArgs, n_devices: int = 1, mode: str = "dp", bat
   # under tp tinygrad leaves an untied embedding's gradient whole on every device: its backward (one-hot · upstream
   # gradient, summed over batch and sequence) never touches the split weight, so nothing splits the result (measured)
   whole_embedding_grad = 0 if mode != "tp" or args.tie_embeddings else V * d - V * d // tp
-  ret = {"weights": params * e + rope, "grads": (params + whole_embedding_grad) * e, "adam": params * 4 * (2 + (e < 4)),
-         "activations_per_token": per_token, "activations": per_token * tokens}
+  if trainable is None: extra, grads, adam = 0, (params + whole_embedding_grad) * e, params * 4 * (2 + (e < 4))
+  else: extra, grads, adam = trainable * 4, trainable * 4, trainable * 4 * 2
+  ret = {"weights": params * e + rope + extra, "grads": grads, "adam": adam, "activations_per_token": per_token, "activations": per_token * tokens}
   ret["total"] = ret["weights"] + ret["grads"] + ret["adam"] + ret["activations"]
   return ret
 

@@ -1,26 +1,29 @@
-"""Train LLaMA (Touvron et al., 2023) from scratch with the paper's recipe (§2.3), in tinygrad.
+"""Train LLaMA (Touvron et al., 2023) from scratch with the paper's recipe (§2.3), or fine-tune any checkpoint
+(every weight, or LoRA adapters: Hu et al. 2021), in tinygrad.
 
   python train.py                                   # default corpus + small preset, a few minutes on a laptop CPU
   python data.py input.txt --out data/mine && python train.py --data data/mine --preset tiny --max-steps 2000
   python train.py --resume --max-steps 2000         # continue out/ exactly where it stopped
   python generate.py                                # sample from out/
   python train.py --devices CUDA:0,CUDA:1 --parallel tp --dry-run   # memory per device, nothing allocated
+  python data.py my.txt --tokenizer tok512.model --out d && python train.py --init-from stories260K.bin --data d
+  python data.py --chat chats.jsonl --tokenizer smollm2.gguf --out c && python train.py --init-from smollm2.gguf --data c --lora-rank 8
 
 §2.3: AdamW with β1 = 0.9, β2 = 0.95, weight decay 0.1, gradient clipping at 1.0, a cosine learning-rate schedule
 whose final value is 10% of the peak, and warmup. The paper's numbers (2000 warmup steps, 4M-token batches, peak
 3e-4 to 1.5e-4) are for billions of parameters; the defaults here scale them to the small preset.
 """
 from __future__ import annotations
-import argparse, json, math, os, pathlib, signal, sys, time
+import argparse, json, math, os, pathlib, shutil, signal, sys, time
 from dataclasses import asdict, dataclass, fields
 import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from tinygrad.helpers import tqdm
 from tinygrad.nn.optim import AdamW, OptimizerGroup
 from tinygrad.nn.state import safe_load, safe_save
-import checkpoint, data, llama, parallel
+import checkpoint, data, llama, lora, parallel
 from files import atomic_write, publish_dir, recover_dir
-from tokenizer import load_tokenizer
+from tokenizer import Tokenizer, load_tokenizer
 
 class TrainError(ValueError):
   """Bad input to train.py; the message is one line for the user."""
@@ -41,8 +44,8 @@ class TrainConfig:
   grad_accum: int = 1
   seq_len: int = 128
   max_steps: int = 200
-  lr: float = 3e-3
-  warmup_steps: int = 20
+  lr: float | None = None                # None: FINETUNE_DEFAULTS for this kind of run
+  warmup_steps: int | None = None
   lr_decay_steps: int | None = None      # None: max_steps
   min_lr_ratio: float = 0.1
   weight_decay: float = 0.1
@@ -59,20 +62,59 @@ class TrainConfig:
   parallel: str = "dp"
   checkpoint_activations: bool = False
   dry_run: bool = False
+  init_from: str | None = None           # fine-tune this checkpoint (any format checkpoint.load opens)
+  tokenizer: str | None = None           # its tokenizer where it has none beside it (default: the dataset's)
+  lora_rank: int | None = None           # train LoRA adapters of this rank, the base frozen; None: every weight
+  lora_alpha: float | None = None        # None: the rank (§4.1: α/r scales B·A)
+  lora_targets: str | None = None        # None: lora.DEFAULT_TARGETS
+  merge: bool = False
 
   def __post_init__(self):
     for k in ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_every", "eval_steps", "save_every"):
       if getattr(self, k) < 1: raise TrainError(f"--{k.replace('_', '-')} must be at least 1")
+    if self.resume or self.merge: self.inherit()
+    lr, warmup = FINETUNE_DEFAULTS["lora" if self.lora_rank is not None else "full" if self.init_from is not None else "scratch"]
+    if self.lr is None: self.lr = lr
+    if self.warmup_steps is None: self.warmup_steps = warmup
     if self.lr_decay_steps is None: self.lr_decay_steps = self.max_steps
+    if self.init_from is not None and (given := [k for k in MODEL_FIELDS if getattr(self, k) is not None]):
+      raise TrainError(f"--{given[0].replace('_', '-')} cannot change the model that --init-from loads")
+    if self.lora_rank is not None:
+      if self.init_from is None: raise TrainError("--lora-rank needs --init-from: LoRA adapts a pretrained model")
+      if self.lora_rank < 1: raise TrainError(f"--lora-rank must be at least 1, not {self.lora_rank}")
+      if self.lora_alpha is None: self.lora_alpha = float(self.lora_rank)
+      self.lora_targets = ",".join(lora.parse_targets(self.lora_targets or lora.DEFAULT_TARGETS))
     # opens each device now: a missing one is reported before anything runs
     self.devices = parallel.parse_devices(self.devices if isinstance(self.devices, str) else ",".join(self.devices))
     if self.parallel == "dp": parallel.check_batch(self.batch_size, len(self.devices), "dp")
+
+  def inherit(self) -> None:
+    """--resume, --merge: the options that say what is trained and how fast, where not given, are the checkpoint's."""
+    recover_dir(self.out)
+    if (p := pathlib.Path(self.out) / "train_state.json").is_file():
+      saved = json.loads(p.read_text())["config"]
+      for k in INHERITED:
+        if getattr(self, k) is None: setattr(self, k, saved.get(k))
+
+MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of")
+INHERITED = ("init_from", "tokenizer", "lora_rank", "lora_alpha", "lora_targets", "lr", "warmup_steps")
+# (peak learning rate, warmup steps): from scratch; fine-tuning every weight of a trained model, which a large step
+# would undo (lit-llama's full.py and lora.py use 3e-5 and 3e-4 for 7B models); LoRA, whose B starts at zero
+FINETUNE_DEFAULTS = {"scratch": (3e-3, 20), "full": (1e-4, 10), "lora": (1e-3, 10)}
 
 def parse_args(argv=None) -> TrainConfig:
   p = argparse.ArgumentParser(description="Train a LLaMA model from scratch (paper §2.3 recipe).")
   m = p.add_argument_group("model (a preset, optionally overridden field by field)")
   m.add_argument("--preset", default="small", help=f"one of {', '.join(llama.PRESETS)} (default small)")
-  for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of"): m.add_argument("--" + f.replace("_", "-"), type=int)
+  for f in MODEL_FIELDS: m.add_argument("--" + f.replace("_", "-"), type=int)
+  f = p.add_argument_group("fine-tuning (--init-from; LoRA: Hu et al. 2021)")
+  f.add_argument("--init-from", metavar="PATH", help="start from this checkpoint (GGUF, llama2.c .bin, Meta, Hugging Face or our own "
+                 "directory): its config, weights and tokenizer; --data must be encoded with that tokenizer")
+  f.add_argument("--tokenizer", metavar="PATH", help="the tokenizer of --init-from where the checkpoint has none beside it (default: the dataset's)")
+  f.add_argument("--lora-rank", type=int, help="train rank-R adapters B·A beside the frozen weights instead of every weight")
+  f.add_argument("--lora-alpha", type=float, help="LoRA scale numerator: B·A is scaled by alpha/rank (default: the rank)")
+  f.add_argument("--lora-targets", help=f"comma-separated matrices to adapt, of {', '.join(lora.SUBLAYER)} (default {lora.DEFAULT_TARGETS})")
+  f.add_argument("--merge", action="store_true", help="write the merged model of the LoRA checkpoint in --out and exit (a finished run does it itself)")
   d = p.add_argument_group("data and output")
   d.add_argument("--data", help="dataset directory made by data.py (default data/, built from the default corpus when absent)")
   d.add_argument("--out", default="out", help="checkpoint directory (default out/)")
@@ -81,8 +123,8 @@ def parse_args(argv=None) -> TrainConfig:
   t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step: a step sees batch·accum·seq-len tokens")
   t.add_argument("--seq-len", type=int, default=128)
   t.add_argument("--max-steps", type=int, default=200)
-  t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-  t.add_argument("--warmup-steps", type=int, default=20)
+  t.add_argument("--lr", type=float, help="peak learning rate (default: 3e-3 from scratch, 1e-4 fine-tuning, 1e-3 LoRA)")
+  t.add_argument("--warmup-steps", type=int, help="default: 20 from scratch, 10 fine-tuning")
   t.add_argument("--lr-decay-steps", type=int, help="end of the cosine decay (default: max-steps)")
   t.add_argument("--min-lr-ratio", type=float, default=0.1, help="final learning rate / peak (§2.3: 10%%)")
   t.add_argument("--weight-decay", type=float, default=0.1)
@@ -129,15 +171,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
   progress = min(1.0, (n - warm) / (end - warm)) if end > warm else 1.0
   return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
+def trainable(model: llama.Transformer) -> dict[str, Tensor]:
+  """The tensors the optimiser updates, by name: a LoRA model's adapters, else every learned tensor."""
+  return lora.adapters(model) or llama.learned(model)
+
 def param_groups(model: llama.Transformer) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-  """(decayed, not decayed) learned tensors by name. Weight decay goes on the weight matrices of the linear layers
-  only; norm gains and the token embedding are not decayed (as in nanoGPT / llama2.c)."""
+  """(decayed, not decayed) trainable tensors by name. Weight decay goes on the weight matrices of the linear layers
+  (and LoRA's A and B) only; norm gains and the token embedding are not decayed (as in nanoGPT / llama2.c)."""
   decay, keep = {}, {}
-  for name, t in llama.learned(model).items(): (decay if t.ndim == 2 and name != "tok_embeddings.weight" else keep)[name] = t
+  for name, t in trainable(model).items(): (decay if t.ndim == 2 and name != "tok_embeddings.weight" else keep)[name] = t
   return decay, keep
 
 def make_optimizer(model: llama.Transformer, lr: float, weight_decay: float) -> tuple[OptimizerGroup, list[Tensor]]:
-  """AdamW over the model's learned tensors; returns (optimiser, those tensors). The tensors the optimiser updates
+  """AdamW over the model's trainable tensors; returns (optimiser, those tensors). The tensors the optimiser updates
   (opt.params, in the same order) are the model's own when they are float32, else float32 master copies, placed like
   them (mixed precision, Micikevicius et al. 2018): tinygrad's AdamW adds each update to the weight in the weight's
   dtype, and an update below half a weight's last bit is lost (bfloat16 keeps 8 significant bits). The train step
@@ -145,8 +191,8 @@ def make_optimizer(model: llama.Transformer, lr: float, weight_decay: float) -> 
   decay, keep = param_groups(model)
   def master(ts): return [t if t.dtype == dtypes.float32 else t.float().contiguous().realize() for t in ts]
   # §2.3: "AdamW optimizer with the following hyper-parameters: β1 = 0.9, β2 = 0.95", weight decay 0.1
-  opt = OptimizerGroup(AdamW(master(decay.values()), lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=weight_decay),
-                       AdamW(master(keep.values()), lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0))
+  # (a LoRA model has no undecayed group)
+  opt = OptimizerGroup(*[AdamW(master(g.values()), lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=wd) for g, wd in ((decay, weight_decay), (keep, 0.0)) if g])
   return opt, list(decay.values()) + list(keep.values())
 
 def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
@@ -196,42 +242,93 @@ def available_memory() -> int | None:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
   except (ValueError, OSError, AttributeError): return None
 
+def memory(args: llama.ModelArgs, cfg: TrainConfig) -> dict[str, int]:
+  """parallel.memory_per_device for this run; with LoRA only the adapters get gradients and Adam state."""
+  return parallel.memory_per_device(args, len(cfg.devices), cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations,
+                                    trainable=None if cfg.lora_rank is None else lora.num_params(args, cfg.lora_rank, cfg.lora_targets))
+
 def check_memory(args: llama.ModelArgs, cfg: TrainConfig) -> None:
   """Refuse a run whose estimate (parallel.memory_per_device) exceeds the free host memory, before allocating it.
   CPU only: the other backends report their own allocation failures."""
   if Device.canonicalize(cfg.devices[0]).split(":")[0] != "CPU" or (avail := available_memory()) is None: return
-  need = parallel.memory_per_device(args, len(cfg.devices), cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations)["total"]
+  need = memory(args, cfg)["total"]
   if need * (len(cfg.devices)) > avail:   # virtual CPU devices share the host's memory
     raise TrainError(f"a micro-batch of {cfg.batch_size}x{cfg.seq_len} tokens needs about {need * len(cfg.devices) / 2**30:.1f} GiB but "
                      f"{avail / 2**30:.1f} GiB is free: lower --batch-size or --seq-len (and raise --grad-accum to keep the tokens per step)")
 
-# ***** checkpoints: model (checkpoint.save) + optimiser + training state, swapped in as one directory *****
+# ***** the model to train: from scratch, or --init-from a checkpoint (every weight, or LoRA adapters) *****
 
-def save_checkpoint(out: pathlib.Path, model, tokenizer, opt: OptimizerGroup, state: dict) -> None:
+def pretrained(cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None]:
+  """--init-from: the checkpoint's model (config and weights, no re-initialisation) and tokenizer (--tokenizer's where
+  given), cast and placed on the devices like a new model; with --lora-rank, seeded adapters on its chosen layers."""
+  model, tok = checkpoint.load(cfg.init_from, tokenizer=cfg.tokenizer, device=cfg.devices[0])
+  if cfg.seq_len > model.args.max_seq_len: raise TrainError(f"--seq-len {cfg.seq_len} is longer than the model's context ({model.args.max_seq_len})")
+  parallel.check_parallel(model.args, len(cfg.devices), cfg.parallel)
+  check_memory(model.args, cfg)
+  place_model(model, cfg)
+  if cfg.lora_rank is not None:
+    Tensor.manual_seed(cfg.seed)
+    lora.apply(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+  return model, tok
+
+def run_tokenizer(model: llama.Transformer, model_tok: Tokenizer | None, data_tok: Tokenizer, cfg: TrainConfig) -> Tokenizer:
+  """The tokenizer the checkpoints carry: the model's, which must be the one the dataset was encoded with (the same
+  bytes for every id, whatever the file kinds), or the dataset's for a model that has none (from scratch, a llama2.c
+  .bin alone)."""
+  tok = model_tok or data_tok
+  if tok.pieces != data_tok.pieces:
+    first = next((i for i, (a, b) in enumerate(zip(tok.pieces, data_tok.pieces)) if a != b), min(tok.vocab_size, data_tok.vocab_size))
+    raise TrainError(f"the dataset in {cfg.data} was encoded with another tokenizer than the model's ({data_tok.vocab_size} vs {tok.vocab_size} "
+                     f"tokens, the first difference at id {first}): rebuild it with python data.py ... --tokenizer <the model's tokenizer>")
+  if tok.vocab_size > model.args.vocab_size:
+    raise TrainError(f"the tokenizer has {tok.vocab_size} tokens but the model embeds only {model.args.vocab_size}")
+  return tok
+
+# ***** checkpoints: model (checkpoint.save) or LoRA adapters + optimiser + training state, swapped in as one directory *****
+
+def save_checkpoint(out: pathlib.Path, model, tokenizer: Tokenizer, opt: OptimizerGroup, state: dict, merge: bool = True) -> None:
   """Build the whole checkpoint in a directory beside `out`, carry over the files of `out` that are not part of it
-  (log.jsonl, loss.png), then swap directories: a crash leaves either the old or the new checkpoint."""
+  (log.jsonl, loss.png), then swap directories: a crash leaves either the old or the new checkpoint. A LoRA model
+  saves its adapters (adapters.safetensors; --resume takes the base from --init-from again), and with `merge` also
+  the merged model in our format, which checkpoint.load and generate.py open; a merged model an earlier save left
+  would be stale, so a save without `merge` removes it."""
   tmp = out.with_name(f".{out.name}.saving")
-  checkpoint.save(model, tmp, tokenizer)
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  if adapters := lora.adapters(model):
+    safe_save(adapters, str(tmp / "adapters.safetensors"))
+    if merge: checkpoint.save(lora.merged(model), tmp, tokenizer)
+    else:
+      tokenizer.save(tmp / tokenizer.file_name)
+      for f in ("config.json", "model.safetensors"): (out / f).unlink(missing_ok=True)
+  else: checkpoint.save(model, tmp, tokenizer)
   safe_save(optimizer_state(opt, [t for g in param_groups(model) for t in g.values()]), str(tmp / "optimizer.safetensors"))
   (tmp / "train_state.json").write_text(json.dumps(state, indent=1) + "\n")
   publish_dir(tmp, out)
 
-def load_checkpoint(out: pathlib.Path, cfg: TrainConfig) -> tuple[llama.Transformer, dict, dict[str, Tensor]]:
+def load_checkpoint(out: pathlib.Path, cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None, dict, dict[str, Tensor]]:
+  """(model, its tokenizer, training state, saved optimiser state) of the run in `out`."""
   recover_dir(out)   # a crash between the two renames of a save
   if not (out / "train_state.json").is_file(): raise TrainError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
   state = json.loads((out / "train_state.json").read_text())
   if (was := state["config"].get("dtype", "float32")) != cfg.dtype:   # the master copies exist only for 16-bit weights
     raise TrainError(f"--resume: the checkpoint was trained with --dtype {was}, not {cfg.dtype}")
-  args = llama.ModelArgs.from_dict(state["config"]["model"])
-  parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # before loading
-  check_memory(args, cfg)
-  model, _ = checkpoint.load(out, device=cfg.devices[0])
-  place_model(model, cfg)
-  return model, state, safe_load(str(out / "optimizer.safetensors"))
+  if cfg.lora_rank is not None:
+    if not (out / "adapters.safetensors").is_file(): raise TrainError(f"--resume: {out} holds no LoRA adapters (adapters.safetensors missing)")
+    model, tok = pretrained(cfg)
+    restore(lora.adapters(model), safe_load(str(out / "adapters.safetensors")), "the LoRA adapters")
+  else:
+    args = llama.ModelArgs.from_dict(state["config"]["model"])
+    parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # before loading
+    check_memory(args, cfg)
+    model, tok = checkpoint.load(out, device=cfg.devices[0])
+    place_model(model, cfg)
+  return model, tok, state, safe_load(str(out / "optimizer.safetensors"))
 
-def restore_optimizer(opt: OptimizerGroup, params: list[Tensor], saved: dict[str, Tensor]) -> None:
-  mine = optimizer_state(opt, params)
-  if set(mine) != set(saved): raise TrainError("--resume: the optimiser state does not match this model")
+def restore(mine: dict[str, Tensor], saved: dict[str, Tensor], what: str) -> None:
+  """Assign the saved tensors to this run's ones of the same names (the optimiser state, LoRA adapters)."""
+  if set(mine) != set(saved) or any(saved[k].shape != t.shape for k, t in mine.items()):
+    raise TrainError(f"--resume: {what} in the checkpoint do not match this run")
   # each saved tensor is read from the file split or copied as its counterpart is (whatever the devices were then)
   for k, t in mine.items(): t.assign(saved[k].shard_like(t).cast(t.dtype)).realize()
 
@@ -261,20 +358,30 @@ def plot(out: pathlib.Path) -> None:
 
 # ***** the compiled steps *****
 
+def loss_sum(logits: Tensor, y: Tensor) -> Tensor:
+  """Cross-entropy summed over the targets, those equal to data.IGNORE (chat data: what the user wrote, padding) left
+  out: they add nothing to the loss or to any gradient."""
+  return logits.sparse_categorical_crossentropy(y, ignore_index=data.IGNORE, reduction="sum")
+
+def counted(y: Tensor) -> Tensor:
+  """How many targets of y the loss counts (at least 1, so a batch without any gives 0, not NaN)."""
+  return (y != data.IGNORE).sum().maximum(1).float()
+
 def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip: float, checkpoint_activations: bool = False) -> TinyJit:
   @TinyJit
   def train_step(x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
-    """One update from grad_accum micro-batches x, y: (K, B, T). Each micro-batch's gradients are realised before
-    the next forward, so memory holds one micro-batch of activations; then clip, then AdamW, all one compiled step.
-    On several devices the same code runs sharded: under dp each weight's gradient is all-reduced by tinygrad."""
+    """One update from grad_accum micro-batches x, y: (K, B, T); the loss is the mean over every counted target of the
+    step. Each micro-batch's gradients are realised before the next forward, so memory holds one micro-batch of
+    activations; then clip, then AdamW, all one compiled step. Only `params` are differentiated (Tensor.gradient,
+    not backward(), which would also differentiate the RoPE table and LoRA's frozen weights). On several devices the
+    same code runs sharded: under dp each weight's gradient is all-reduced by tinygrad."""
     with Context(TRAINING=1):
-      for p in params: p.grad = None   # not opt.zero_grad(): with 16-bit weights it holds the masters (their .grad is set below)
-      model.freqs.grad = None   # backward also differentiates the RoPE table; it is not trained, drop that
-      losses = []
+      n, losses = counted(y), []
       for k in range(x.shape[0]):
-        loss = model(x[k], checkpoint_activations=checkpoint_activations).sparse_categorical_crossentropy(y[k]) / x.shape[0]
-        loss.backward()
-        for p in params: p.grad = p.grad.contiguous()   # a buffer per gradient (llama.checkpointed_block says why)
+        loss = loss_sum(model(x[k], checkpoint_activations=checkpoint_activations), y[k]) / n
+        # not opt.zero_grad() and +=: with 16-bit weights opt holds the masters (their .grad is set below); a buffer
+        # per gradient (llama.checkpointed_block says why)
+        for p, g in zip(params, loss.gradient(*params)): p.grad = (g if k == 0 else p.grad + g).contiguous()
         losses.append(loss.realize(*[p.grad for p in params]).detach())
       total = sum(losses[1:], losses[0])
       masters = [(p, m) for p, m in zip(params, opt.params) if m is not p]   # 16-bit weights (make_optimizer)
@@ -289,7 +396,7 @@ def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip:
 
 def make_eval_step(model) -> TinyJit:
   @TinyJit
-  def eval_step(x: Tensor, y: Tensor) -> Tensor: return model(x).sparse_categorical_crossentropy(y).realize()
+  def eval_step(x: Tensor, y: Tensor) -> Tensor: return (loss_sum(model(x), y) / counted(y)).realize()
   return eval_step
 
 def evaluate(eval_step, val: np.ndarray, cfg: TrainConfig) -> float:
@@ -310,15 +417,35 @@ def print_sample(model, tokenizer, cfg: TrainConfig) -> None:
 def dry_run(cfg: TrainConfig) -> int:
   """--dry-run: memory per device from the configuration alone (parallel.memory_per_device), nothing allocated: the
   paper's four models with 2048-token sequences on this many devices, then this run (vocabulary: --data's, else the
-  preset's; one micro-batch: --grad-accum adds no memory)."""
-  args = model_args(cfg, data.read_meta(cfg.data)["vocab_size"] if cfg.data else preset(cfg).vocab_size)
+  preset's; one micro-batch: --grad-accum adds no memory). With --init-from the configuration is the checkpoint's,
+  which checkpoint.load reads together with the weights (into host memory); with --lora-rank only the adapters have
+  gradients and Adam state."""
+  if cfg.init_from is not None: args = checkpoint.load(cfg.init_from, device="CPU")[0].args
+  else: args = model_args(cfg, data.read_meta(cfg.data)["vocab_size"] if cfg.data else preset(cfg).vocab_size)
+  if cfg.lora_rank is not None: lora.check(args, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
   n, gib = len(cfg.devices), 1 << 30
-  m = parallel.memory_per_device(args, n, cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations)
+  m = memory(args, cfg)
   print(parallel.memory_table(n_devices=n, dtype=cfg.dtype, checkpoint_activations=cfg.checkpoint_activations))
-  print(f"\nthis run: {cfg.preset} ({args.num_params() / 1e6:,.1f}M parameters, vocab {args.vocab_size}), {cfg.dtype}, {cfg.parallel} over "
+  print(f"\nthis run: {describe(args, cfg)}, {cfg.dtype}, {cfg.parallel} over "
         f"{n} device(s), micro-batch {cfg.batch_size}x{cfg.seq_len} tokens{', activation checkpointing' if cfg.checkpoint_activations else ''}:\n"
         f"  per device: weights {m['weights'] / gib:.2f} GiB | grads {m['grads'] / gib:.2f} | Adam state {m['adam'] / gib:.2f} | "
         f"activations {m['activations'] / gib:.2f} ({m['activations_per_token'] / (1 << 20):.3f} MiB/token) | total {m['total'] / gib:.2f} GiB")
+  return 0
+
+def describe(args: llama.ModelArgs, cfg: TrainConfig) -> str:
+  what = f"fine-tuning {cfg.init_from}" if cfg.init_from is not None else cfg.preset
+  text = f"{what} ({args.num_params() / 1e6:,.2f}M parameters: dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads, vocab {args.vocab_size})"
+  if cfg.lora_rank is None: return text
+  n = lora.num_params(args, cfg.lora_rank, cfg.lora_targets)
+  return text + f", LoRA rank {cfg.lora_rank} alpha {cfg.lora_alpha:g} on {cfg.lora_targets}: {n:,} trainable ({100 * n / args.num_params():.2f}%)"
+
+def merge(cfg: TrainConfig) -> int:
+  """--merge: the LoRA run in --out (adapters there, base from its --init-from) saved as a merged model into --out."""
+  if cfg.lora_rank is None: raise TrainError(f"--merge: {cfg.out} holds no LoRA run (no train_state.json with --lora-rank)")
+  out = pathlib.Path(cfg.out)
+  model, tok, state, _ = load_checkpoint(out, cfg)
+  checkpoint.save(lora.merged(model), out, tok)   # without a tokenizer of its own, the one in out/ stays
+  print(f"merged the LoRA adapters of step {state['step']} into {out}/ (config.json, model.safetensors)")
   return 0
 
 # ***** training: set up (data, model, optimiser, state), then the loop *****
@@ -329,21 +456,23 @@ class Run:
   tokenizer: object
   opt: OptimizerGroup
   params: list[Tensor]
-  train_tokens: np.ndarray
-  val_tokens: np.ndarray
+  train_tokens: np.ndarray | data.ChatSplit
+  val_tokens: np.ndarray | data.ChatSplit
   state: dict                     # step, tokens, the data sampler's RNG state, config (what a checkpoint saves)
   rng: np.random.Generator
 
 def load_data(cfg: TrainConfig):
   """(train tokens, val tokens, tokenizer) of --data, building data/ from the default corpus when no dataset is named."""
   if cfg.data is None:
+    if cfg.init_from is not None:
+      raise TrainError("--init-from needs --data: a dataset encoded with the model's tokenizer (python data.py TEXT --tokenizer PATH --out DIR)")
     cfg.data = "data"
     if not (pathlib.Path(cfg.data) / "meta.json").is_file():
       print(f"no dataset in {cfg.data}/: building it from the default corpus (the Python standard library's docs and source)")
       data.prepare([], cfg.data, vocab_size=preset(cfg).vocab_size)
   meta = data.read_meta(cfg.data)
   train_tokens, val_tokens = data.load_split(cfg.data, "train"), data.load_split(cfg.data, "val")
-  if cfg.seq_len + 1 > min(len(train_tokens), len(val_tokens)):
+  if meta.get("format") != "chat" and cfg.seq_len + 1 > min(len(train_tokens), len(val_tokens)):   # chat rows are padded
     raise TrainError(f"--seq-len {cfg.seq_len} is longer than the data in {cfg.data} ({len(train_tokens)} train / {len(val_tokens)} val tokens)")
   return train_tokens, val_tokens, load_tokenizer(pathlib.Path(cfg.data) / meta["tokenizer"])
 
@@ -353,21 +482,22 @@ def setup(cfg: TrainConfig) -> Run:
     try: import matplotlib  # noqa: F401  (an optional extra: fail before training, not after)
     except ImportError: raise TrainError("--plot needs matplotlib: pip install matplotlib") from None
   if cfg.resume:
-    model, state, opt_saved = load_checkpoint(out, cfg)
+    model, model_tok, state, opt_saved = load_checkpoint(out, cfg)
     cfg.data = cfg.data or state["config"]["data"]
-  train_tokens, val_tokens, tokenizer = load_data(cfg)
+  train_tokens, val_tokens, data_tok = load_data(cfg)
   if not cfg.resume:
-    args = model_args(cfg, tokenizer.vocab_size)
-    parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # a clear error before anything is allocated
-    check_memory(args, cfg)
-    Tensor.manual_seed(cfg.seed)
-    model = llama.Transformer(args)
-    place_model(model, cfg)
+    if cfg.init_from is not None: model, model_tok = pretrained(cfg)
+    else:
+      args = model_args(cfg, data_tok.vocab_size)
+      parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # a clear error before anything is allocated
+      check_memory(args, cfg)
+      Tensor.manual_seed(cfg.seed)
+      model, model_tok = llama.Transformer(args), None
+      place_model(model, cfg)
     state = {"step": 0, "tokens": 0, "rng": np.random.default_rng(cfg.seed).bit_generator.state}
-  elif model.args.vocab_size != tokenizer.vocab_size:
-    raise TrainError(f"--resume: the checkpoint's vocabulary ({model.args.vocab_size}) is not the dataset's ({tokenizer.vocab_size})")
+  tokenizer = run_tokenizer(model, model_tok, data_tok, cfg)
   opt, params = make_optimizer(model, cfg.lr, cfg.weight_decay)
-  if cfg.resume: restore_optimizer(opt, params, opt_saved)
+  if cfg.resume: restore(optimizer_state(opt, params), opt_saved, "the optimiser state")
   rng = np.random.default_rng()
   rng.bit_generator.state = state["rng"]   # the data position: the sampler's state decides every next window
   out.mkdir(parents=True, exist_ok=True)
@@ -375,13 +505,15 @@ def setup(cfg: TrainConfig) -> Run:
   atomic_write(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())   # drop steps past the checkpoint
   return Run(model, tokenizer, opt, params, train_tokens, val_tokens, state, rng)
 
-def save(run: Run, cfg: TrainConfig) -> None:
+def save(run: Run, cfg: TrainConfig, final: bool = False) -> None:
+  """A checkpoint of the run; the final one of a LoRA run also holds the merged model."""
   config = asdict(cfg) | {"devices": list(cfg.devices), "model": run.model.args.to_dict()}
   run.state.update(rng=run.rng.bit_generator.state, config=config)
-  save_checkpoint(pathlib.Path(cfg.out), run.model, run.tokenizer, run.opt, run.state)
+  save_checkpoint(pathlib.Path(cfg.out), run.model, run.tokenizer, run.opt, run.state, merge=final)
 
 def train(cfg: TrainConfig) -> int:
   if cfg.dry_run: return dry_run(cfg)
+  if cfg.merge: return merge(cfg)
   run = setup(cfg)
   model, state, out = run.model, run.state, pathlib.Path(cfg.out)
   # Ctrl-C is honoured between steps, so the checkpoint never holds a half-applied update; a second Ctrl-C aborts
@@ -393,10 +525,12 @@ def train(cfg: TrainConfig) -> int:
   old_handler = signal.signal(signal.SIGINT, on_sigint)
 
   tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
-  print(f"model {model.args.num_params() / 1e6:.2f}M parameters ({cfg.preset}: dim {model.args.dim}, {model.args.n_layers} layers, "
-        f"{model.args.n_heads} heads, vocab {model.args.vocab_size}) | {tokens_per_step} tokens/step"
+  chat = isinstance(run.train_tokens, data.ChatSplit)
+  print(f"model: {describe(model.args, cfg)} | {tokens_per_step} tokens/step"
         + (f" | {cfg.parallel} over {len(cfg.devices)} devices" if len(cfg.devices) > 1 else "") + f" | data {cfg.data}: "
-        f"{len(run.train_tokens):,} train tokens | steps {state['step']}..{cfg.max_steps}")
+        f"{len(run.train_tokens):,} train tokens" + (f" in {len(run.train_tokens.lengths):,} conversations, "
+        f"{int((run.train_tokens.lengths > cfg.seq_len + 1).sum()):,} of them cut at --seq-len" if chat else "") +
+        f" | steps {state['step']}..{cfg.max_steps}")
   train_step = make_train_step(model, run.opt, run.params, cfg.grad_clip, cfg.checkpoint_activations)
   eval_step = make_eval_step(model)
   loss = val_loss = float("nan")
@@ -421,15 +555,17 @@ def train(cfg: TrainConfig) -> int:
         bar.set_description(f"step {step + 1} | loss {loss:.3f}" + (f" | val {val_loss:.3f}" if math.isfinite(val_loss) else "") +
                             f" | lr {lr:.2e} | {entry['tok_s']:,.0f} tok/s")
         bar.update(1)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps: save(run, cfg)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps: save(run, cfg, final=step + 1 == cfg.max_steps)
   finally:
     signal.signal(signal.SIGINT, old_handler)
   if stop:
     save(run, cfg)
-    print(f"interrupted: checkpoint at step {state['step']} saved in {out}/ (continue with --resume)", file=sys.stderr)
+    print(f"interrupted: checkpoint at step {state['step']} saved in {out}/ (continue with --resume"
+          + (", or write the merged model with --merge)" if cfg.lora_rank is not None else ")"), file=sys.stderr)
     return 130
   if cfg.plot: plot(out)
-  print(f"done: step {state['step']}, train loss {loss:.4f}, validation loss {val_loss:.4f}; checkpoint in {out}/")
+  print(f"done: step {state['step']}, train loss {loss:.4f}, validation loss {val_loss:.4f}; checkpoint in {out}/"
+        + (" (the LoRA adapters and the merged model)" if cfg.lora_rank is not None else ""))
   if cfg.sample_tokens: print_sample(model, run.tokenizer, cfg)
   return 0
 
