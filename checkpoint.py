@@ -1,16 +1,17 @@
 # Checkpoints in and out: load() opens the five common LLaMA formats (our own, Meta's release, Hugging Face, GGUF,
-# llama2.c), telling them apart by what is at the path; save() writes our own. Each format's reader yields (Meta name,
-# lazy tensor) pairs that build() realises on the device one at a time, so loading needs about the model's own size in
-# memory (plus one tensor), never a second full copy.
+# llama2.c), telling them apart by what is at the path; save() writes our own. Each format's reader parses its headers
+# with plain file reads and checks every name, type, shape and offset against the file before any tensor exists; it
+# returns (Meta name, lazy tensor) pairs that build() checks against the config, then realises on the device one at a
+# time, so loading needs about the model's own size in memory (plus one tensor), never a second full copy.
 from __future__ import annotations
-import json, math, mmap, pathlib, re, struct, zipfile
+import collections, dataclasses, io, json, math, mmap, pathlib, pickle, re, struct, zipfile
 from typing import Callable, Iterable, Iterator
 import numpy as np
 from tinygrad import Device, Tensor, dtypes
 from tinygrad.llm.gguf import ggml_data_to_tensor
-from tinygrad.nn.state import safe_load, safe_load_metadata, safe_save, torch_load
+from tinygrad.nn.state import safe_save
 import gguf
-from files import publish_dir, staging_dir
+from files import publish_dir, recover_dir, staging_dir
 from llama import ModelArgs, Transformer, learned
 from parallel import TP_SPLIT_AXIS, ParallelError, check_parallel, place
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer, tokenizer_from_gguf
@@ -23,6 +24,45 @@ class CheckpointError(ValueError):
 Weights = Iterable[tuple[str, Tensor]]
 Reader = tuple[ModelArgs, Weights, Callable[[], object] | None, list[pathlib.Path]]
 
+# ----- checked reading of configs: JSON files, GGUF metadata -----
+
+def _json(path: pathlib.Path) -> dict:
+  """The JSON object in `path`, or CheckpointError saying what is wrong with the file."""
+  if not path.is_file(): raise CheckpointError(f"{path} is missing")
+  try: cfg = json.loads(path.read_bytes())
+  except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting recurses
+    raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(cfg, dict): raise CheckpointError(f"{path} holds a JSON {type(cfg).__name__}, not an object")
+  return cfg
+
+_REQUIRED = object()
+_KINDS = {"int": ("a positive integer", lambda v: type(v) is int and v > 0),
+          "float": ("a positive finite number", lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0),
+          "bool": ("true or false", lambda v: type(v) is bool), "str": ("a string", lambda v: type(v) is str)}
+
+def _get(cfg: dict, key: str, kind: str, source, default=_REQUIRED):
+  """cfg[key], checked to be of `kind` (a key of _KINDS); `default` when it is absent or null."""
+  if (v := cfg.get(key)) is None:
+    if default is _REQUIRED: raise CheckpointError(f"{source} lacks the setting '{key}'")
+    return default
+  what, ok = _KINDS[kind]
+  if not ok(v): raise CheckpointError(f"{source} gives '{key}' the value {v!r:.60}, not {what}")
+  return v
+
+def _model_args(source, nbytes: int, **kw) -> ModelArgs:
+  """ModelArgs from checked settings, refused unless the weight files (nbytes in all) can hold that many parameters
+  (at least half a byte each, as in 4-bit GGUF) and its RoPE table is not larger than the checkpoint: a corrupt
+  count must not make Transformer() allocate far beyond the file's size."""
+  try: args = ModelArgs(**kw)
+  except ValueError as e: raise CheckpointError(f"{source} has an inconsistent config: {e}") from None
+  if (params := args.num_params()) > 2 * nbytes:
+    raise CheckpointError(f"{source} describes a model of {params:,} parameters, more than its {nbytes:,} bytes of weights can hold")
+  if (table := 8 * args.max_seq_len * args.head_dim) > max(nbytes, 1 << 26):   # float32 cos/sin for 2·max_seq_len positions
+    raise CheckpointError(f"{source} claims a context of {args.max_seq_len:,} tokens, whose RoPE table ({table:,} bytes) would be larger than the checkpoint")
+  return args
+
+def _file_bytes(files: list[pathlib.Path]) -> int: return sum(f.stat().st_size for f in files)
+
 def _drop_pages(files: list[pathlib.Path]):
   """tinygrad reads DISK tensors through an mmap of the file, so every page read stays in this process's resident set
   (clean and reclaimable, but counted) until the file is closed; without this a model loaded from one file peaks at
@@ -31,13 +71,34 @@ def _drop_pages(files: list[pathlib.Path]):
     dev = Device[f"DISK:{f.resolve()}"]
     if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
 
+def _layer_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+  d, kv, h = args.dim, args.n_kv_heads * args.head_dim, args.ffn_hidden
+  return {"attention.wq": (d, d), "attention.wk": (kv, d), "attention.wv": (kv, d), "attention.wo": (d, d), "feed_forward.w1": (h, d),
+          "feed_forward.w2": (d, h), "feed_forward.w3": (h, d), "attention_norm": (d,), "ffn_norm": (d,)}
+
+def _weight_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+  """Meta's name and shape of every learned tensor of a model of `args` (what learned(Transformer(args)) holds),
+  without building one: a checkpoint is checked against it before anything is allocated."""
+  top = {"tok_embeddings.weight": (args.vocab_size, args.dim), "norm.weight": (args.dim,)}
+  if not args.tie_embeddings: top["output.weight"] = (args.vocab_size, args.dim)
+  return top | {f"layers.{i}.{k}.weight": shape for i in range(args.n_layers) for k, shape in _layer_shapes(args).items()}
+
 def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, devices: tuple, source: pathlib.Path) -> Transformer:
-  model = Transformer(args, init=False)
-  check_parallel(args, len(devices), "tp")
-  want, seen = {k: tuple(v.shape) for k, v in learned(model).items()}, set()
-  for name, t in weights:
+  # every name and shape is checked on the lazy views first: a broken checkpoint is refused before anything is read
+  pairs = list(weights)
+  if len(_layer_shapes(args)) * args.n_layers > len(pairs):   # before a name table as long as n_layers is made
+    raise CheckpointError(f"{source} holds {len(pairs)} tensors, too few for the {args.n_layers} layers its config names")
+  want, seen = _weight_shapes(args), set()
+  for name, t in pairs:
     if name not in want: raise CheckpointError(f"{source} holds a tensor '{name}' that this LLaMA configuration does not have")
+    if name in seen: raise CheckpointError(f"{source} holds the tensor '{name}' twice")
     if tuple(t.shape) != want[name]: raise CheckpointError(f"{source}: '{name}' has shape {tuple(t.shape)} but the config implies {want[name]}")
+    seen.add(name)
+  if missing := sorted(set(want) - seen): raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
+  check_parallel(args, len(devices), "tp")
+  model = Transformer(args, init=False)
+  for i in range(len(pairs)):
+    (name, t), pairs[i] = pairs[i], None   # let go of each source view once it is realised
     t = place(name, t, devices, "tp")      # off the disk first (disk tensors cannot be cast in place); split under tp
     if t.dtype == dtypes.uint16:           # bfloat16 carried as its bits (see _bits): keep it, or widen exactly to float32
       t = t.contiguous().realize().bitcast(dtypes.bfloat16) if dtype in (None, dtypes.bfloat16) else (t.cast(dtypes.uint32) << 16).bitcast(dtypes.float32)
@@ -46,9 +107,7 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
     obj = model
     for part in parents: obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     setattr(obj, leaf, t.contiguous().realize())
-    seen.add(name)
     _drop_pages(files)
-  if missing := sorted(set(want) - seen): raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
   model.freqs = place("freqs", model.freqs, devices, "tp").realize()
   return model
 
@@ -57,13 +116,48 @@ def _bits(t: Tensor) -> Tensor:
   as integer kernels, which every backend has (Debian 12's clang 14 cannot compile CPU kernels that touch __bf16)."""
   return t.bitcast(dtypes.uint16) if t.dtype == dtypes.bfloat16 else t
 
-def _safetensors(path: pathlib.Path) -> dict[str, Tensor]:
-  """Lazy views into a .safetensors file on disk, after checking that the header's offsets lie inside the file."""
+# the safetensors dtypes a weight can have
+_SAFE_DTYPES = {"F32": dtypes.float32, "F16": dtypes.float16, "BF16": dtypes.bfloat16, "F64": dtypes.float64}
+
+def _shape(v, n: int | None = None) -> bool:
+  """Is `v` a list of non-negative integers (of length n)?"""
+  return isinstance(v, list) and (n is None or len(v) == n) and all(type(d) is int and d >= 0 for d in v)
+
+def read_safetensors(path) -> dict[str, Tensor]:
+  """Lazy views into a .safetensors file on disk, after checking its header as the safetensors library does: a JSON
+  object of {name: {dtype, shape, data_offsets}} whose byte ranges match their shapes and tile the data exactly, with
+  no gap, overlap or byte past the end. CheckpointError naming the file otherwise."""
+  path = pathlib.Path(path)
   if not path.is_file(): raise CheckpointError(f"{path} is missing")
-  disk, data_start, header = safe_load_metadata(path)
-  end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-  if data_start + end > disk.shape[0]: raise CheckpointError(f"{path} is truncated: its header needs {data_start + end} bytes, the file has {disk.shape[0]}")
-  return {k: _bits(t) for k, t in safe_load(disk).items()}
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    if size < 8: raise CheckpointError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
+    n = int.from_bytes(f.read(8), "little")
+    if n > size - 8: raise CheckpointError(f"{path} is truncated or corrupt: its header claims {n:,} bytes, the file has {size:,}")
+    try: header = json.loads(f.read(n))
+    except (ValueError, RecursionError) as e: raise CheckpointError(f"{path} has a corrupt safetensors header ({e})") from None
+  if not isinstance(header, dict): raise CheckpointError(f"{path} has a safetensors header that is not a JSON object")
+  entries, data = [], size - 8 - n
+  for name, v in header.items():
+    if name == "__metadata__": continue
+    if not (isinstance(v, dict) and _shape(v.get("shape")) and _shape(v.get("data_offsets"), 2)):
+      raise CheckpointError(f"{path} has a malformed safetensors entry for '{name:.80}'")
+    if (dt := _SAFE_DTYPES.get(v.get("dtype"))) is None:
+      raise CheckpointError(f"{path} stores '{name:.80}' as {v.get('dtype')!r:.20}, not one of the float types {', '.join(_SAFE_DTYPES)}")
+    (begin, end), numel = v["data_offsets"], math.prod(v["shape"])
+    if end > data: raise CheckpointError(f"{path} is truncated: '{name:.80}' ends at data offset {end:,}, the file holds {data:,} bytes of data")
+    if end - begin != numel * dt.itemsize:
+      raise CheckpointError(f"{path}: the offsets of '{name:.80}' span {end - begin:,} bytes, its shape {tuple(v['shape'])} needs {numel * dt.itemsize:,}")
+    entries.append((begin, end, name, dt, v["shape"]))
+  pos = 0
+  for begin, end, name, *_ in sorted(entries):
+    if begin != pos: raise CheckpointError(f"{path}: '{name:.80}' starts at data offset {begin:,}, not at {pos:,} where the previous tensor ends (overlapping or corrupt offsets)")
+    pos = end
+  if pos != data: raise CheckpointError(f"{path} has {data - pos:,} bytes after its last tensor (corrupt header or a file of something else)")
+  disk = Tensor(path)
+  return {name: disk[8 + n + begin:8 + n + end].bitcast(dt).reshape(shape) for begin, end, name, dt, shape in entries}
+
+def _safetensors(path: pathlib.Path) -> dict[str, Tensor]: return {k: _bits(t) for k, t in read_safetensors(path).items()}
 
 def _beside(*candidates: pathlib.Path) -> Callable[[], Tokenizer] | None:
   """The first tokenizer file that exists among the candidates, loaded when called."""
@@ -74,8 +168,12 @@ def _beside(*candidates: pathlib.Path) -> Callable[[], Tokenizer] | None:
 # ----- our own format: config.json (ModelArgs) + model.safetensors (Meta names) + tokenizer.model or tokenizer.gguf -----
 
 def _read_ours(path: pathlib.Path, device) -> Reader:
-  args = ModelArgs.from_dict(json.loads((path / "config.json").read_text()))
-  return args, _safetensors(path / "model.safetensors").items(), _beside(path / "tokenizer.model", path / "tokenizer.gguf"), [path / "model.safetensors"]
+  cfg, weights = _json(path / "config.json"), path / "model.safetensors"
+  if unknown := sorted(set(cfg) - {f.name for f in dataclasses.fields(ModelArgs)}): raise CheckpointError(f"{path / 'config.json'} has unknown settings {unknown}")
+  # each setting checked against its ModelArgs annotation ('int | None' is an optional positive int)
+  kw = {f.name: _get(cfg, f.name, f.type.split(" ")[0], path / "config.json", f.default) for f in dataclasses.fields(ModelArgs)}
+  tensors = _safetensors(weights)
+  return _model_args(path, _file_bytes([weights]), **kw), tensors.items(), _beside(path / "tokenizer.model", path / "tokenizer.gguf"), [weights]
 
 def save(model: Transformer, path, tokenizer: Tokenizer | None = None) -> None:
   """Write `model` (and its tokenizer, under tokenizer.file_name) as our own format directory, atomically: built beside
@@ -94,30 +192,32 @@ def save(model: Transformer, path, tokenizer: Tokenizer | None = None) -> None:
 # llama2.c export.py, summarised in shared/fixtures/README.md)
 _LLAMA2C_MAGIC = 0x616B3432
 
+def _llama2c_plausible(dim: int, hidden: int, layers: int, heads: int, kv_heads: int, vocab: int, seq: int) -> bool:
+  return 0 < heads <= dim < 1 << 17 and 0 < kv_heads <= heads and 0 < hidden < 1 << 20 and 0 < layers < 1 << 12 \
+         and 0 < vocab < 1 << 24 and 0 < seq < 1 << 24 and dim % heads == 0 and dim // heads % 2 == 0
+
 def _llama2c_header(path: pathlib.Path) -> tuple[int, tuple[int, ...], bool, int] | None:
   """(version, (dim, hidden, layers, heads, kv_heads, vocab, seq_len), shared classifier, weights offset), or None
-  when the start of the file is not a plausible llama2.c header."""
+  when the start of the file is not a plausible llama2.c header (the legacy layout has no magic to go by)."""
   with open(path, "rb") as f: head = f.read(256)
   if len(head) >= 8 and struct.unpack("<I", head[:4])[0] == _LLAMA2C_MAGIC:
     version = struct.unpack("<i", head[4:8])[0]
     if version != 1: raise CheckpointError(f"{path} is a llama2.c version-{version} export; only the float32 legacy and version-1 layouts are supported")
     if len(head) < 256: raise CheckpointError(f"{path} is truncated inside its llama2.c header")
-    return 1, struct.unpack("<7i", head[8:36]), head[36] == 1, 256
+    cfg, shared = struct.unpack("<7i", head[8:36]), head[36]
+    if not _llama2c_plausible(*cfg) or shared > 1 or any(head[37:]):   # export.py pads the header with zeros
+      raise CheckpointError(f"{path} has a corrupt llama2.c version-1 header (dim, hidden, layers, heads, kv_heads, vocab, seq_len = {cfg}, shared classifier byte {shared})")
+    return 1, cfg, shared == 1, 256
   if len(head) < 28: return None
-  dim, hidden, layers, heads, kv_heads, vocab, seq = cfg = struct.unpack("<7i", head[:28])
-  plausible = 0 < heads <= dim < 1 << 17 and 0 < kv_heads <= heads and 0 < hidden < 1 << 20 and 0 < layers < 1 << 12 \
-              and 0 < abs(vocab) < 1 << 24 and 0 < seq < 1 << 24 and dim % heads == 0
+  dim, hidden, layers, heads, kv_heads, vocab, seq = struct.unpack("<7i", head[:28])
+  cfg = (dim, hidden, layers, heads, kv_heads, abs(vocab), seq)
   # a negative vocab_size says an untied classifier follows the weights
-  return (0, (dim, hidden, layers, heads, kv_heads, abs(vocab), seq), vocab > 0, 28) if plausible else None
+  return (0, cfg, vocab > 0, 28) if _llama2c_plausible(*cfg) else None
 
 def _read_llama2c(path: pathlib.Path, device) -> Reader:
   version, (dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq), shared, offset = _llama2c_header(path)
-  args = ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab, hidden_dim=hidden,
-                   norm_eps=1e-5, max_seq_len=seq, tie_embeddings=shared)    # llama2.c's model.py: eps 1e-5, theta 1e4
-  kv = n_kv_heads * args.head_dim
-  kinds = {"tok_embeddings": (vocab, dim), "attention_norm": (dim,), "wq": (dim, dim), "wk": (kv, dim), "wv": (kv, dim),
-           "wo": (dim, dim), "ffn_norm": (dim,), "w1": (hidden, dim), "w2": (dim, hidden), "w3": (hidden, dim), "norm": (dim,),
-           "freq_cis": (2, seq, args.head_dim // 2), "output": (vocab, dim)}
+  args = _model_args(path, size := path.stat().st_size, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab,
+                     hidden_dim=hidden, norm_eps=1e-5, max_seq_len=seq, tie_embeddings=shared)    # llama2.c's model.py: eps 1e-5, theta 1e4
   names = {"tok_embeddings": "tok_embeddings.weight", "norm": "norm.weight", "output": "output.weight",
            "attention_norm": "layers.{}.attention_norm.weight", "ffn_norm": "layers.{}.ffn_norm.weight",
            **{w: f"layers.{{}}.attention.{w}.weight" for w in ("wq", "wk", "wv", "wo")},
@@ -125,20 +225,17 @@ def _read_llama2c(path: pathlib.Path, device) -> Reader:
   order = ["tok_embeddings", "attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3", "norm", "freq_cis"] if version == 0 else \
           ["attention_norm", "ffn_norm", "norm", "tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3"]
   if not shared: order.append("output")
-  layout = []                                     # (kind, byte offset of layer 0, bytes per layer)
-  for kind in order:
-    per = 4 * math.prod(kinds[kind])
-    layout.append((kind, offset, per))
+  shapes, layout = _weight_shapes(args), []       # (Meta name pattern, shape, byte offset of layer 0, bytes per layer)
+  for kind in order:                              # freq_cis: the legacy RoPE table, skipped (ours is computed)
+    shape = (2, seq, args.head_dim // 2) if kind == "freq_cis" else shapes[names[kind].format(0)]
+    layout.append((names.get(kind), shape, offset, per := 4 * math.prod(shape)))
     offset += per * (n_layers if "{}" in names.get(kind, "") else 1)
+  if offset != size:
+    raise CheckpointError(f"{path} has {size:,} bytes but its llama2.c header describes {offset:,} ({'truncated' if size < offset else 'corrupt header'}, or not a llama2.c checkpoint)")
   disk = Tensor(path)
-  if offset != disk.shape[0]:
-    raise CheckpointError(f"{path} has {disk.shape[0]} bytes but its llama2.c header describes {offset} (truncated or not a llama2.c checkpoint)")
-  def weights() -> Iterator[tuple[str, Tensor]]:
-    for kind, start, per in layout:
-      if kind == "freq_cis": continue             # the legacy RoPE table; we compute our own
-      for i in range(n_layers if "{}" in names[kind] else 1):
-        yield names[kind].format(i), disk[start + i * per:start + (i + 1) * per].bitcast(dtypes.float32).reshape(kinds[kind])
-  return args, weights(), _beside(path.parent / "tokenizer.model", path.parent / "tokenizer.bin"), [path]
+  weights = [(name.format(i), disk[start + i * per:start + (i + 1) * per].bitcast(dtypes.float32).reshape(shape))
+             for name, shape, start, per in layout if name is not None for i in range(n_layers if "{}" in name else 1)]
+  return args, weights, _beside(path.parent / "tokenizer.model", path.parent / "tokenizer.bin"), [path]
 
 # ----- Meta's release: params.json + consolidated.NN.pth, one per model-parallel rank -----
 # fairscale split each matrix across ranks as our tensor parallel does (parallel.TP_SPLIT_AXIS: column-parallel
@@ -147,26 +244,95 @@ def _read_llama2c(path: pathlib.Path, device) -> Reader:
 META_SPLIT_AXIS = {k: v for k, v in TP_SPLIT_AXIS.items() if k != "cache_kv"} | {"tok_embeddings": 1}
 
 def _read_meta(path: pathlib.Path, device) -> Reader:
-  params = json.loads((path / "params.json").read_text())
+  params, src = _json(path / "params.json"), path / "params.json"
   if not (shards := sorted(path.glob("consolidated.*.pth"))): raise CheckpointError(f"{path} has params.json but no consolidated.NN.pth files")
-  if params.get("use_scaled_rope"): raise CheckpointError(f"{path} uses Llama 3.1's scaled RoPE, which this model does not implement")
+  if (missing := next((r for r in range(len(shards)) if path / f"consolidated.{r:02d}.pth" not in shards), None)) is not None:
+    raise CheckpointError(f"{path} has {len(shards)} consolidated.*.pth files but not consolidated.{missing:02d}.pth (an incomplete download?)")
+  if _get(params, "use_scaled_rope", "bool", src, False): raise CheckpointError(f"{path} uses Llama 3.1's scaled RoPE, which this model does not implement")
   states = []
-  for s in shards:     # torch_load gives lazy views into each zip: no data is read until a tensor is realised
-    if not zipfile.is_zipfile(s): raise CheckpointError(f"{s} is not a PyTorch zip checkpoint (truncated, or saved by torch older than 1.6)")
-    states.append({k: _bits(v) for k, v in torch_load(s).items() if k != "rope.freqs"})    # Meta's saved RoPE table: ours is computed
+  for s in shards:     # lazy views into each zip: no weight is read until a tensor is realised
+    states.append({k: _bits(v) for k, v in read_torch_zip(s).items() if k != "rope.freqs"})    # Meta's saved RoPE table: ours is computed
     if set(states[-1]) != set(states[0]): raise CheckpointError(f"{s} holds different tensors from {shards[0]}")
+    if bad := next((k for k, v in states[-1].items() if v.shape != states[0][k].shape), None):
+      raise CheckpointError(f"{s} gives '{bad}' the shape {states[-1][bad].shape}, {shards[0].name} gives it {states[0][bad].shape}")
   first = states[0]
-  args = ModelArgs(dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"], n_kv_heads=params.get("n_kv_heads"),
-                   vocab_size=first["tok_embeddings.weight"].shape[0],      # params.json says -1 in the LLaMA 1 release
-                   hidden_dim=first["layers.0.feed_forward.w1.weight"].shape[0] * len(states),
-                   norm_eps=params.get("norm_eps", 1e-6), rope_theta=params.get("rope_theta", 10000.0),
-                   max_seq_len=params.get("max_seq_len", 2048), tie_embeddings="output.weight" not in first)
-  def weights() -> Iterator[tuple[str, Tensor]]:
-    for name in first:
-      kind = name.split(".")[-2]
-      if len(states) == 1 or kind not in META_SPLIT_AXIS: yield name, first[name]
-      else: yield name, Tensor.cat(*(s[name].to(device) for s in states), dim=META_SPLIT_AXIS[kind])
-  return args, weights(), _beside(path / "tokenizer.model", path.parent / "tokenizer.model"), shards   # Meta ships it one level up
+  for k in ("tok_embeddings.weight", "layers.0.feed_forward.w1.weight"):
+    if first.get(k) is None or first[k].ndim != 2: raise CheckpointError(f"{shards[0]} has no 2-D tensor '{k}'")
+  args = _model_args(path, _file_bytes(shards), dim=_get(params, "dim", "int", src), n_layers=_get(params, "n_layers", "int", src),
+                     n_heads=_get(params, "n_heads", "int", src), n_kv_heads=_get(params, "n_kv_heads", "int", src, None),
+                     vocab_size=first["tok_embeddings.weight"].shape[0],      # params.json says -1 in the LLaMA 1 release
+                     hidden_dim=first["layers.0.feed_forward.w1.weight"].shape[0] * len(states),
+                     norm_eps=_get(params, "norm_eps", "float", src, 1e-6), rope_theta=_get(params, "rope_theta", "float", src, 10000.0),
+                     max_seq_len=_get(params, "max_seq_len", "int", src, 2048), tie_embeddings="output.weight" not in first)
+  def merged(name: str) -> Tensor:
+    axis = META_SPLIT_AXIS.get(name.split(".")[-2] if "." in name else name)
+    # a tensor too flat to split on its axis is left as it is, for _build to refuse by its shape
+    if len(states) == 1 or axis is None or first[name].ndim <= axis: return first[name]
+    return Tensor.cat(*(s[name].to(device) for s in states), dim=axis)
+  return args, [(name, merged(name)) for name in first], _beside(path / "tokenizer.model", path.parent / "tokenizer.model"), shards   # Meta ships it one level up
+
+# ----- PyTorch zip checkpoints (torch.save since 1.6): <base>/data.pkl pickles the state dict, <base>/data/<key> are the
+# raw little-endian storages, every entry stored uncompressed -----
+_TORCH_STORAGES = {"FloatStorage": dtypes.float32, "HalfStorage": dtypes.float16, "BFloat16Storage": dtypes.bfloat16}
+
+class _TensorCall:
+  """The arguments of one torch._utils._rebuild_tensor(_v2) call in a data.pkl, checked after unpickling."""
+  def __init__(self, args: tuple): self.args = args
+
+class _StateDictUnpickler(pickle._Unpickler):
+  """Unpickles a state dict knowing only the globals torch.save writes for tensors: nothing is imported or called and
+  anything else is refused; storages stay their persistent ids. It is the pure-Python unpickler because the C one
+  allocates its memo as an array as long as the largest memo index the stream names (a corrupt index asks for GBs)."""
+  def find_class(self, module: str, name: str):
+    if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")): return lambda *a: _TensorCall(a)
+    if module == "torch" and name in _TORCH_STORAGES: return name
+    if (module, name) == ("collections", "OrderedDict"): return collections.OrderedDict
+    raise pickle.UnpicklingError(f"it names {module}.{name}, which a state dict of float tensors does not use")
+  def persistent_load(self, pid): return pid
+
+# what a damaged pickle stream makes the pure-Python unpickler raise
+_UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError)
+
+def read_torch_zip(path) -> dict[str, Tensor]:
+  """Lazy views of the tensors of a PyTorch zip checkpoint, after checking the zip's structure, data.pkl (its CRC, and
+  that it describes only contiguous float tensors) and that every tensor lies inside its storage and the file.
+  CheckpointError naming the file otherwise."""
+  path, bad = pathlib.Path(path), lambda why: CheckpointError(f"{path} is not a usable PyTorch zip checkpoint: {why}")
+  size = path.stat().st_size
+  try:
+    with zipfile.ZipFile(path) as z:
+      infos = {i.filename: i for i in z.infolist()}
+      if len(pkls := [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]) != 1: raise bad("it has no single <name>/data.pkl")
+      if odd := next((n for n, i in infos.items() if i.compress_type != zipfile.ZIP_STORED or i.flag_bits & 1), None):
+        raise bad(f"its entry {odd!r:.80} is compressed or encrypted, which torch.save never writes")
+      base, pkl = pkls[0][:-len("/data.pkl")], z.read(pkls[0])   # read() checks the CRC
+      if f"{base}/byteorder" in infos and z.read(f"{base}/byteorder") != b"little": raise bad("its storages are big-endian")
+  except (zipfile.BadZipFile, EOFError, ValueError) as e: raise bad(f"{e} (truncated or damaged)") from None
+  try: state = _StateDictUnpickler(io.BytesIO(pkl)).load()
+  except _UNPICKLING_ERRORS as e: raise bad(f"its data.pkl cannot be unpickled ({type(e).__name__}: {e})") from None
+  if not isinstance(state, dict): raise bad("its data.pkl holds no dict of tensors")
+  disk, starts, out = Tensor(path), {}, {}
+  with open(path, "rb") as f:
+    for name, call in state.items():
+      if not (isinstance(name, str) and isinstance(call, _TensorCall) and len(call.args) >= 4): raise bad(f"its data.pkl holds {name!r:.80}, which is not a tensor")
+      pid, offset, shape, stride = call.args[:4]
+      if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in _TORCH_STORAGES and isinstance(pid[2], str)
+              and type(offset) is int and offset >= 0 and isinstance(shape, tuple) and isinstance(stride, tuple) and len(shape) == len(stride)
+              and all(type(d) is int and d >= 0 for d in shape + stride)):
+        raise bad(f"'{name:.80}' has a malformed tensor record")
+      if any(st != math.prod(shape[d + 1:]) for d, st in enumerate(stride) if shape[d] > 1): raise bad(f"'{name:.80}' is not stored contiguously")
+      dt, key = _TORCH_STORAGES[pid[1]], f"{base}/data/{pid[2]}"
+      if (entry := infos.get(key)) is None: raise bad(f"'{name:.80}' refers to the storage {key!r:.80}, which the zip lacks")
+      if (offset + math.prod(shape)) * dt.itemsize > entry.file_size: raise bad(f"'{name:.80}' reaches past the end of its storage {key!r:.80}")
+      if key not in starts:   # the data begins after the entry's local header: 30 bytes, the name, an extra field
+        f.seek(entry.header_offset)
+        local = f.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04": raise bad(f"the local header of {key!r:.80} is damaged")
+        starts[key] = entry.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+        if starts[key] + entry.file_size > size: raise bad(f"its storage {key!r:.80} reaches past the end of the file (truncated)")
+      begin = starts[key] + offset * dt.itemsize
+      out[name] = disk[begin:begin + math.prod(shape) * dt.itemsize].bitcast(dt).reshape(shape)
+  return out
 
 # ----- Hugging Face transformers: config.json + model.safetensors or shards listed in model.safetensors.index.json -----
 _HF_LAYER_NAMES = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
@@ -179,31 +345,49 @@ def _unpermute_rotate_half(w: Tensor, heads: int) -> Tensor:
   row (h, 2i+j) of Meta goes to row (h, j·head_dim/2 + i) of HF. This puts them back."""
   return w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
 
+def _hf_files(path: pathlib.Path) -> dict[pathlib.Path, dict[str, Tensor]]:
+  """Every safetensors file of a Hugging Face directory with its tensors, the shards checked against the index."""
+  if not (index := path / "model.safetensors.index.json").is_file():
+    if not (path / "model.safetensors").is_file():
+      raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json (PyTorch .bin files are not read)")
+    return {path / "model.safetensors": _safetensors(path / "model.safetensors")}
+  weight_map = _json(index).get("weight_map")
+  if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
+    raise CheckpointError(f"{index} has no weight_map of tensor names to file names")
+  files = {}
+  for name in dict.fromkeys(weight_map.values()):
+    if pathlib.Path(name).name != name or name in ("", ".", ".."): raise CheckpointError(f"{index} names {name!r:.80}, which is not a file beside it")
+    if not (f := path / name).is_file(): raise CheckpointError(f"{index} lists the shard {name}, which is missing (an incomplete download?)")
+    files[f] = _safetensors(f)
+    if set(files[f]) != (listed := {k for k, v in weight_map.items() if v == name}):
+      odd = sorted(set(files[f]) ^ listed)[0]
+      raise CheckpointError(f"{f} does not hold the tensors {index.name} lists for it (e.g. '{odd:.80}')")
+  return files
+
 def _read_hf(path: pathlib.Path, device) -> Reader:
-  cfg = json.loads((path / "config.json").read_text())
-  if cfg.get("model_type") != "llama": raise CheckpointError(f"{path} holds a '{cfg.get('model_type')}' model, not a llama one")
-  if cfg.get("rope_scaling"): raise CheckpointError(f"{path} uses RoPE scaling {cfg['rope_scaling']}, which this model does not implement")
+  cfg, src = _json(path / "config.json"), path / "config.json"
+  if (kind := cfg.get("model_type")) != "llama": raise CheckpointError(f"{path} holds a {kind!r:.40} model, not a llama one")
+  if cfg.get("rope_scaling"): raise CheckpointError(f"{path} uses RoPE scaling {cfg['rope_scaling']!r:.80}, which this model does not implement")
   if cfg.get("attention_bias") or cfg.get("mlp_bias"): raise CheckpointError(f"{path} has biases in its linear layers; LLaMA has none")
-  args = ModelArgs(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
-                   n_kv_heads=cfg.get("num_key_value_heads"), vocab_size=cfg["vocab_size"], hidden_dim=cfg["intermediate_size"],
-                   norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=cfg.get("rope_theta", 10000.0),
-                   max_seq_len=cfg.get("max_position_embeddings", 2048), tie_embeddings=cfg.get("tie_word_embeddings", False))
-  if cfg.get("head_dim", args.head_dim) != args.head_dim: raise CheckpointError(f"{path} has head_dim {cfg['head_dim']} != hidden_size / heads")
-  if (index := path / "model.safetensors.index.json").is_file():
-    files = [path / f for f in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
-  elif (path / "model.safetensors").is_file(): files = [path / "model.safetensors"]
-  else: raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json (PyTorch .bin files are not read)")
+  files = _hf_files(path)
+  args = _model_args(path, _file_bytes(list(files)), dim=_get(cfg, "hidden_size", "int", src), n_layers=_get(cfg, "num_hidden_layers", "int", src),
+                     n_heads=_get(cfg, "num_attention_heads", "int", src), n_kv_heads=_get(cfg, "num_key_value_heads", "int", src, None),
+                     vocab_size=_get(cfg, "vocab_size", "int", src), hidden_dim=_get(cfg, "intermediate_size", "int", src),
+                     norm_eps=_get(cfg, "rms_norm_eps", "float", src, 1e-6), rope_theta=_get(cfg, "rope_theta", "float", src, 10000.0),
+                     max_seq_len=_get(cfg, "max_position_embeddings", "int", src, 2048), tie_embeddings=_get(cfg, "tie_word_embeddings", "bool", src, False))
+  if _get(cfg, "head_dim", "int", src, args.head_dim) != args.head_dim: raise CheckpointError(f"{path} has head_dim {cfg['head_dim']} != hidden_size / heads")
   def weights() -> Iterator[tuple[str, Tensor]]:
-    for f in files:
-      for hf_name, t in _safetensors(f).items():
+    for tensors in files.values():
+      for hf_name, t in tensors.items():
         if hf_name.endswith("rotary_emb.inv_freq") or (hf_name == "lm_head.weight" and args.tie_embeddings): continue
         if m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", hf_name):
           name = f"layers.{m[1]}.{_HF_LAYER_NAMES.get(m[2], m[2])}.weight"
         else: name = _HF_NAMES.get(hf_name, hf_name)
-        if name.endswith(("wq.weight", "wk.weight")):
-          t = _unpermute_rotate_half(t.to(device), args.n_heads if name.endswith("wq.weight") else args.n_kv_heads)
+        heads = args.n_heads if name.endswith("wq.weight") else args.n_kv_heads
+        # a q/k matrix of the wrong shape is left as it is, for _build to refuse
+        if name.endswith(("wq.weight", "wk.weight")) and t.ndim == 2 and t.shape[0] % (2 * heads) == 0: t = _unpermute_rotate_half(t.to(device), heads)
         yield name, t
-  return args, weights(), _beside(path / "tokenizer.model"), files
+  return args, weights(), _beside(path / "tokenizer.model"), list(files)
 
 # ----- GGUF (llama.cpp): metadata key/values, tensor infos, aligned tensor data -----
 _GGUF_NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output", "attn_norm": "attention_norm",
@@ -215,21 +399,23 @@ def _read_gguf(path: pathlib.Path, device) -> Reader:
   # and dequantised by tinygrad one at a time, where gguf_load would first copy the whole file into memory
   try: header = gguf.read_header(path)
   except gguf.GGUFError as e: raise CheckpointError(f"{path} {e}") from None
-  kv, disk = header.metadata, Tensor(path)
-  if (arch := kv.get("general.architecture")) != "llama": raise CheckpointError(f"{path} holds a '{arch}' model, not a llama one")
-  if kv.get("split.count", 1) > 1: raise CheckpointError(f"{path} is one part of a split GGUF; merge the parts with llama.cpp's gguf-split first")
-  if kv.get("llama.rope.scaling.type", "none") != "none" or any(t.name == "rope_freqs.weight" for t in header.tensors):
+  kv = header.metadata
+  if (arch := kv.get("general.architecture")) != "llama": raise CheckpointError(f"{path} holds a {arch!r:.40} model, not a llama one")
+  if _get(kv, "split.count", "int", path, 1) > 1: raise CheckpointError(f"{path} is one part of a split GGUF; merge the parts with llama.cpp's gguf-split first")
+  if _get(kv, "llama.rope.scaling.type", "str", path, "none") != "none" or any(t.name == "rope_freqs.weight" for t in header.tensors):
     raise CheckpointError(f"{path} uses RoPE scaling, which this model does not implement")
   dims = {t.name: t.shape for t in header.tensors}
   if len(dims.get("token_embd.weight", ())) != 2: raise CheckpointError(f"{path} has no 2-D token_embd.weight tensor")
-  n_heads = kv["llama.attention.head_count"]
+  n_heads = _get(kv, "llama.attention.head_count", "int", path)
   f32 = lambda x: float(str(np.float32(x)))   # GGUF stores float32: 1e-5 reads back as 9.9999997e-06; recover the decimal
-  args = ModelArgs(dim=kv["llama.embedding_length"], n_layers=kv["llama.block_count"], n_heads=n_heads,
-                   n_kv_heads=kv.get("llama.attention.head_count_kv", n_heads), vocab_size=dims["token_embd.weight"][1],
-                   hidden_dim=kv["llama.feed_forward_length"], norm_eps=f32(kv.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-                   rope_theta=f32(kv.get("llama.rope.freq_base", 10000.0)), max_seq_len=kv.get("llama.context_length", 2048),
-                   tie_embeddings="output.weight" not in dims)
-  if kv.get("llama.rope.dimension_count", args.head_dim) != args.head_dim: raise CheckpointError(f"{path} applies RoPE to only part of each head")
+  args = _model_args(path, header.file_size, dim=_get(kv, "llama.embedding_length", "int", path), n_layers=_get(kv, "llama.block_count", "int", path),
+                     n_heads=n_heads, n_kv_heads=_get(kv, "llama.attention.head_count_kv", "int", path, n_heads), vocab_size=dims["token_embd.weight"][1],
+                     hidden_dim=_get(kv, "llama.feed_forward_length", "int", path),
+                     norm_eps=f32(_get(kv, "llama.attention.layer_norm_rms_epsilon", "float", path, 1e-5)),
+                     rope_theta=f32(_get(kv, "llama.rope.freq_base", "float", path, 10000.0)),
+                     max_seq_len=_get(kv, "llama.context_length", "int", path, 2048), tie_embeddings="output.weight" not in dims)
+  if _get(kv, "llama.rope.dimension_count", "int", path, args.head_dim) != args.head_dim: raise CheckpointError(f"{path} applies RoPE to only part of each head")
+  disk = Tensor(path)
   def weights() -> Iterator[tuple[str, Tensor]]:
     for t in header.tensors:
       # llama.cpp's llama converter already reordered q/k rows for adjacent-pair ("NORM") RoPE: Meta's order, nothing to undo
@@ -248,8 +434,7 @@ _READERS: dict[str, Callable[[pathlib.Path, object], Reader]] = {"our own": _rea
 def _sniff(path: pathlib.Path) -> str:
   if not path.exists(): raise CheckpointError(f"{path} does not exist")
   if path.is_dir():
-    if (path / "config.json").is_file():
-      return "our own" if "n_layers" in json.loads((path / "config.json").read_text()) else "Hugging Face"
+    if (path / "config.json").is_file(): return "our own" if "n_layers" in _json(path / "config.json") else "Hugging Face"
     if (path / "params.json").is_file(): return "Meta"
     raise CheckpointError(f"{path} is a directory without config.json or params.json, so it is no checkpoint load() knows")
   with open(path, "rb") as f: magic = f.read(4)
@@ -265,6 +450,7 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, To
   tuple of devices loads the model tensor-parallel (§2.4), each tensor split as it is read, so no device ever holds
   the whole model."""
   path = pathlib.Path(path)
+  if not path.exists(): recover_dir(path)   # a save killed between the two renames of publish_dir: the previous checkpoint
   devices = tuple(device) if isinstance(device, (tuple, list)) else (device or Device.DEFAULT,)
   if isinstance(dtype, str): dtype = getattr(dtypes, dtype)
   fmt = None
@@ -273,10 +459,11 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, To
     args, weights, make_tokenizer, files = _READERS[fmt](path, devices[0])
     model = _build(args, weights, files, dtype, devices, path)
   except (CheckpointError, ParallelError): raise
-  except Exception as e:   # whatever a damaged file trips deep inside a parser becomes one sentence naming the file
+  except OSError as e: raise CheckpointError(f"{path} could not be read ({e.strerror or e}: {e.filename or path})") from None
+  except Exception as e:   # a last resort (the readers check what they read): a damage none of them foresaw still gives one sentence
     raise CheckpointError(f"{path} could not be read as a checkpoint{f' in {fmt} format' if fmt else ''} ({type(e).__name__}: {e})") from e
   if tokenizer is not None: make_tokenizer = _beside(pathlib.Path(tokenizer))
   if tokenizer is not None and make_tokenizer is None: raise CheckpointError(f"tokenizer file {tokenizer} does not exist")
   try: return model, make_tokenizer() if make_tokenizer else None
-  except (ValueError, OSError) as e: raise CheckpointError(f"the tokenizer for {path} could not be loaded: {e}") from e
+  except TokenizerError as e: raise CheckpointError(f"the tokenizer for {path} could not be loaded: {e}") from None
 

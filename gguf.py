@@ -44,7 +44,7 @@ class _Cursor:
 
   def string(self, what: str) -> str:
     n = self.scalar("<Q", what)
-    if n > self.size - self.pos: raise GGUFError(f"claims a {n:,}-byte string for {what}, more than the file holds")
+    if n > self.size - self.pos: raise GGUFError(f"claims a {n:,}-byte string for {what}, more than the {self.size - self.pos:,} bytes left (truncated or corrupt)")
     try: return self.take(n, what).decode()
     except UnicodeDecodeError: raise GGUFError(f"has a {what} that is not UTF-8") from None
 
@@ -53,7 +53,7 @@ class _Cursor:
     if typ == STRING: return self.string(what)
     if typ == ARRAY and depth == 0:
       elem, n = self.scalar("<I", what), self.scalar("<Q", what)
-      if n > self.size - self.pos: raise GGUFError(f"claims {n:,} array elements for {what}, more than the file holds")
+      if n > self.size - self.pos: raise GGUFError(f"claims {n:,} array elements for {what}, more than the {self.size - self.pos:,} bytes left (truncated or corrupt)")
       if elem in _SCALARS:   # one unpack for a whole numeric array (token types, scores)
         fmt = _SCALARS[elem][1]
         return list(struct.unpack(f"<{n}{fmt}", self.take(n * struct.calcsize(fmt), what)))
@@ -62,7 +62,7 @@ class _Cursor:
 
 def read_header(path) -> Header:
   """The metadata and tensor infos of a GGUF file, every count, length, shape and offset checked against the file's
-  size before anything is allocated for it; GGUFError otherwise."""
+  size before anything is allocated for it, tensors not overlapping; GGUFError otherwise."""
   path = pathlib.Path(path)
   with open(path, "rb") as f:
     size = f.seek(0, 2)
@@ -97,9 +97,15 @@ def read_header(path) -> Header:
       n *= d
     if n % block: raise GGUFError(f"gives tensor {name} {n} elements, not a whole number of {GGML_TYPES[typ][0]} blocks")
     nbytes = n // block * block_bytes
-    if offset % align or data_start + offset + nbytes > size:
+    if offset % align: raise GGUFError(f"places tensor {name} at offset {offset:,}, not a multiple of the alignment {align}")
+    if data_start + offset + nbytes > size:
       raise GGUFError(f"places tensor {name} ({nbytes:,} bytes at offset {offset:,}) outside the file's {size:,} bytes (truncated?)")
     tensors.append(TensorInfo(name, shape, typ, data_start + offset, nbytes))
+  if len({t.name for t in tensors}) != len(tensors): raise GGUFError("names a tensor twice")
+  end = data_start
+  for t in sorted(tensors, key=lambda t: t.start):   # writers lay tensors out one after another: overlap means corrupt offsets
+    if t.start < end: raise GGUFError(f"places tensor {t.name} at offset {t.start - data_start:,}, inside the tensor before it (corrupt offsets)")
+    end = t.start + t.nbytes
   return Header(version, kv, tensors, size)
 
 # ***** writing (tests, and tokenizer-only files that carry a GGUF vocabulary into our checkpoint format) *****

@@ -199,21 +199,22 @@ def _pb(field: int, value) -> bytes:
   assert value >= 0, "negative varints are not needed here"
   return varint(field << 3) + varint(int(value))
 
-def _read_llama2c_tokenizer(data: bytes) -> ScoredVocabTokenizer | None:
+def _read_llama2c_tokenizer(data: bytes) -> ScoredVocabTokenizer:
   """llama2.c `tokenizer.bin`: uint32 max_token_length, then per id a float32 score, a uint32 length and the UTF-8
   piece with '▁' already turned into ' '. The file stores no types: llama2.c fixes unk=0, bos=1, eos=2 and byte
-  tokens are the pieces spelled <0xNN>. None when `data` is not such a file."""
-  if len(data) < 4: return None
+  tokens are the pieces spelled <0xNN>. TokenizerError (a phrase to follow the file name) where `data` stops being one."""
+  if len(data) < 4: raise TokenizerError(f"is too short for a llama2.c tokenizer.bin ({len(data)} bytes)")
   (max_len,), pos, texts, scores = struct.unpack_from("<I", data), 4, [], []
   while pos < len(data):
-    if pos + 8 > len(data): return None
+    if pos + 8 > len(data): raise TokenizerError(f"is truncated inside the record of token {len(texts)}")
     score, n = struct.unpack_from("<fI", data, pos)
-    if n > max_len or pos + 8 + n > len(data): return None
+    if n > max_len: raise TokenizerError(f"gives token {len(texts)} {n:,} bytes, more than its max_token_length {max_len}")
+    if pos + 8 + n > len(data): raise TokenizerError(f"is truncated inside token {len(texts)}")
     try: texts.append(data[pos + 8:pos + 8 + n].decode())
-    except UnicodeDecodeError: return None
+    except UnicodeDecodeError: raise TokenizerError(f"has a token {len(texts)} that is not UTF-8") from None
     scores.append(score)
     pos += 8 + n
-  if len(texts) < 3: return None
+  if len(texts) < 3: raise TokenizerError(f"holds {len(texts)} tokens, fewer than llama2.c's <unk>, <s>, </s>")
   types = [UNKNOWN if i == 0 else CONTROL if i in (1, 2) else BYTE if _BYTE_PIECE.fullmatch(t) else NORMAL for i, t in enumerate(texts)]
   texts[:3] = ["<unk>", "<s>", "</s>"]            # stored as "<unk>", "\n<s>\n", "\n</s>\n"
   return ScoredVocabTokenizer(texts, scores, types, bos_id=1, eos_id=2)
@@ -223,15 +224,30 @@ def load_tokenizer(path) -> Tokenizer:
   tokenizer.gguf of our checkpoints); TokenizerError, one sentence naming the file, for anything else."""
   path = pathlib.Path(path)
   if not path.is_file(): raise TokenizerError(f"tokenizer file not found: {path}")
-  with open(path, "rb") as f: magic = f.read(4)
   try:
-    if magic == b"GGUF": return tokenizer_from_gguf(gguf.read_header(path).metadata)   # the header only, not the weights
-    data = path.read_bytes()
-    if (tok := _read_llama2c_tokenizer(data)) is not None: return tok
-  except (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, struct.error) as e:   # GGUFError, or metadata of the wrong shape
-    raise TokenizerError(f"{path} is not a usable tokenizer: {e}") from None
-  try: return SentencePieceTokenizer(data)
-  except Exception: raise TokenizerError(f"{path} is neither a sentencepiece .model, a llama2.c tokenizer.bin nor a GGUF file") from None
+    with open(path, "rb") as f: magic = f.read(4)
+    data = path.read_bytes() if magic != b"GGUF" else b""   # a GGUF model is read by its header only
+  except OSError as e: raise TokenizerError(f"tokenizer file {path} cannot be read: {e.strerror}") from None
+  if magic == b"GGUF":
+    try: kv = gguf.read_header(path).metadata
+    except gguf.GGUFError as e: raise TokenizerError(f"{path} {e}") from None
+    try: return tokenizer_from_gguf(kv)
+    except TokenizerError as e: raise TokenizerError(f"{path} is not a usable tokenizer: {e}") from None
+  if not data: raise TokenizerError(f"{path} is empty")
+  try: return _read_llama2c_tokenizer(data)
+  except TokenizerError as e: llama2c = e
+  try: tok = SentencePieceTokenizer(data)
+  except RuntimeError as e: sp = str(e).strip()   # the library's parse error
+  except UnicodeDecodeError: sp = "a damaged piece"   # a parse error whose message quotes bytes that are not UTF-8
+  else:
+    if tok.vocab_size: return tok
+    sp = "it holds no vocabulary"                  # an empty ModelProto parses
+  # say why it failed as what it looks like: a ModelProto starts with field 1 (its pieces), tag 0x0A; a tokenizer.bin
+  # with a small max_token_length that its first token keeps to
+  if data[:1] == b"\n": raise TokenizerError(f"{path} is not a valid sentencepiece .model ({sp})")
+  if len(data) >= 12 and (max_len := struct.unpack_from("<I", data)[0]) < 1 << 10 and struct.unpack_from("<I", data, 8)[0] <= max_len:
+    raise TokenizerError(f"{path} {llama2c} (read as a llama2.c tokenizer.bin)")
+  raise TokenizerError(f"{path} is neither a sentencepiece .model, a llama2.c tokenizer.bin nor a GGUF file")
 
 @functools.cache
 def _unicode_classes() -> tuple[str, str, str]:
@@ -314,29 +330,36 @@ class ByteBPETokenizer(Tokenizer):
     words = self._split_words((" " if self.strip_prefix and at_start and text else "") + text)
     return [tid for w in words for tid in self._bpe("".join(self.byte_char[b] for b in w.encode()))]
 
+_GGUF_CHECKS = {"id": ("a token id", lambda v, n: type(v) is int and 0 <= v < n), "bool": ("true or false", lambda v, n: type(v) is bool),
+                "str": ("a string", lambda v, n: type(v) is str), "strs": ("an array of strings", lambda v, n: isinstance(v, list) and all(type(x) is str for x in v)),
+                "ints": ("one integer per token", lambda v, n: isinstance(v, list) and len(v) == n and all(type(x) is int for x in v)),
+                "floats": ("one number per token", lambda v, n: isinstance(v, list) and len(v) == n and all(type(x) in (int, float) for x in v))}
+
+def _gguf_get(kv: dict, key: str, kind: str, n: int, default):
+  """kv['tokenizer.' + key] (or default), checked to be a `kind` of _GGUF_CHECKS for a vocabulary of n tokens."""
+  if (v := kv.get(f"tokenizer.{key}", default)) is None and default is None: return None
+  what, ok = _GGUF_CHECKS[kind]
+  if not ok(v, n): raise TokenizerError(f"GGUF tokenizer.{key} is {v!r:.60}, not {what}{' in the vocabulary' if kind == 'id' else ''}")
+  return v
+
 def tokenizer_from_gguf(kv: dict) -> Tokenizer:
   """The tokenizer stored in GGUF metadata (`tokenizer.ggml.*`): 'llama' (sentencepiece pieces with scores) or
   'gpt2' (byte-level BPE with merges). Control tokens decode to nothing in 'llama' vocabularies (sentencepiece's way)
-  and to their text in 'gpt2' ones (Hugging Face's way)."""
+  and to their text in 'gpt2' ones (Hugging Face's way). Every value is checked: TokenizerError otherwise."""
   model, toks = kv.get("tokenizer.ggml.model"), kv.get("tokenizer.ggml.tokens")
   if not isinstance(toks, list) or not toks or not all(isinstance(t, str) for t in toks):
     raise TokenizerError("GGUF metadata has no tokenizer.ggml.tokens vocabulary")
-  types = kv.get("tokenizer.ggml.token_type", [NORMAL] * len(toks))
-  if not isinstance(types, list) or len(types) != len(toks): raise TokenizerError("GGUF tokenizer.ggml.token_type and tokenizer.ggml.tokens differ in length")
-  common = dict(bos_id=kv.get("tokenizer.ggml.bos_token_id", 1), eos_id=kv.get("tokenizer.ggml.eos_token_id", 2),
-                chat_template=kv.get("tokenizer.chat_template"))
-  if model not in ("llama", "gpt2"): raise TokenizerError(f"unsupported GGUF tokenizer model {model!r} (expected 'llama' or 'gpt2')")
-  for k in ("bos_id", "eos_id"):
-    if not isinstance(common[k], int) or not 0 <= common[k] < len(toks): raise TokenizerError(f"GGUF {k.replace('_id', '')} token id {common[k]!r} is outside the vocabulary")
+  if model not in ("llama", "gpt2"): raise TokenizerError(f"unsupported GGUF tokenizer model {model!r:.40} (expected 'llama' or 'gpt2')")
+  get = lambda key, kind, default: _gguf_get(kv, key, kind, len(toks), default)
+  types = get("ggml.token_type", "ints", [NORMAL] * len(toks))
+  common = dict(bos_id=get("ggml.bos_token_id", "id", 1), eos_id=get("ggml.eos_token_id", "id", 2),
+                chat_template=get("chat_template", "str", None))
   if model == "llama":
-    scores = kv.get("tokenizer.ggml.scores", [0.0] * len(toks))
-    if not isinstance(scores, list) or len(scores) != len(toks): raise TokenizerError("GGUF tokenizer.ggml.scores and tokenizer.ggml.tokens differ in length")
-    tok = ScoredVocabTokenizer([t.replace("\u2581", " ") for t in toks], scores, types, unk_id=kv.get("tokenizer.ggml.unknown_token_id", 0),
-                                add_prefix=kv.get("tokenizer.ggml.add_space_prefix", True),
-                                add_bos=kv.get("tokenizer.ggml.add_bos_token", True), **common)
+    tok = ScoredVocabTokenizer([t.replace("\u2581", " ") for t in toks], get("ggml.scores", "floats", [0.0] * len(toks)), types,
+                                unk_id=get("ggml.unknown_token_id", "id", 0), add_prefix=get("ggml.add_space_prefix", "bool", True),
+                                add_bos=get("ggml.add_bos_token", "bool", True), **common)
   else:
-    tok = ByteBPETokenizer(toks, types, kv.get("tokenizer.ggml.merges", []), kv.get("tokenizer.ggml.pre", "gpt2"),
-                            add_prefix=kv.get("tokenizer.ggml.add_space_prefix", False),
-                            add_bos=kv.get("tokenizer.ggml.add_bos_token", False), **common)
+    tok = ByteBPETokenizer(toks, types, get("ggml.merges", "strs", []), get("ggml.pre", "str", "gpt2"),
+                            add_prefix=get("ggml.add_space_prefix", "bool", False), add_bos=get("ggml.add_bos_token", "bool", False), **common)
   tok.gguf_kv = {k: v for k, v in kv.items() if k.startswith("tokenizer.")}
   return tok

@@ -91,14 +91,19 @@ def test_save_round_trip(llama2, tmp_path):
   assert again.encode(SENTENCES[4]) == llama2.encode(SENTENCES[4])
 
 def test_bad_files(tmp_path, fixtures):
-  """Missing, unknown and truncated tokenizer files give one clear ValueError."""
-  with pytest.raises(ValueError, match="not found"): tk.load_tokenizer(tmp_path / "missing.model")
+  """Missing, unknown and truncated tokenizer files give one clear TokenizerError naming the file and the reason."""
+  with pytest.raises(tk.TokenizerError, match="not found"): tk.load_tokenizer(tmp_path / "missing.model")
   (tmp_path / "junk.model").write_bytes(b"\x00\x01garbage" * 10)
-  with pytest.raises(ValueError, match="neither"): tk.load_tokenizer(tmp_path / "junk.model")
-  for name in ["stories260K/tok512.bin", "stories260K/tok512.model", "smollm2-135m-instruct-q4_1.gguf"]:
+  with pytest.raises(tk.TokenizerError, match="neither"): tk.load_tokenizer(tmp_path / "junk.model")
+  (tmp_path / "empty.model").write_bytes(b"")
+  with pytest.raises(tk.TokenizerError, match="is empty"): tk.load_tokenizer(tmp_path / "empty.model")
+  reasons = {"stories260K/tok512.bin": "truncated inside the record of token 214 .read as a llama2.c tokenizer.bin",
+             "stories260K/tok512.model": "not a valid sentencepiece .model", "smollm2-135m-instruct-q4_1.gguf": "claims 49,152 array elements .* bytes left .truncated"}
+  for name, reason in reasons.items():
     cut = tmp_path / pathlib.Path(name).name
     cut.write_bytes((fixtures / name).read_bytes()[:3000])
-    with pytest.raises(tk.TokenizerError, match="neither|not a usable tokenizer"): tk.load_tokenizer(cut)
+    with pytest.raises(tk.TokenizerError, match=reason) as e: tk.load_tokenizer(cut)
+    assert str(e.value).startswith(str(cut)) and "\n" not in str(e.value)
 
 # ***** GGUF vocabularies *****
 
@@ -209,11 +214,20 @@ def test_gguf_llama_vocab_round_trip(llama2_gguf, text):
   assert tok.decode(ids) == "".join(dec.add(i) for i in ids) == text
 
 def test_gguf_errors():
-  with pytest.raises(ValueError, match="no tokenizer.ggml.tokens"): tk.tokenizer_from_gguf({})
-  with pytest.raises(ValueError, match="unsupported GGUF tokenizer model"):
+  with pytest.raises(tk.TokenizerError, match="no tokenizer.ggml.tokens"): tk.tokenizer_from_gguf({})
+  with pytest.raises(tk.TokenizerError, match="unsupported GGUF tokenizer model"):
     tk.tokenizer_from_gguf({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]})
-  with pytest.raises(ValueError, match="pre-tokenizer"):
+  with pytest.raises(tk.TokenizerError, match="pre-tokenizer"):
     tk.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such", "tokenizer.ggml.tokens": ["a", "b", "c"]})
+  # values of the wrong type or outside the vocabulary, each named
+  llama = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "a"]}
+  for key, value, reason in [("ggml.bos_token_id", 4, "bos_token_id is 4, not a token id in the vocabulary"),
+                             ("ggml.unknown_token_id", -1, "unknown_token_id is -1"), ("ggml.scores", [0.0], "scores is .*one number per token"),
+                             ("ggml.token_type", ["1"] * 4, "token_type is .*one integer per token"), ("ggml.add_bos_token", 1, "add_bos_token is 1, not true or false"),
+                             ("chat_template", 7, "chat_template is 7, not a string")]:
+    with pytest.raises(tk.TokenizerError, match=reason): tk.tokenizer_from_gguf({**llama, f"tokenizer.{key}": value})
+  with pytest.raises(tk.TokenizerError, match="merges is .*not an array of strings"):
+    tk.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "c"], "tokenizer.ggml.merges": [1, 2]})
 
 @pytest.mark.parametrize("pair", [("llama2", "llama2_bin"), ("tok512", "tok512_bin")])
 def test_scored_vocab_saves_as_sentencepiece_model(pair, request, tmp_path):
