@@ -106,6 +106,7 @@ class Generator:
     self.v_pos = UOp.variable("start_pos", 0, max_context - 1)
     self.pos, self.pending = 0, None   # pending: the last sampled token, on the device, not yet in the cache
     self.steps = 0                     # decode steps so far: the first two compile
+    self.compiled: dict = {}           # the steps (and their counts) of other kinds of sampling, see resample
 
   def _step(self, tokens: Tensor, start_pos: UOp, select: Tensor, knobs: Tensor) -> Tensor:
     # select is one-hot over the chunk: it picks the logits of the last real token out of a padded chunk
@@ -114,7 +115,24 @@ class Generator:
     logits = (logits * select.reshape(1, -1, 1)).sum(1)
     return sample(logits, knobs, self.sampling, None if self.sampling.temperature == 0 else self.rng.uniform(*logits.shape)).realize()
 
-  def reset(self): self.pos, self.pending = 0, None
+  def reset(self): self.rewind(0)
+
+  def rewind(self, pos: int):
+    """Keep the first pos cached tokens and forget the rest (the next feed overwrites them): a prompt that starts
+    with those tokens needs only its remainder prefilled."""
+    if not 0 <= pos <= self.pos: raise ValueError(f"cannot rewind to {pos}: the cache holds {self.pos} tokens")
+    self.pos, self.pending = pos, None
+
+  def resample(self, sampling: Sampling, seed: int | None = None):
+    """Sample with other values and a new seed from the next step on, keeping the KV cache. The values are inputs of
+    the compiled steps; each kind of sampling (greedy or not, which filters are on) compiles its own pair once."""
+    kind = lambda s: (s.temperature == 0, s.top_k > 0, s.top_p < 1)   # what changes sample()'s graph
+    self.compiled[kind(self.sampling)] = self.prefill_step, self.decode_step, self.steps
+    self.sampling = sampling.check()
+    if kind(sampling) not in self.compiled: self.compiled[kind(sampling)] = TinyJit(self._step), TinyJit(self._step), 0
+    self.prefill_step, self.decode_step, self.steps = self.compiled[kind(sampling)]
+    self.knobs = sampling.knobs().to(self.devices[0]).realize()
+    self.rng.state.assign(Rng(seed, self.devices[0]).state).realize()   # the compiled steps hold this buffer
 
   def feed(self, ids: list[int]) -> int:
     """Prefill ids at the current position; return the id sampled after the last of them."""
@@ -301,12 +319,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--benchmark", action="store_true", help="time a fixed prompt: median prefill and decode tok/s, bandwidth")
   p.add_argument("--devices", default=None, help="e.g. CUDA:0,CUDA:1: split the model across them, tensor parallel (§2.4); "
                  "default: tinygrad's default device")
+  p.add_argument("--serve", action="store_true", help="serve an OpenAI-compatible HTTP API (/v1) and a chat page (/); "
+                 "-t, --top-p, --top-k, --seed and -n become the requests' defaults")
+  p.add_argument("--host", default="127.0.0.1", help="--serve: the address to listen on")
+  p.add_argument("--port", type=int, default=8000, help="--serve: the port (0: any free one)")
+  p.add_argument("--api-key", default=None, help="--serve: every /v1 request must send 'Authorization: Bearer KEY'")
   return p.parse_args(argv)
 
 def main(argv=None):
   args = parse_args(argv)
   sampling = Sampling(args.temperature, args.top_p, args.top_k).check()
   if args.max_new_tokens < 1: raise ValueError(f"-n must be at least 1, got {args.max_new_tokens}")
+  if args.serve and (args.chat or args.benchmark): raise ValueError("--serve runs alone: drop --chat and --benchmark")
+  if not 0 <= args.port < 65536: raise ValueError(f"--port must be in 0..65535, got {args.port}")
   if args.model is None and not DEFAULT_OUT.exists():
     raise ValueError(f"no MODEL given and no checkpoint in {DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
   devices = parallel.parse_devices(args.devices)
@@ -318,7 +343,7 @@ def main(argv=None):
   ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
   if not 1 < ctx <= max_seq: raise ValueError(f"--max-context must be in 2..{max_seq} (the model's context), got {ctx}")
   ids: list[int] = []
-  if not args.chat:
+  if not args.chat and not args.serve:
     prompt = BENCH_PROMPT if args.benchmark and not args.prompt else args.prompt
     ids = tok.encode(prompt, bos=getattr(tok, "add_bos", True)) if prompt else [tok.bos_id]
     if len(ids) >= ctx: raise ValueError(f"the prompt is {len(ids)} tokens, too long for the context of {ctx} (--max-context)")
@@ -326,6 +351,9 @@ def main(argv=None):
         f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights"
         + (f" split over {len(devices)} devices (tensor parallel)" if len(devices) > 1 else ""), file=sys.stderr)
   gen = Generator(kernels.use_decode_kernels(model), ctx, sampling, args.seed)
+  if args.serve:
+    import serve   # here, not at the top: serve.py imports this module
+    return serve.serve(gen, tok, args)
   if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
   if args.chat: stats = run_chat(gen, tok, args)
   else:
