@@ -103,8 +103,9 @@ def read_mmlu(row):
   return [choice_item(q + "".join(f"\n{k}. {o}" for k, o in zip("ABCD", opts)) + "\nAnswer:", list("ABCD"), letter(ans, list("ABCD")))]
 
 def read_choice(row):   # the generic format: {"context": str, "choices": [str, ...], "label": int}
-  if not isinstance(row["choices"], list): raise EvalError("its 'choices' is not a list")
-  return [choice_item(row["context"], row["choices"], row["label"])]
+  context, choices = row["context"], row["choices"]
+  if not isinstance(choices, list): raise EvalError("its 'choices' is not a list")
+  return [choice_item(context, choices, row["label"])]
 
 def read_qa(row):
   """NaturalQuestions-open (question, answer: [...]) and TriviaQA (the publisher's Question, Answer{Value, Aliases};
@@ -194,9 +195,9 @@ def records(path: pathlib.Path, as_csv: bool):
       continue
     try: whole = json.loads(text)
     except json.JSONDecodeError: whole = None
-    if isinstance(whole, dict) and not isinstance(whole.get("Data"), list): yield str(f), subject, whole
-    elif isinstance(whole, (dict, list)):
+    if isinstance(whole, list) or (isinstance(whole, dict) and isinstance(whole.get("Data"), list)):
       for i, r in enumerate(whole["Data"] if isinstance(whole, dict) else whole, 1): yield f"{f} record {i}", subject, r
+    elif isinstance(whole, dict) and len(text.strip().splitlines()) > 1: yield str(f), subject, whole   # one pretty-printed record
     else:
       for i, line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
@@ -263,7 +264,7 @@ def encode_pair(tok, context: str, completion: str, max_len: int) -> tuple[tuple
 
 # ***** log-likelihoods through the KV cache *****
 
-PREFILL_CHUNKS = (128, 16)   # long contexts go in big chunks, the rest in one padded small one
+PREFILL_CHUNKS = (128, 8)   # long contexts go in big chunks, the rest in one padded small one
 
 def bucket(n: int) -> int: return max(4, 1 << (n - 1).bit_length())
 
@@ -274,9 +275,10 @@ class Scorer:
   Every step is a TinyJit at a symbolic position: one compilation per shape, reused by every item. A context that
   shares a prefix with the one in the cache prefills only the rest (k-shot prompts, the "Answer:" baseline)."""
   def __init__(self, model: llama.Transformer, rows: int, max_start: int, max_len: int):
-    self.model, self.rows = model, rows
+    """Room for contexts of up to max_start+1 tokens and completions of up to max_len tokens."""
+    self.model, self.rows, max_start = model, rows, max(max_start, 1)
     model.init_cache(rows, max_start + max(PREFILL_CHUNKS[0], bucket(max_len)))
-    self.v_pos = UOp.variable("start_pos", 0, max(max_start, 1))
+    self.v_pos = UOp.variable("start_pos", 0, max_start)
     self.prefill = {c: TinyJit(self._prefill) for c in PREFILL_CHUNKS}
     self.spread, self.steps = TinyJit(self._spread), {}
     self.held: list[int] = []   # the tokens at positions 0.. of every row of the cache
@@ -306,10 +308,11 @@ class Scorer:
       if self.rows > 1: self.spread()
     self.held = list(prefix)
 
-  def score(self, ctx: tuple[int, ...], conts: list[tuple[int, ...]]) -> list[float]:
+  def score(self, ctx: tuple[int, ...], conts: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """log p(token | everything before it) for every token of each completion (float64 arrays)."""
     n = len(ctx) - 1
     self.hold(list(ctx[:n]))
-    out: list[float] = []
+    out: list[np.ndarray] = []
     for i in range(0, len(conts), self.rows):
       batch = conts[i:i + self.rows]
       rows, T = min(self.rows, 1 << (len(batch) - 1).bit_length()), bucket(max(map(len, batch)))
@@ -317,13 +320,16 @@ class Scorer:
       for r, c in enumerate(batch): tokens[r, :len(c)], targets[r, :len(c)] = (ctx[-1],) + c[:-1], c
       if (rows, T) not in self.steps: self.steps[rows, T] = TinyJit(self._step)
       lp = self.steps[rows, T](Tensor(tokens), Tensor(targets), self.v_pos.bind(n)).numpy()
-      out += [float(lp[r].astype(np.float64).sum()) if c else 0.0 for r, c in enumerate(batch)]
+      out += [lp[r, :len(c)].astype(np.float64) for r, c in enumerate(batch)]
       self.held = self.held[:n]   # the step wrote the rows from position n on
     return out
 
+def round_up(n: int, to: int = 256) -> int: return -(-n // to) * to
+
 def make_scorer(model, requests, rows: int) -> Scorer:
-  """A Scorer whose cache fits every (context, completion) pair in `requests`."""
-  return Scorer(model, rows, max(len(c) - 1 for c, _ in requests), max(len(x) for _, x in requests))
+  """A Scorer whose cache fits every (context, completion) pair in `requests`. Its size is rounded up, because the
+  compiled kernels depend on it: evaluations of similar data reuse them (within a process and from tinygrad's cache)."""
+  return Scorer(model, rows, round_up(max(len(c) - 1 for c, _ in requests)), max(len(x) for _, x in requests))
 
 def score_pairs(scorer: Scorer, pairs, ll: dict, bar=None):
   """ll[(context, completion)] for every pair not in ll yet; the pairs of one context share its prefill."""
@@ -334,7 +340,7 @@ def score_pairs(scorer: Scorer, pairs, ll: dict, bar=None):
     conts = list(conts)
     for i in range(0, len(conts), scorer.rows):
       part = conts[i:i + scorer.rows]
-      ll.update(((ctx, c), v) for c, v in zip(part, scorer.score(ctx, part)))
+      ll.update(((ctx, c), float(v.sum())) for c, v in zip(part, scorer.score(ctx, part)))
       if bar is not None: bar.update(len(part))
 
 # ***** the three kinds of evaluation *****
@@ -344,6 +350,12 @@ ANSWER = "Answer:"   # Brown et al. (2020): P(completion | context) / P(completi
 def stderr_of_mean(x) -> float:
   x = np.asarray(x, np.float64)
   return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+def predictions(choices: list[dict]) -> dict[str, int]:
+  """The choice each score picks: the raw log-likelihood, per character (Gao et al. 2021), and relative to the
+  completion's likelihood after "Answer:" (Brown et al. 2020); the first of equal scores wins."""
+  return {"acc": int(np.argmax([c["ll"] for c in choices])), "acc_char": int(np.argmax([c["ll"] / max(c["chars"], 1) for c in choices])),
+          "acc_answer": int(np.argmax([c["ll"] - c["ll_answer"] for c in choices]))}
 
 def run_choice(model, tok, task: Task, items: list[Item], max_len: int, rows: int) -> tuple[dict, list[dict]]:
   contexts = [it.context if isinstance(it.context, list) else [it.context] * len(it.choices) for it in items]
@@ -362,8 +374,7 @@ def run_choice(model, tok, task: Task, items: list[Item], max_len: int, rows: in
   out = []
   for i, (it, rs, bs) in enumerate(zip(items, cond, base)):
     rec = [{"ll": ll[r], "tokens": len(r[1]), "chars": len(ch), "ll_answer": ll[b]} for r, b, ch in zip(rs, bs, it.choices)]
-    preds = {"acc": int(np.argmax([c["ll"] for c in rec])), "acc_char": int(np.argmax([c["ll"] / max(c["chars"], 1) for c in rec])),
-             "acc_answer": int(np.argmax([c["ll"] - c["ll_answer"] for c in rec]))}
+    preds = predictions(rec)
     for k, p in preds.items(): hits[k].append(p == it.label)
     out.append({"index": i, "label": it.label, "pred": preds[task.metric], "preds": preds, "choices": rec,
                 **({"subject": it.subject} if it.subject else {})})
@@ -379,7 +390,7 @@ def run_generate(model, tok, task: Task, items: list[Item], max_len: int, max_ne
   """Greedy decoding until the task's stop string, EOS or max_new tokens; the answer is the text before the stop
   (§3.2: "stopping at the first line break, final dot or comma"), scored by exact match after normalisation."""
   prompts = [(start_tokens(tok) + tok.encode(it.context))[-(max_len - max_new):] for it in items]
-  gen = generate.Generator(kernels.use_decode_kernels(model), min(max_len, max(map(len, prompts)) + max_new), generate.Sampling(0.0, 1.0, 0))
+  gen = generate.Generator(kernels.use_decode_kernels(model), min(max_len, round_up(max(map(len, prompts)) + max_new)), generate.Sampling(0.0, 1.0, 0))
   out, prev = [], []
   for i, (it, ids) in enumerate(zip(tqdm(items, desc=task.section, unit="item"), prompts)):
     # the cache still holds the previous prompt: a shared prefix (the k-shot examples) is not prefilled again
@@ -392,6 +403,7 @@ def run_generate(model, tok, task: Task, items: list[Item], max_len: int, max_ne
       text += dec.add(tid)
       if any(s in text for s in task.stop) or gen.pos >= gen.max_context: break
       tid = gen.next()
+    text += dec.flush()
     answer = text[:min([text.find(s) for s in task.stop if s in text], default=len(text))].strip()
     out.append({"index": i, "generated": text, "answer": answer, "answers": it.choices, "match": bool(task.match(answer, it.choices))})
     prev = ids
@@ -399,20 +411,21 @@ def run_generate(model, tok, task: Task, items: list[Item], max_len: int, max_ne
   return {"exact_match": (float(np.mean(hits)), stderr_of_mean(hits))}, out
 
 def run_perplexity(model, tok, text: str, window: int, stride: int) -> tuple[dict, list[dict]]:
-  """Token perplexity and bits per byte of a text: sliding windows of `window` tokens, each scoring the `stride`
-  tokens after the previous window's end given the window-stride tokens before them. The text starts after BOS (EOS
-  for tokenizers that add no BOS, as lm-eval-harness's rolling log-likelihood does), so every token is scored."""
+  """Token perplexity and bits per byte of a text, in sliding windows of at most `window` tokens: each scores the next
+  `stride` tokens given up to window-stride tokens before them (all before them, near the start). Every window has
+  the same shape, so one compiled step serves them all: the last one ends at the end of the text, overlapping the one
+  before, and counts only its new tokens. The text starts after BOS (EOS for tokenizers that add no BOS, as
+  lm-eval-harness's rolling log-likelihood does), so every token of it is scored."""
   ids = (start_tokens(tok) or [tok.eos_id]) + tok.encode(text)
   if len(ids) < 2: raise EvalError("the text is empty")
-  reqs, end = [], 1
-  while end < len(ids):
-    nxt = min(end + (window - 1 if end == 1 else stride), len(ids))
-    reqs.append((tuple(ids[max(nxt - window, 0):end]), tuple(ids[end:nxt])))
-    end = nxt
-  scorer = make_scorer(model, reqs, 1)
+  reqs = []   # (context, completion, how many of the completion's last tokens are new)
+  for end in range(1, len(ids), stride):
+    new, s = min(stride, len(ids) - end), max(min(end, len(ids) - stride), 1)
+    reqs.append((tuple(ids[max(s - (window - stride), 0):s]), tuple(ids[s:s + stride]), new))
+  scorer = make_scorer(model, [(c, x) for c, x, _ in reqs], 1)
   out = []
-  for i, (ctx, cont) in enumerate(tqdm(reqs, desc="perplexity", unit="window")):
-    out.append({"index": i, "tokens": len(cont), "ll": scorer.score(ctx, [cont])[0]})
+  for i, (ctx, cont, new) in enumerate(tqdm(reqs, desc="perplexity", unit="window")):
+    out.append({"index": i, "tokens": new, "ll": float(scorer.score(ctx, [cont])[0][-new:].sum())})
   nll, n, nbytes = -sum(r["ll"] for r in out), sum(r["tokens"] for r in out), len(text.encode())
   return {"token_perplexity": (math.exp(nll / n), None), "bits_per_byte": (nll / math.log(2) / nbytes, None),
           "tokens": (float(n), None), "bytes": (float(nbytes), None)}, out
