@@ -132,8 +132,8 @@ def _encode_chunk(job: tuple[bytes, bool, bool, str]) -> tuple[np.ndarray, int]:
   return np.array(tok.encode(text, bos=bos and tok.add_bos), dtype=dtype), len(data)   # add_bos: GGUF's BOS rule
 
 def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: pathlib.Path, workers: int) -> int:
-  """Encode every document (BOS at the start of each, where the tokenizer wants one) into dest, in document order; returns the token count.
-  A semaphore keeps at most a few chunks per worker in flight: Pool.imap alone would read the whole input ahead."""
+  """Encode every document (BOS at the start of each, where the tokenizer wants one) into dest, in document order;
+  returns the token count. A semaphore keeps at most a few chunks per worker in flight: Pool.imap alone would read the whole input ahead."""
   from tinygrad.helpers import tqdm
   in_flight = threading.BoundedSemaphore(4 * workers)
   def jobs() -> Iterator[tuple[bytes, bool, bool, str]]:

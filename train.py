@@ -433,6 +433,7 @@ def dry_run(cfg: TrainConfig) -> int:
   return 0
 
 def describe(args: llama.ModelArgs, cfg: TrainConfig) -> str:
+  """One line on the model being trained (and, with LoRA, how much of it)."""
   what = f"fine-tuning {cfg.init_from}" if cfg.init_from is not None else cfg.preset
   text = f"{what} ({args.num_params() / 1e6:,.2f}M parameters: dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads, vocab {args.vocab_size})"
   if cfg.lora_rank is None: return text
