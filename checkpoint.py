@@ -76,7 +76,7 @@ def _layer_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
   return {"attention.wq": (d, d), "attention.wk": (kv, d), "attention.wv": (kv, d), "attention.wo": (d, d), "feed_forward.w1": (h, d),
           "feed_forward.w2": (d, h), "feed_forward.w3": (h, d), "attention_norm": (d,), "ffn_norm": (d,)}
 
-def _weight_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+def weight_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
   """Meta's name and shape of every learned tensor of a model of `args` (what learned(Transformer(args)) holds),
   without building one: a checkpoint is checked against it before anything is allocated."""
   top = {"tok_embeddings.weight": (args.vocab_size, args.dim), "norm.weight": (args.dim,)}
@@ -88,7 +88,7 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
   pairs = list(weights)
   if len(_layer_shapes(args)) * args.n_layers > len(pairs):   # before a name table as long as n_layers is made
     raise CheckpointError(f"{source} holds {len(pairs)} tensors, too few for the {args.n_layers} layers its config names")
-  want, seen = _weight_shapes(args), set()
+  want, seen = weight_shapes(args), set()
   for name, t in pairs:
     if name not in want: raise CheckpointError(f"{source} holds a tensor '{name}' that this LLaMA configuration does not have")
     if name in seen: raise CheckpointError(f"{source} holds the tensor '{name}' twice")
@@ -142,7 +142,7 @@ def read_safetensors(path) -> dict[str, Tensor]:
     if name == "__metadata__": continue
     if not (isinstance(v, dict) and _shape(v.get("shape")) and _shape(v.get("data_offsets"), 2)):
       raise CheckpointError(f"{path} has a malformed safetensors entry for '{name:.80}'")
-    if (dt := _SAFE_DTYPES.get(v.get("dtype"))) is None:
+    if (dt := _SAFE_DTYPES.get(v["dtype"] if isinstance(v.get("dtype"), str) else None)) is None:
       raise CheckpointError(f"{path} stores '{name:.80}' as {v.get('dtype')!r:.20}, not one of the float types {', '.join(_SAFE_DTYPES)}")
     (begin, end), numel = v["data_offsets"], math.prod(v["shape"])
     if end > data: raise CheckpointError(f"{path} is truncated: '{name:.80}' ends at data offset {end:,}, the file holds {data:,} bytes of data")
@@ -225,7 +225,7 @@ def _read_llama2c(path: pathlib.Path, device) -> Reader:
   order = ["tok_embeddings", "attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3", "norm", "freq_cis"] if version == 0 else \
           ["attention_norm", "ffn_norm", "norm", "tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3"]
   if not shared: order.append("output")
-  shapes, layout = _weight_shapes(args), []       # (Meta name pattern, shape, byte offset of layer 0, bytes per layer)
+  shapes, layout = weight_shapes(args), []       # (Meta name pattern, shape, byte offset of layer 0, bytes per layer)
   for kind in order:                              # freq_cis: the legacy RoPE table, skipped (ours is computed)
     shape = (2, seq, args.head_dim // 2) if kind == "freq_cis" else shapes[names[kind].format(0)]
     layout.append((names.get(kind), shape, offset, per := 4 * math.prod(shape)))
@@ -326,8 +326,11 @@ def read_torch_zip(path) -> dict[str, Tensor]:
       if (offset + math.prod(shape)) * dt.itemsize > entry.file_size: raise bad(f"'{name:.80}' reaches past the end of its storage {key!r:.80}")
       if key not in starts:   # the data begins after the entry's local header: 30 bytes, the name, an extra field
         f.seek(entry.header_offset)
-        local = f.read(30)
-        if len(local) < 30 or local[:4] != b"PK\x03\x04": raise bad(f"the local header of {key!r:.80} is damaged")
+        local = f.read(30 + len(key.encode()))
+        # the local header repeats the central directory's CRC and sizes (unless a data descriptor follows, flag bit 3)
+        if len(local) < 30 + len(key.encode()) or local[:4] != b"PK\x03\x04" or local[30:] != key.encode() or \
+           not local[6] & 8 and struct.unpack("<3I", local[14:26]) != (entry.CRC, entry.compress_size, entry.file_size):
+          raise bad(f"the local header of {key!r:.80} does not match the zip's directory (damaged)")
         starts[key] = entry.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
         if starts[key] + entry.file_size > size: raise bad(f"its storage {key!r:.80} reaches past the end of the file (truncated)")
       begin = starts[key] + offset * dt.itemsize
