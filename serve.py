@@ -205,10 +205,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   def guard(self, route):
     self.consumed = self.command == "GET"          # a request whose body is left unread cannot share its connection
-    try: route()
-    except ApiError as e:
-      self.close_connection = self.close_connection or not self.consumed
-      self.send_json(e.status, e.body())
+    try:
+      try: route()
+      except ApiError as e:
+        self.close_connection = self.close_connection or not self.consumed
+        self.send_json(e.status, e.body())
     except OSError: self.close_connection = True   # the client went away (broken pipe, reset, timeout)
 
   def get(self):
