@@ -108,7 +108,9 @@ def main(argv=None) -> int:
   results = {}
   for name, make in runs:
     r = results[name] = bench(make(t, args), a.steps, tokens)
-    print(f"{name:>28}: {r['s_per_step']:.3f} s/step  {r['tok_s']:8.0f} tok/s  ({r['cpu_s_per_step']:.2f} CPU s/step)")
+    # model FLOPs: 6 per parameter per token (forward 2, backward 4), the figure MFU divides by the device's peak
+    print(f"{name:>28}: {r['s_per_step']:.3f} s/step  {r['tok_s']:8.0f} tok/s  ({r['cpu_s_per_step']:.2f} CPU s/step)  "
+          f"{6 * args.num_params() * r['tok_s'] / 1e9:.1f} model GFLOP/s")
   if len(results) == 2:
     (_, tg), (_, pt) = results.items()
     print(f"tinygrad / torch tokens/s: {tg['tok_s'] / pt['tok_s']:.2f}x")

@@ -21,6 +21,24 @@ class MatVecLinear:
   def __init__(self, weight: Tensor): self.weight = weight      # the same state-dict name as nn.Linear's
   def __call__(self, x: Tensor) -> Tensor: return matvec_linear(self.weight, x)
 
+class FusedPart:
+  """One of several linear layers that read the same input (wq wk wv; w1 w3), computed as its rows of one product
+  with their concatenated weights: the parts build the same product, which tinygrad's graph holds once, so the input
+  is read once and one kernel is launched instead of three. `weight` is a view of the part's rows: the state dict
+  keeps its names and shapes (the concatenation is hidden in a closure)."""
+  def __init__(self, fused: Tensor, start: int, end: int):
+    self.weight, self.rows, self.product = fused[start:end], (start, end), lambda x: matvec_linear(fused, x)
+  def __call__(self, x: Tensor) -> Tensor:   # prefill keeps one matmul per layer: the fused one picked slower kernels
+    return self.product(x)[..., self.rows[0]:self.rows[1]] if x.shape[-2] == 1 else x @ self.weight.T
+
+def fuse(lins: list) -> list:
+  """The layers `lins` as FusedParts of one concatenated matrix (on one device; a split model keeps its layers)."""
+  ws = [l.weight for l in lins]
+  if any(isinstance(w.device, tuple) for w in ws) or any(isinstance(l, FusedPart) for l in lins): return lins
+  fused, ends = Tensor.cat(*ws).contiguous().realize(), [0]
+  for w in ws: ends.append(ends[-1] + w.shape[0])
+  return [FusedPart(fused, a, b) for a, b in zip(ends, ends[1:])]
+
 def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
   """llama.attention for one query token, q (B, H, 1, d), keys/values (B, KV, S, d): query heads grouped onto their
   K/V head by a reshape (no repeated copy of the cache), each dot product over d in lane sums (S is symbolic, so the
@@ -33,16 +51,18 @@ def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | Non
   return out.reshape(b, h, 1, d)
 
 def use_decode_kernels(model: llama.Transformer, min_size: int = 1 << 16) -> llama.Transformer:
-  """Give `model` the one-token kernels: decode_attention in every block, and matvec_linear for each linear layer (and
-  the classifier, tied or not) whose matrix is big enough (>= min_size weights) that kernel time outweighs the cost of
-  the extra kernels. The weights are the same tensors under the same names, so saving and training work as before;
-  calling it twice changes nothing."""
+  """Give `model` the one-token kernels: decode_attention in every block, one fused product for wq‖wk‖wv and one for
+  w1‖w3, and matvec_linear for wo, w2 and the classifier (tied or not) where the matrix is big enough (>= min_size
+  weights) that kernel time outweighs the cost of the extra kernels. The state dict keeps its names and shapes, so
+  saving works as before; calling it twice changes nothing. For decoding only: the fused weights are new buffers."""
   def big(w: Tensor) -> bool: return w.numel() >= min_size and w.shape[1] % 8 == 0
   def swap(lin): return MatVecLinear(lin.weight) if not isinstance(lin, MatVecLinear) and big(lin.weight) else lin
   for layer in model.layers:
-    layer.attention.attend = decode_attention
-    for obj, names in ((layer.attention, ("wq", "wk", "wv", "wo")), (layer.feed_forward, ("w1", "w2", "w3"))):
-      for name in names: setattr(obj, name, swap(getattr(obj, name)))
+    a, f = layer.attention, layer.feed_forward
+    a.attend = decode_attention
+    a.wq, a.wk, a.wv = fuse([a.wq, a.wk, a.wv])
+    f.w1, f.w3 = fuse([f.w1, f.w3])
+    a.wo, f.w2 = swap(a.wo), swap(f.w2)
   if model.output is not None: model.output = swap(model.output)
   # a tied classifier reads the embedding matrix; llama.learned() leaves 'output.weight' out, so the model stays tied
   elif big(model.tok_embeddings.weight): model.output = MatVecLinear(model.tok_embeddings.weight)

@@ -267,10 +267,12 @@ def test_matvec_linears_keep_state_dict_and_tokens(s260, tmp_path):
   prompt = tok.encode("Once upon a time", bos=True)
   plain = [int(t) for t in model(Tensor([prompt]), 0)[0].argmax(-1).numpy()]
   kernels.use_decode_kernels(model, min_size=0)
-  assert isinstance(model.layers[0].attention.wq, kernels.MatVecLinear) and model.output is not None
-  wq, output = model.layers[0].attention.wq, model.output
+  a = model.layers[0].attention
+  assert isinstance(a.wq, kernels.FusedPart) and isinstance(a.wo, kernels.MatVecLinear) and model.output is not None
+  assert [p.weight.shape for p in (a.wq, a.wk, a.wv)] == [(64, 64), (32, 64), (32, 64)]   # stories260K: 8 heads, 4 kv-heads of 8
+  wq, output = a.wq, model.output
   kernels.use_decode_kernels(model, min_size=0)
-  assert model.layers[0].attention.wq is wq and model.output is output
+  assert a.wq is wq and model.output is output
   assert set(llama.learned(model)) == keys and "output.weight" not in keys
   checkpoint.save(model, tmp_path / "ck")
   saved, _ = checkpoint.load(tmp_path / "ck")
