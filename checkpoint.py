@@ -61,6 +61,10 @@ def _model_args(source, nbytes: int, **kw) -> ModelArgs:
     raise CheckpointError(f"{source} claims a context of {args.max_seq_len:,} tokens, whose RoPE table ({table:,} bytes) would be larger than the checkpoint")
   return args
 
+def _one_line(e: Exception) -> str:
+  """A library's error message as one line of at most 200 characters (some quote what they read from the file)."""
+  return " ".join(str(e).split())[:200]
+
 def _file_bytes(files: list[pathlib.Path]) -> int: return sum(f.stat().st_size for f in files)
 
 def _drop_pages(files: list[pathlib.Path]):
@@ -90,9 +94,9 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
     raise CheckpointError(f"{source} holds {len(pairs)} tensors, too few for the {args.n_layers} layers its config names")
   want, seen = weight_shapes(args), set()
   for name, t in pairs:
-    if name not in want: raise CheckpointError(f"{source} holds a tensor '{name}' that this LLaMA configuration does not have")
-    if name in seen: raise CheckpointError(f"{source} holds the tensor '{name}' twice")
-    if tuple(t.shape) != want[name]: raise CheckpointError(f"{source}: '{name}' has shape {tuple(t.shape)} but the config implies {want[name]}")
+    if name not in want: raise CheckpointError(f"{source} holds a tensor {name!r:.80} that this LLaMA configuration does not have")
+    if name in seen: raise CheckpointError(f"{source} holds the tensor {name!r:.80} twice")
+    if tuple(t.shape) != want[name]: raise CheckpointError(f"{source}: {name!r:.80} has shape {tuple(t.shape)} but the config implies {want[name]}")
     seen.add(name)
   if missing := sorted(set(want) - seen): raise CheckpointError(f"{source} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
   check_parallel(args, len(devices), "tp")
@@ -141,17 +145,17 @@ def read_safetensors(path) -> dict[str, Tensor]:
   for name, v in header.items():
     if name == "__metadata__": continue
     if not (isinstance(v, dict) and _shape(v.get("shape")) and _shape(v.get("data_offsets"), 2)):
-      raise CheckpointError(f"{path} has a malformed safetensors entry for '{name:.80}'")
+      raise CheckpointError(f"{path} has a malformed safetensors entry for {name!r:.80}")
     if (dt := _SAFE_DTYPES.get(v["dtype"] if isinstance(v.get("dtype"), str) else None)) is None:
-      raise CheckpointError(f"{path} stores '{name:.80}' as {v.get('dtype')!r:.20}, not one of the float types {', '.join(_SAFE_DTYPES)}")
+      raise CheckpointError(f"{path} stores {name!r:.80} as {v.get('dtype')!r:.20}, not one of the float types {', '.join(_SAFE_DTYPES)}")
     (begin, end), numel = v["data_offsets"], math.prod(v["shape"])
-    if end > data: raise CheckpointError(f"{path} is truncated: '{name:.80}' ends at data offset {end:,}, the file holds {data:,} bytes of data")
+    if end > data: raise CheckpointError(f"{path} is truncated: {name!r:.80} ends at data offset {end:,}, the file holds {data:,} bytes of data")
     if end - begin != numel * dt.itemsize:
-      raise CheckpointError(f"{path}: the offsets of '{name:.80}' span {end - begin:,} bytes, its shape {tuple(v['shape'])} needs {numel * dt.itemsize:,}")
+      raise CheckpointError(f"{path}: the offsets of {name!r:.80} span {end - begin:,} bytes, its shape {tuple(v['shape'])} needs {numel * dt.itemsize:,}")
     entries.append((begin, end, name, dt, v["shape"]))
   pos = 0
   for begin, end, name, *_ in sorted(entries):
-    if begin != pos: raise CheckpointError(f"{path}: '{name:.80}' starts at data offset {begin:,}, not at {pos:,} where the previous tensor ends (overlapping or corrupt offsets)")
+    if begin != pos: raise CheckpointError(f"{path}: {name!r:.80} starts at data offset {begin:,}, not at {pos:,} where the previous tensor ends (overlapping or corrupt offsets)")
     pos = end
   if pos != data: raise CheckpointError(f"{path} has {data - pos:,} bytes after its last tensor (corrupt header or a file of something else)")
   disk = Tensor(path)
@@ -231,7 +235,7 @@ def _read_llama2c(path: pathlib.Path, device) -> Reader:
     layout.append((names.get(kind), shape, offset, per := 4 * math.prod(shape)))
     offset += per * (n_layers if "{}" in names.get(kind, "") else 1)
   if offset != size:
-    raise CheckpointError(f"{path} has {size:,} bytes but its llama2.c header describes {offset:,} ({'truncated' if size < offset else 'corrupt header'}, or not a llama2.c checkpoint)")
+    raise CheckpointError(f"{path} has {size:,} bytes but its llama2.c header describes {offset:,} ({'truncated, or a corrupt header' if size < offset else 'a corrupt header, or not a llama2.c checkpoint'})")
   disk = Tensor(path)
   weights = [(name.format(i), disk[start + i * per:start + (i + 1) * per].bitcast(dtypes.float32).reshape(shape))
              for name, shape, start, per in layout if name is not None for i in range(n_layers if "{}" in name else 1)]
@@ -254,7 +258,7 @@ def _read_meta(path: pathlib.Path, device) -> Reader:
     states.append({k: _bits(v) for k, v in read_torch_zip(s).items() if k != "rope.freqs"})    # Meta's saved RoPE table: ours is computed
     if set(states[-1]) != set(states[0]): raise CheckpointError(f"{s} holds different tensors from {shards[0]}")
     if bad := next((k for k, v in states[-1].items() if v.shape != states[0][k].shape), None):
-      raise CheckpointError(f"{s} gives '{bad}' the shape {states[-1][bad].shape}, {shards[0].name} gives it {states[0][bad].shape}")
+      raise CheckpointError(f"{s} gives {bad!r:.80} the shape {states[-1][bad].shape}, {shards[0].name} gives it {states[0][bad].shape}")
   first = states[0]
   for k in ("tok_embeddings.weight", "layers.0.feed_forward.w1.weight"):
     if first.get(k) is None or first[k].ndim != 2: raise CheckpointError(f"{shards[0]} has no 2-D tensor '{k}'")
@@ -307,9 +311,9 @@ def read_torch_zip(path) -> dict[str, Tensor]:
         raise bad(f"its entry {odd!r:.80} is compressed or encrypted, which torch.save never writes")
       base, pkl = pkls[0][:-len("/data.pkl")], z.read(pkls[0])   # read() checks the CRC
       if f"{base}/byteorder" in infos and z.read(f"{base}/byteorder") != b"little": raise bad("its storages are big-endian")
-  except (zipfile.BadZipFile, EOFError, ValueError) as e: raise bad(f"{e} (truncated or damaged)") from None
+  except (zipfile.BadZipFile, EOFError, ValueError) as e: raise bad(f"{_one_line(e)} (truncated or damaged)") from None
   try: state = _StateDictUnpickler(io.BytesIO(pkl)).load()
-  except _UNPICKLING_ERRORS as e: raise bad(f"its data.pkl cannot be unpickled ({type(e).__name__}: {e})") from None
+  except _UNPICKLING_ERRORS as e: raise bad(f"its data.pkl cannot be unpickled ({type(e).__name__}: {_one_line(e)})") from None
   if not isinstance(state, dict): raise bad("its data.pkl holds no dict of tensors")
   disk, starts, out = Tensor(path), {}, {}
   with open(path, "rb") as f:
@@ -319,17 +323,18 @@ def read_torch_zip(path) -> dict[str, Tensor]:
       if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in _TORCH_STORAGES and isinstance(pid[2], str)
               and type(offset) is int and offset >= 0 and isinstance(shape, tuple) and isinstance(stride, tuple) and len(shape) == len(stride)
               and all(type(d) is int and d >= 0 for d in shape + stride)):
-        raise bad(f"'{name:.80}' has a malformed tensor record")
-      if any(st != math.prod(shape[d + 1:]) for d, st in enumerate(stride) if shape[d] > 1): raise bad(f"'{name:.80}' is not stored contiguously")
+        raise bad(f"{name!r:.80} has a malformed tensor record")
+      if any(st != math.prod(shape[d + 1:]) for d, st in enumerate(stride) if shape[d] > 1): raise bad(f"{name!r:.80} is not stored contiguously")
       dt, key = _TORCH_STORAGES[pid[1]], f"{base}/data/{pid[2]}"
-      if (entry := infos.get(key)) is None: raise bad(f"'{name:.80}' refers to the storage {key!r:.80}, which the zip lacks")
-      if (offset + math.prod(shape)) * dt.itemsize > entry.file_size: raise bad(f"'{name:.80}' reaches past the end of its storage {key!r:.80}")
+      if (entry := infos.get(key)) is None: raise bad(f"{name!r:.80} refers to the storage {key!r:.80}, which the zip lacks")
+      if (offset + math.prod(shape)) * dt.itemsize > entry.file_size: raise bad(f"{name!r:.80} reaches past the end of its storage {key!r:.80}")
       if key not in starts:   # the data begins after the entry's local header: 30 bytes, the name, an extra field
         f.seek(entry.header_offset)
         local = f.read(30 + len(key.encode()))
-        # the local header repeats the central directory's CRC and sizes (unless a data descriptor follows, flag bit 3)
-        if len(local) < 30 + len(key.encode()) or local[:4] != b"PK\x03\x04" or local[30:] != key.encode() or \
-           not local[6] & 8 and struct.unpack("<3I", local[14:26]) != (entry.CRC, entry.compress_size, entry.file_size):
+        # the local header repeats the directory's CRC and sizes (unless a data descriptor follows, flag bit 3; zip64
+        # sizes are 0xFFFFFFFF there)
+        if len(local) < 30 + len(key.encode()) or local[:4] != b"PK\x03\x04" or local[30:] != key.encode() or not local[6] & 8 and \
+           struct.unpack("<3I", local[14:26]) != (entry.CRC, min(entry.compress_size, 0xFFFFFFFF), min(entry.file_size, 0xFFFFFFFF)):
           raise bad(f"the local header of {key!r:.80} does not match the zip's directory (damaged)")
         starts[key] = entry.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
         if starts[key] + entry.file_size > size: raise bad(f"its storage {key!r:.80} reaches past the end of the file (truncated)")
@@ -357,14 +362,14 @@ def _hf_files(path: pathlib.Path) -> dict[pathlib.Path, dict[str, Tensor]]:
   weight_map = _json(index).get("weight_map")
   if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
     raise CheckpointError(f"{index} has no weight_map of tensor names to file names")
-  files = {}
-  for name in dict.fromkeys(weight_map.values()):
+  for name in (names := list(dict.fromkeys(weight_map.values()))):
     if pathlib.Path(name).name != name or name in ("", ".", ".."): raise CheckpointError(f"{index} names {name!r:.80}, which is not a file beside it")
-    if not (f := path / name).is_file(): raise CheckpointError(f"{index} lists the shard {name}, which is missing (an incomplete download?)")
-    files[f] = _safetensors(f)
-    if set(files[f]) != (listed := {k for k, v in weight_map.items() if v == name}):
+    if not (path / name).is_file(): raise CheckpointError(f"{index} lists the shard {name}, which is missing (an incomplete download?)")
+  files = {path / name: _safetensors(path / name) for name in names}
+  for f in files:
+    if set(files[f]) != (listed := {k for k, v in weight_map.items() if v == f.name}):
       odd = sorted(set(files[f]) ^ listed)[0]
-      raise CheckpointError(f"{f} does not hold the tensors {index.name} lists for it (e.g. '{odd:.80}')")
+      raise CheckpointError(f"{f} does not hold the tensors {index.name} lists for it (e.g. {odd!r:.80})")
   return files
 
 def _read_hf(path: pathlib.Path, device) -> Reader:
@@ -372,12 +377,13 @@ def _read_hf(path: pathlib.Path, device) -> Reader:
   if (kind := cfg.get("model_type")) != "llama": raise CheckpointError(f"{path} holds a {kind!r:.40} model, not a llama one")
   if cfg.get("rope_scaling"): raise CheckpointError(f"{path} uses RoPE scaling {cfg['rope_scaling']!r:.80}, which this model does not implement")
   if cfg.get("attention_bias") or cfg.get("mlp_bias"): raise CheckpointError(f"{path} has biases in its linear layers; LLaMA has none")
+  kw = dict(dim=_get(cfg, "hidden_size", "int", src), n_layers=_get(cfg, "num_hidden_layers", "int", src),
+            n_heads=_get(cfg, "num_attention_heads", "int", src), n_kv_heads=_get(cfg, "num_key_value_heads", "int", src, None),
+            vocab_size=_get(cfg, "vocab_size", "int", src), hidden_dim=_get(cfg, "intermediate_size", "int", src),
+            norm_eps=_get(cfg, "rms_norm_eps", "float", src, 1e-6), rope_theta=_get(cfg, "rope_theta", "float", src, 10000.0),
+            max_seq_len=_get(cfg, "max_position_embeddings", "int", src, 2048), tie_embeddings=_get(cfg, "tie_word_embeddings", "bool", src, False))
   files = _hf_files(path)
-  args = _model_args(path, _file_bytes(list(files)), dim=_get(cfg, "hidden_size", "int", src), n_layers=_get(cfg, "num_hidden_layers", "int", src),
-                     n_heads=_get(cfg, "num_attention_heads", "int", src), n_kv_heads=_get(cfg, "num_key_value_heads", "int", src, None),
-                     vocab_size=_get(cfg, "vocab_size", "int", src), hidden_dim=_get(cfg, "intermediate_size", "int", src),
-                     norm_eps=_get(cfg, "rms_norm_eps", "float", src, 1e-6), rope_theta=_get(cfg, "rope_theta", "float", src, 10000.0),
-                     max_seq_len=_get(cfg, "max_position_embeddings", "int", src, 2048), tie_embeddings=_get(cfg, "tie_word_embeddings", "bool", src, False))
+  args = _model_args(path, _file_bytes(list(files)), **kw)
   if _get(cfg, "head_dim", "int", src, args.head_dim) != args.head_dim: raise CheckpointError(f"{path} has head_dim {cfg['head_dim']} != hidden_size / heads")
   def weights() -> Iterator[tuple[str, Tensor]]:
     for tensors in files.values():
@@ -464,7 +470,7 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, To
   except (CheckpointError, ParallelError): raise
   except OSError as e: raise CheckpointError(f"{path} could not be read ({e.strerror or e}: {e.filename or path})") from None
   except Exception as e:   # a last resort (the readers check what they read): a damage none of them foresaw still gives one sentence
-    raise CheckpointError(f"{path} could not be read as a checkpoint{f' in {fmt} format' if fmt else ''} ({type(e).__name__}: {e})") from e
+    raise CheckpointError(f"{path} could not be read as a checkpoint{f' in {fmt} format' if fmt else ''} ({type(e).__name__}: {_one_line(e)})") from e
   if tokenizer is not None: make_tokenizer = _beside(pathlib.Path(tokenizer))
   if tokenizer is not None and make_tokenizer is None: raise CheckpointError(f"tokenizer file {tokenizer} does not exist")
   try: return model, make_tokenizer() if make_tokenizer else None

@@ -76,35 +76,35 @@ def read_header(path) -> Header:
       kv = {}
       for i in range(n_kv):
         key = c.string(f"metadata key {i}")
-        kv[key] = c.value(c.scalar("<I", f"the type of {key}"), key)
+        kv[key] = c.value(c.scalar("<I", f"the type of {key!r}"), repr(key))
       raw = []
       for i in range(n_tensors):
         name = c.string(f"tensor name {i}")
-        n_dims = c.scalar("<I", f"the dimensions of {name}")
-        if not 1 <= n_dims <= MAX_DIMS: raise GGUFError(f"gives tensor {name} {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
-        shape = tuple(c.scalar("<Q", f"the shape of {name}") for _ in range(n_dims))
-        raw.append((name, shape, c.scalar("<I", f"the type of {name}"), c.scalar("<Q", f"the offset of {name}")))
+        n_dims = c.scalar("<I", f"the dimensions of {name!r}")
+        if not 1 <= n_dims <= MAX_DIMS: raise GGUFError(f"gives tensor {name!r} {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+        shape = tuple(c.scalar("<Q", f"the shape of {name!r}") for _ in range(n_dims))
+        raw.append((name, shape, c.scalar("<I", f"the type of {name!r}"), c.scalar("<Q", f"the offset of {name!r}")))
       align = kv.get("general.alignment", 32)
       if not isinstance(align, int) or not 1 <= align <= 1 << 16: raise GGUFError(f"has an alignment of {align!r}")
       data_start = -(-c.pos // align) * align
   tensors = []
   for name, shape, typ, offset in raw:
-    if typ not in GGML_TYPES: raise GGUFError(f"stores tensor {name} as ggml type {typ}, which is not one of {', '.join(t[0] for t in GGML_TYPES.values())}")
+    if typ not in GGML_TYPES: raise GGUFError(f"stores tensor {name!r} as ggml type {typ}, which is not one of {', '.join(t[0] for t in GGML_TYPES.values())}")
     _, block, block_bytes = GGML_TYPES[typ]
     n = 1
     for d in shape:
-      if d < 1: raise GGUFError(f"gives tensor {name} the shape {shape}")
+      if d < 1: raise GGUFError(f"gives tensor {name!r} the shape {shape}")
       n *= d
-    if n % block: raise GGUFError(f"gives tensor {name} {n} elements, not a whole number of {GGML_TYPES[typ][0]} blocks")
+    if n % block: raise GGUFError(f"gives tensor {name!r} {n} elements, not a whole number of {GGML_TYPES[typ][0]} blocks")
     nbytes = n // block * block_bytes
-    if offset % align: raise GGUFError(f"places tensor {name} at offset {offset:,}, not a multiple of the alignment {align}")
+    if offset % align: raise GGUFError(f"places tensor {name!r} at offset {offset:,}, not a multiple of the alignment {align}")
     if data_start + offset + nbytes > size:
-      raise GGUFError(f"places tensor {name} ({nbytes:,} bytes at offset {offset:,}) outside the file's {size:,} bytes (truncated?)")
+      raise GGUFError(f"places tensor {name!r} ({nbytes:,} bytes at offset {offset:,}) outside the file's {size:,} bytes (truncated?)")
     tensors.append(TensorInfo(name, shape, typ, data_start + offset, nbytes))
   if len({t.name for t in tensors}) != len(tensors): raise GGUFError("names a tensor twice")
   end = data_start
   for t in sorted(tensors, key=lambda t: t.start):   # writers lay tensors out one after another: overlap means corrupt offsets
-    if t.start < end: raise GGUFError(f"places tensor {t.name} at offset {t.start - data_start:,}, inside the tensor before it (corrupt offsets)")
+    if t.start < end: raise GGUFError(f"places tensor {t.name!r} at offset {t.start - data_start:,}, inside the tensor before it (corrupt offsets)")
     end = t.start + t.nbytes
   return Header(version, kv, tensors, size)
 

@@ -237,7 +237,7 @@ def load_tokenizer(path) -> Tokenizer:
   try: return _read_llama2c_tokenizer(data)
   except TokenizerError as e: llama2c = e
   try: tok = SentencePieceTokenizer(data)
-  except RuntimeError as e: sp = str(e).strip()   # the library's parse error
+  except RuntimeError as e: sp = " ".join(str(e).split())[:200]   # the library's parse error, which may quote the file's bytes
   except UnicodeDecodeError: sp = "a damaged piece"   # a parse error whose message quotes bytes that are not UTF-8
   else:
     if tok.vocab_size: return tok
