@@ -223,14 +223,20 @@ def test_cli_tensor_parallel_two_devices(fixtures, s260):
   assert one_line_error(r) and "n_heads (8) to be divisible by 3" in r.stderr
 
 def test_cli_chat_two_turns(fixtures):
-  """SmolLM2-135M-Instruct answers two piped turns through its ChatML template, reusing the cache."""
-  r = cli(fixtures / "smollm2-135m-instruct-q4_1.gguf", "--chat", "-t", "0", "-n", "24", "--max-context", "256",
-          stdin="What is the capital of France?\nWhat is 2 + 2?\n")
+  """SmolLM2-135M-Instruct answers two piped turns through its ChatML template, reusing the cache: the second answer
+  is the greedy answer to the whole conversation as the model's own Jinja template renders it, prefilled afresh."""
+  jinja2 = pytest.importorskip("jinja2")
+  path, questions = fixtures / "smollm2-135m-instruct-q4_1.gguf", ["What is the capital of France?", "What is 2 + 2?"]
+  r = cli(path, "--chat", "-t", "0", "-n", "48", "--max-context", "256", stdin="".join(q + "\n" for q in questions))
   assert r.returncode == 0, r.stderr
-  answers = r.stdout.strip().split("\n")
-  assert len([a for a in answers if a.strip()]) >= 2, r.stdout
-  assert "Paris" in answers[0]
-  assert r.stderr.count("[") >= 2 and "prompt" in r.stderr
+  answers = [a for a in r.stdout.strip().split("\n") if a.strip()]
+  assert len(answers) == 2 and "Paris" in answers[0], r.stdout
+  assert r.stderr.count("[end of sequence (EOS)]") == 2 and "prompt" in r.stderr
+  model, tok = checkpoint.load(path)
+  msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]}, {"role": "user", "content": questions[1]}]
+  ids = tok.encode(jinja2.Template(tok.chat_template).render(messages=msgs, add_generation_prompt=True), special=True)
+  gen = G.Generator(kernels.use_decode_kernels(model), 256, G.Sampling(0.0))
+  assert tok.decode(G.generate(gen, ids, 48, tok.eos_id, G.Stats())).strip() == answers[1]
 
 _keepers: dict = {}
 @settings(max_examples=30)
