@@ -181,10 +181,10 @@ TASKS: dict[str, Task] = {
 # ***** reading files *****
 
 def records(path: pathlib.Path, as_csv: bool):
-  """(where, subject, record) for every record in a file, or in every file of a directory (by name). JSON lines, one
+  """(where, subject, record) for every record in a file, or in every file under a directory (by path). JSON lines, one
   JSON list of records, a JSON object (one RACE article; TriviaQA's {"Data": [...]}), or CSV rows."""
   if not path.exists(): raise EvalError(f"{path} does not exist")
-  files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+  files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
   for f in files:
     subject = re.sub(r"_(test|dev|val|train)$", "", f.stem)
     try: text = f.read_text(encoding="utf-8")
@@ -228,9 +228,9 @@ def load_items(task_name: str, path, labels=None) -> list[Item]:
   return items
 
 def with_shots(task: Task, items: list[Item], train: list[Item] | None, k: int) -> list[Item]:
-  """The items with k solved examples in front of each prompt: the first k of `train` (the task's training split) of
-  the item's subject, or without `train` the first k items of each subject, which are then not scored."""
-  if k == 0: return items
+  """The items with the task's header and k solved examples in front of each prompt: the first k of `train` (the
+  task's training split) of the item's subject, or without `train` the first k items of each subject, which are then
+  not scored."""
   pool: dict[str, list[Item]] = {}
   for it in (train if train is not None else items): pool.setdefault(it.subject, []).append(it)
   used = {id(s) for v in pool.values() for s in v[:k]} if train is None else set()
@@ -245,6 +245,8 @@ def with_shots(task: Task, items: list[Item], train: list[Item] | None, k: int) 
   return out
 
 # ***** tokens *****
+
+def common_prefix(a, b) -> int: return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 def start_tokens(tok) -> list[int]:
   return [tok.bos_id] if tok.add_bos else []
@@ -268,6 +270,14 @@ PREFILL_CHUNKS = (128, 8)   # long contexts go in big chunks, the rest in one pa
 
 def bucket(n: int) -> int: return max(4, 1 << (n - 1).bit_length())
 
+def captured_at_once(fn) -> TinyJit:
+  """A TinyJit that captures on its first call. By default TinyJit runs a function eagerly once first, a warm-up that
+  schedules and compiles the same kernels a second time; the steps here read only buffers that are already realised
+  (weights, cache, inputs), so nothing is left for a warm-up to do."""
+  jit = TinyJit(fn)
+  jit.cnt = 1
+  return jit
+
 class Scorer:
   """Summed log-probabilities of completions given a context. The context (all but its last token) is prefilled into
   row 0 of the KV cache in fixed-size chunks and copied to the other rows; then up to `rows` completions run side by
@@ -279,8 +289,8 @@ class Scorer:
     self.model, self.rows, max_start = model, rows, max(max_start, 1)
     model.init_cache(rows, max_start + max(PREFILL_CHUNKS[0], bucket(max_len)))
     self.v_pos = UOp.variable("start_pos", 0, max_start)
-    self.prefill = {c: TinyJit(self._prefill) for c in PREFILL_CHUNKS}
-    self.spread, self.steps = TinyJit(self._spread), {}
+    self.prefill = {c: captured_at_once(self._prefill) for c in PREFILL_CHUNKS}
+    self.spread, self.steps = captured_at_once(self._spread), {}
     self.held: list[int] = []   # the tokens at positions 0.. of every row of the cache
 
   def _prefill(self, tokens: Tensor, start_pos: UOp) -> Tensor: return self.model(tokens, start_pos)[:, -1, :1].realize()
@@ -297,7 +307,7 @@ class Scorer:
 
   def hold(self, prefix: list[int]):
     """Make every row of the cache hold `prefix` at positions 0.."""
-    same = next((i for i, (a, b) in enumerate(zip(self.held, prefix)) if a != b), min(len(self.held), len(prefix)))
+    same = common_prefix(self.held, prefix)
     if same < len(prefix):
       pos = same
       while pos < len(prefix):
@@ -318,7 +328,7 @@ class Scorer:
       rows, T = min(self.rows, 1 << (len(batch) - 1).bit_length()), bucket(max(map(len, batch)))
       tokens, targets = np.zeros((rows, T), np.int32), np.full((rows, T), -1, np.int32)
       for r, c in enumerate(batch): tokens[r, :len(c)], targets[r, :len(c)] = (ctx[-1],) + c[:-1], c
-      if (rows, T) not in self.steps: self.steps[rows, T] = TinyJit(self._step)
+      if (rows, T) not in self.steps: self.steps[rows, T] = captured_at_once(self._step)
       lp = self.steps[rows, T](Tensor(tokens), Tensor(targets), self.v_pos.bind(n)).numpy()
       out += [lp[r, :len(c)].astype(np.float64) for r, c in enumerate(batch)]
       self.held = self.held[:n]   # the step wrote the rows from position n on
@@ -394,9 +404,8 @@ def run_generate(model, tok, task: Task, items: list[Item], max_len: int, max_ne
   out, prev = [], []
   for i, (it, ids) in enumerate(zip(tqdm(items, desc=task.section, unit="item"), prompts)):
     # the cache still holds the previous prompt: a shared prefix (the k-shot examples) is not prefilled again
-    same = next((j for j, (a, b) in enumerate(zip(prev, ids)) if a != b), min(len(prev), len(ids) - 1))
     gen.reset()
-    gen.pos = min(same, len(ids) - 1)
+    gen.pos = min(common_prefix(prev, ids), len(ids) - 1)
     tid, dec, text = gen.feed(ids[gen.pos:]), tok.decoder(), ""
     for _ in range(max_new):
       if tid == tok.eos_id: break
@@ -481,9 +490,10 @@ def evaluate(args) -> int:
   max_len = min(args.max_context or model.args.max_seq_len, model.args.max_seq_len)
   t0 = time.perf_counter()
   if task.kind == "perplexity":
-    stride = args.stride or max(max_len // 2, 1)
-    if stride >= max_len: raise EvalError(f"--stride must be below the window of {max_len} tokens")
-    metrics, out = run_perplexity(model, tok, text, max_len, stride)
+    window = args.max_context or min(max_len, 2048)   # as generate.py: a long-context model's whole window is costly
+    stride = args.stride or window // 2
+    if stride >= window: raise EvalError(f"--stride must be below the window of {window} tokens (--max-context)")
+    metrics, out = run_perplexity(model, tok, text, min(window, max_len), stride)
   elif task.kind == "generate":
     max_new = args.max_new_tokens or task.max_new
     if max_new >= max_len: raise EvalError(f"--max-new-tokens {max_new} leaves no room for a prompt in the context of {max_len} tokens")

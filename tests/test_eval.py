@@ -51,7 +51,7 @@ def items_for_reference():
           E.choice_item(LONG + " Then they", ["ran", "played", "sat", "sang"], 3),
           E.choice_item(LONG + " Then the dog", ["ran", "played", "sat", "barked"], 1)]
 
-def test_loglikelihoods_match_reference_batched_alone_and_reordered(tiny, tok):
+def test_loglikelihoods_match_reference_batched_alone_and_from_cached_prefixes(tiny, tok):
   """Every ll and ll_answer equals the float64 numpy forward of context+completion, in batches of 4 with prefixes
   reused from the cache ("The sun is", the long text), and each completion scored alone with its context prefilled
   afresh."""
@@ -204,8 +204,9 @@ def test_readers(tmp_path):
   assert one("gsm8k", [{"question": "2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}]) == [("Question: 2+3?\nAnswer:", ["5"], None)]
   assert one("choice", [{"context": "Ice is", "choices": ["cold", "hot"], "label": 0}]) == [("Ice is", [" cold", " hot"], 0)]
   (tmp_path / "anatomy_test.csv").write_text('"What is the ""largest"" organ?",skin,heart,"liver, big",lung,A\n')
-  assert [(it.context, it.subject) for it in E.load_items("mmlu", tmp_path / "anatomy_test.csv")] == \
-    [('What is the "largest" organ?\nA. skin\nB. heart\nC. liver, big\nD. lung\nAnswer:', "anatomy")]
+  mmlu = E.load_items("mmlu", tmp_path / "anatomy_test.csv")
+  assert [(it.context, it.subject) for it in mmlu] == [('What is the "largest" organ?\nA. skin\nB. heart\nC. liver, big\nD. lung\nAnswer:', "anatomy")]
+  assert E.with_shots(E.TASKS["mmlu"], mmlu, None, 0)[0].context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\nWhat")
 
 # ***** real models on a small item set *****
 
