@@ -404,8 +404,7 @@ def run_generate(model, tok, task: Task, items: list[Item], max_len: int, max_ne
   out, prev = [], []
   for i, (it, ids) in enumerate(zip(tqdm(items, desc=task.section, unit="item"), prompts)):
     # the cache still holds the previous prompt: a shared prefix (the k-shot examples) is not prefilled again
-    gen.reset()
-    gen.pos = min(common_prefix(prev, ids), len(ids) - 1)
+    gen.rewind(min(common_prefix(prev, ids), len(ids) - 1))
     tid, dec, text = gen.feed(ids[gen.pos:]), tok.decoder(), ""
     for _ in range(max_new):
       if tid == tok.eos_id: break
