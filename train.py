@@ -15,7 +15,7 @@ whose final value is 10% of the peak, and warmup. The paper's numbers (2000 warm
 """
 from __future__ import annotations
 import argparse, json, math, os, pathlib, shutil, signal, sys, time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from tinygrad.helpers import tqdm

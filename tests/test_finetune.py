@@ -2,7 +2,7 @@
 ../shared/fixtures with a small TinyStories-like text written here; data.py with every tokenizer kind; chat data
 rendered with the model's template and its loss mask; LoRA on SmolLM2's GGUF; bad input. Runs share one small
 configuration so the train step compiles few times."""
-import json, math, pathlib, random, shutil
+import json, pathlib, random, shutil
 import numpy as np
 import pytest
 from tinygrad import Tensor
