@@ -124,8 +124,8 @@ def _bits(t: Tensor) -> Tensor:
 _SAFE_DTYPES = {"F32": dtypes.float32, "F16": dtypes.float16, "BF16": dtypes.bfloat16, "F64": dtypes.float64}
 
 def _shape(v, n: int | None = None) -> bool:
-  """Is `v` a list of non-negative integers (of length n)?"""
-  return isinstance(v, list) and (n is None or len(v) == n) and all(type(d) is int and d >= 0 for d in v)
+  """Is `v` a list of non-negative integers (n of them, or at most 8 as in any weight's shape)?"""
+  return isinstance(v, (list, tuple)) and (len(v) <= 8 if n is None else len(v) == n) and all(type(d) is int and d >= 0 for d in v)
 
 def read_safetensors(path) -> dict[str, Tensor]:
   """Lazy views into a .safetensors file on disk, after checking its header as the safetensors library does: a JSON
@@ -294,6 +294,9 @@ class _StateDictUnpickler(pickle._Unpickler):
     raise pickle.UnpicklingError(f"it names {module}.{name}, which a state dict of float tensors does not use")
   def persistent_load(self, pid): return pid
 
+  def _refuse(self): raise pickle.UnpicklingError("it uses protocol 5's BYTEARRAY8, which allocates the length it reads before reading")
+  dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse}
+
 # what a damaged pickle stream makes the pure-Python unpickler raise
 _UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError)
 
@@ -321,12 +324,13 @@ def read_torch_zip(path) -> dict[str, Tensor]:
       if not (isinstance(name, str) and isinstance(call, _TensorCall) and len(call.args) >= 4): raise bad(f"its data.pkl holds {name!r:.80}, which is not a tensor")
       pid, offset, shape, stride = call.args[:4]
       if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in _TORCH_STORAGES and isinstance(pid[2], str)
-              and type(offset) is int and offset >= 0 and isinstance(shape, tuple) and isinstance(stride, tuple) and len(shape) == len(stride)
-              and all(type(d) is int and d >= 0 for d in shape + stride)):
+              and type(pid[4]) is int and type(offset) is int and offset >= 0 and isinstance(shape, tuple) and isinstance(stride, tuple)
+              and _shape(shape) and _shape(stride, len(shape))):
         raise bad(f"{name!r:.80} has a malformed tensor record")
       if any(st != math.prod(shape[d + 1:]) for d, st in enumerate(stride) if shape[d] > 1): raise bad(f"{name!r:.80} is not stored contiguously")
       dt, key = _TORCH_STORAGES[pid[1]], f"{base}/data/{pid[2]}"
       if (entry := infos.get(key)) is None: raise bad(f"{name!r:.80} refers to the storage {key!r:.80}, which the zip lacks")
+      if pid[4] * dt.itemsize != entry.file_size: raise bad(f"the storage {key!r:.80} holds {entry.file_size:,} bytes, not the {pid[4] * dt.itemsize:,} its record says")
       if (offset + math.prod(shape)) * dt.itemsize > entry.file_size: raise bad(f"{name!r:.80} reaches past the end of its storage {key!r:.80}")
       if key not in starts:   # the data begins after the entry's local header: 30 bytes, the name, an extra field
         f.seek(entry.header_offset)

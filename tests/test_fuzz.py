@@ -4,7 +4,6 @@ fields set to absurd values, shards missing or extra, an index naming files that
 loads or raises CheckpointError (TokenizerError) in one sentence naming the file, found by the reader's own checks
 (never load()'s last-resort wrapper), without a hang and without allocating far beyond the file's size."""
 import io, itertools, json, math, pathlib, pickle, re, shutil, signal, struct, subprocess, sys, zipfile
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tinygrad import GlobalCounters, dtypes
@@ -247,7 +246,8 @@ def file_mutations(ck: pathlib.Path) -> list:
 def damage(draw, ck: pathlib.Path) -> str:
   """Apply one kind of damage to the copy `ck`, drawn so that hypothesis shrinks a failure to the simplest damage."""
   files = files_of(ck)
-  kind = draw(st.sampled_from(["truncate", "flip", "field"] + (["files"] if ck.is_dir() and not (ck / "model.safetensors").exists() else [])))
+  shards = ["files"] if ck.is_dir() and not (ck / "model.safetensors").exists() else []
+  kind = draw(st.sampled_from(["truncate", "flip", "field", *shards, *(["pickle"] if (ck / "params.json").exists() else [])]))
   if kind == "truncate":
     f = draw(st.sampled_from([f for f in files if f.stat().st_size]))
     truncate(f, draw(st.integers(0, f.stat().st_size - 1)))
@@ -260,6 +260,11 @@ def damage(draw, ck: pathlib.Path) -> str:
   elif kind == "field":
     mutate, values = draw(st.sampled_from(field_mutations(ck)))
     mutate(draw(st.sampled_from(values)))
+  elif kind == "pickle":   # a garbled data.pkl under a valid CRC: what reaches the unpickler
+    shard = draw(st.sampled_from([f for f in files if f.suffix == ".pth"]))
+    with zipfile.ZipFile(shard) as z: pkl = bytearray(z.read("archive/data.pkl"))
+    for at in draw(st.lists(st.integers(0, len(pkl) - 1), min_size=1, max_size=3)): pkl[at] ^= draw(st.integers(1, 255))
+    rezip(shard, {"archive/data.pkl": bytes(pkl)})
   else: draw(st.sampled_from(file_mutations(ck)))()
   return kind
 
@@ -326,6 +331,8 @@ REASONS = [  # (format, damage to the copy, what the error must say)
   ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": pickle.dumps({"x": Foreign()}, protocol=2)}), "names shutil.rmtree, which a state dict"),
   ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": b"\x80\x02}q\x00(X\x01\x00\x00\x00a"}), "data.pkl cannot be unpickled"),
   ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": pickle.dumps([1, 2], protocol=2)}), "data.pkl holds no dict of tensors"),
+  ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": b"\x80\x05\x96" + struct.pack("<Q", 2**40)}), "BYTEARRAY8"),
+  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "numel", 7), "holds 4,096 bytes, not the 28 its record says"),
   ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "key", 99), "refers to the storage 'archive/data/99', which the zip lacks"),
   ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "offset", 10**12), "reaches past the end of its storage"),
   ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "shape", 10**12), "reaches past the end of its storage"),
