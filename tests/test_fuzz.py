@@ -6,7 +6,7 @@ loads or raises CheckpointError (TokenizerError) in one sentence naming the file
 import io, itertools, json, math, pathlib, pickle, re, shutil, signal, struct, subprocess, sys, zipfile
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from tinygrad import GlobalCounters, dtypes
+from tinygrad import GlobalCounters, Tensor, dtypes
 from tinygrad.device import Buffer
 import checkpoint, gguf, llama
 import reference as ref
@@ -131,6 +131,13 @@ def watch():
     signal.signal(signal.SIGALRM, old)
 
 def load_model(path): return checkpoint.load(path)
+
+def test_the_watch_catches_what_it_is_for(originals, watch):
+  """The checks themselves: a loader that allocates far beyond the file, or raises from load()'s last resort, fails."""
+  small = originals["llama2c-v1"]
+  with pytest.raises(AssertionError, match="the process grew"): watch(lambda p: bytearray(256 << 20), small)
+  with pytest.raises(AssertionError, match="bytes of tensors"): watch(lambda p: Tensor.zeros(10**8).contiguous().realize(), small)
+  with pytest.raises(AssertionError, match="last resort caught"): watch(lambda p: checkpoint.load(p, dtype=dtypes.int32, device=object()), small)
 
 # ***** corruptions *****
 
