@@ -3,33 +3,42 @@
 from __future__ import annotations
 import os, pathlib, shutil, tempfile
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
 def atomic_write(path, data: bytes) -> None:
-  """`path` holds either its old content or `data`, never a part of it."""
+  """`path` holds either its old content or `data`, never a part of it (with the permissions a plain write gives)."""
   path = pathlib.Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
     with os.fdopen(fd, "wb") as f: f.write(data)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it 0600
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise
 
 def staging_dir(path) -> pathlib.Path:
-  """A fresh empty directory beside `path` to build its new content in (then publish_dir)."""
+  """An empty directory `.{name}.staging` beside `path` to build its new content in (then publish_dir); what an
+  earlier, killed save left there is removed first."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  return pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  tmp = path.with_name(f".{path.name}.staging")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir()
+  return tmp
 
-def publish_dir(tmp: pathlib.Path, path, keep_others: bool = True) -> None:
+def publish_dir(tmp: pathlib.Path, path, drop: tuple[str, ...] = ()) -> None:
   """Make the directory `tmp` become `path`. The files of an existing `path` that `tmp` lacks are carried over
-  (hard links) when keep_others; the old directory is set aside under `.{name}.old` and removed only after the
-  swap, and recover_dir() puts it back if a crash came in between."""
+  (hard links), except those named in `drop`; the old directory is set aside under `.{name}.old` and removed only
+  after the swap, and recover_dir() puts it back if a crash came in between."""
   path = pathlib.Path(path)
   old = path.with_name(f".{path.name}.old")
   if path.is_dir():
-    if keep_others:
-      for f in path.iterdir():
-        if f.is_file() and not (tmp / f.name).exists(): os.link(f, tmp / f.name)
+    for f in path.iterdir():
+      if f.is_file() and f.name not in drop and not (tmp / f.name).exists(): os.link(f, tmp / f.name)
     shutil.rmtree(old, ignore_errors=True)
     os.replace(path, old)
   os.replace(tmp, path)
