@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     except ImportError:
       print("bench_generate.py: error: --llama-cpp needs llama-cpp-python: pip install -r requirements-extras.txt", file=sys.stderr)
       return 1
-    llm = Llama(model_path=a.model, n_ctx=ctx + 8, n_threads=a.threads, n_batch=512, verbose=False)
+    llm = Llama(model_path=a.model, n_ctx=max(512, ctx), n_threads=a.threads, n_batch=512, verbose=False)   # n_batch <= n_ctx
     runs[f"llama.cpp ({a.threads} threads)"] = lambda: llama_cpp(llm, ids, a.new_tokens)
   print(f"{a.model}: {len(ids)} prompt tokens, {a.new_tokens} new, {a.runs} interleaved runs (after a warm-up)")
   times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}

@@ -14,7 +14,7 @@ import argparse, csv, io, json, math, pathlib, re, string, sys, time
 from dataclasses import dataclass
 from typing import Callable
 import numpy as np
-from tinygrad import Tensor, TinyJit, UOp, dtypes
+from tinygrad import Context, Tensor, TinyJit, UOp, dtypes
 from tinygrad.helpers import tqdm
 import checkpoint, generate, kernels, llama
 from files import atomic_write
@@ -463,6 +463,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--stride", type=int, default=None, help="perplexity: tokens scored per window (default: half the window)")
   p.add_argument("--tokenizer", default=None, help="tokenizer file, when none is beside the checkpoint")
   p.add_argument("--output", default=None, help="write the scores and every item's details to this JSON file")
+  p.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache")
   return p.parse_args(argv)
 
 def evaluate(args) -> int:
@@ -511,7 +512,9 @@ def evaluate(args) -> int:
   return 0
 
 def main(argv=None) -> int:
-  try: return evaluate(parse_args(argv))
+  try:
+    a = parse_args(argv)
+    with Context(BEAM=a.beam): return evaluate(a)
   except (ValueError, OSError) as e:   # EvalError, CheckpointError, TokenizerError: one line, no traceback
     print(f"eval.py: error: {e}", file=sys.stderr)
     return 1

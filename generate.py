@@ -11,7 +11,7 @@ Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top
 from __future__ import annotations
 import argparse, math, pathlib, re, resource, secrets, statistics, sys, time
 from dataclasses import dataclass
-from tinygrad import Tensor, TinyJit, UOp, dtypes
+from tinygrad import Context, Tensor, TinyJit, UOp, dtypes
 import checkpoint, kernels, llama, parallel
 
 DEFAULT_OUT = pathlib.Path("out")   # where train.py writes its checkpoint
@@ -324,10 +324,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--host", default="127.0.0.1", help="--serve: the address to listen on")
   p.add_argument("--port", type=int, default=8000, help="--serve: the port (0: any free one)")
   p.add_argument("--api-key", default=None, help="--serve: every /v1 request must send 'Authorization: Bearer KEY'")
+  p.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache")
   return p.parse_args(argv)
 
 def main(argv=None):
   args = parse_args(argv)
+  with Context(BEAM=args.beam): return run(args)
+
+def run(args):
   sampling = Sampling(args.temperature, args.top_p, args.top_k).check()
   if args.max_new_tokens < 1: raise ValueError(f"-n must be at least 1, got {args.max_new_tokens}")
   if args.serve and (args.chat or args.benchmark): raise ValueError("--serve runs alone: drop --chat and --benchmark")

@@ -20,7 +20,7 @@ import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from tinygrad.helpers import tqdm
 from tinygrad.nn.optim import AdamW, OptimizerGroup
-from tinygrad.nn.state import safe_load, safe_save
+from tinygrad.nn.state import safe_save
 import checkpoint, data, llama, lora, parallel
 from files import atomic_write, publish_dir, recover_dir
 from tokenizer import Tokenizer, load_tokenizer
@@ -62,6 +62,7 @@ class TrainConfig:
   parallel: str = "dp"
   checkpoint_activations: bool = False
   dry_run: bool = False
+  beam: int = 0                           # tinygrad BEAM search width (0: its heuristics)
   init_from: str | None = None           # fine-tune this checkpoint (any format checkpoint.load opens)
   tokenizer: str | None = None           # its tokenizer where it has none beside it (default: the dataset's)
   lora_rank: int | None = None           # train LoRA adapters of this rank, the base frozen; None: every weight
@@ -146,6 +147,7 @@ def parse_args(argv=None) -> TrainConfig:
                       "dp+tp needs a 2-D device mesh that tinygrad 0.14 lacks (default dp)")
   g.add_argument("--checkpoint-activations", action="store_true", help="recompute each block's activations in the backward pass: less memory, one more forward")
   g.add_argument("--dry-run", action="store_true", help="print the memory per device (the paper's four models, then this run) and exit, allocating nothing")
+  g.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache")
   return TrainConfig(**vars(p.parse_args(argv)))
 
 def preset(cfg: TrainConfig) -> llama.ModelArgs:
@@ -295,35 +297,37 @@ def save_checkpoint(out: pathlib.Path, model, tokenizer: Tokenizer, opt: Optimiz
   tmp = out.with_name(f".{out.name}.saving")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
+  stale: tuple[str, ...] = ()
   if adapters := lora.adapters(model):
     safe_save(adapters, str(tmp / "adapters.safetensors"))
     if merge: checkpoint.save(lora.merged(model), tmp, tokenizer)
     else:
       tokenizer.save(tmp / tokenizer.file_name)
-      for f in ("config.json", "model.safetensors"): (out / f).unlink(missing_ok=True)
+      stale = ("config.json", "model.safetensors")
   else: checkpoint.save(model, tmp, tokenizer)
   safe_save(optimizer_state(opt, [t for g in param_groups(model) for t in g.values()]), str(tmp / "optimizer.safetensors"))
   (tmp / "train_state.json").write_text(json.dumps(state, indent=1) + "\n")
-  publish_dir(tmp, out)
+  publish_dir(tmp, out, drop=stale)   # the old out/ stays whole until the swap
 
 def load_checkpoint(out: pathlib.Path, cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None, dict, dict[str, Tensor]]:
   """(model, its tokenizer, training state, saved optimiser state) of the run in `out`."""
   recover_dir(out)   # a crash between the two renames of a save
   if not (out / "train_state.json").is_file(): raise TrainError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
-  state = json.loads((out / "train_state.json").read_text())
+  try: state = json.loads((out / "train_state.json").read_text())
+  except ValueError as e: raise TrainError(f"--resume: {out / 'train_state.json'} is corrupt ({e})") from None
   if (was := state["config"].get("dtype", "float32")) != cfg.dtype:   # the master copies exist only for 16-bit weights
     raise TrainError(f"--resume: the checkpoint was trained with --dtype {was}, not {cfg.dtype}")
   if cfg.lora_rank is not None:
     if not (out / "adapters.safetensors").is_file(): raise TrainError(f"--resume: {out} holds no LoRA adapters (adapters.safetensors missing)")
     model, tok = pretrained(cfg)
-    restore(lora.adapters(model), safe_load(str(out / "adapters.safetensors")), "the LoRA adapters")
+    restore(lora.adapters(model), checkpoint.read_safetensors(out / "adapters.safetensors"), "the LoRA adapters")
   else:
     args = llama.ModelArgs.from_dict(state["config"]["model"])
     parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # before loading
     check_memory(args, cfg)
     model, tok = checkpoint.load(out, device=cfg.devices[0])
     place_model(model, cfg)
-  return model, tok, state, safe_load(str(out / "optimizer.safetensors"))
+  return model, tok, state, checkpoint.read_safetensors(out / "optimizer.safetensors")
 
 def restore(mine: dict[str, Tensor], saved: dict[str, Tensor], what: str) -> None:
   """Assign the saved tensors to this run's ones of the same names (the optimiser state, LoRA adapters)."""
@@ -571,7 +575,9 @@ def train(cfg: TrainConfig) -> int:
   return 0
 
 def main(argv=None) -> int:
-  try: return train(parse_args(argv))
+  try:
+    cfg = parse_args(argv)
+    with Context(BEAM=cfg.beam): return train(cfg)
   except (ValueError, OSError) as e:   # TrainError, DataError, CheckpointError, ParallelError: one line, no traceback
     print(f"train.py: error: {e}", file=sys.stderr)
     return 1
