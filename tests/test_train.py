@@ -246,10 +246,21 @@ def test_float16_keeps_float32_masters(one_device, dataset, tmp_path, capsys):
   assert capsys.readouterr().err.strip() == "train.py: error: --resume: the checkpoint was trained with --dtype float16, not float32"
 
 def test_dry_run_prints_memory_without_allocating(capsys):
+  """The printed figures against first principles: 65.3B fp32 parameters are 243 GiB; tensor parallel over 4 devices
+  holds a quarter of them per device, data parallel all of them; a gradient per weight; AdamW's m and v twice that."""
   before = GlobalCounters.mem_used
   assert run("--dry-run", "--preset", "65B", "--devices", "CPU:0,CPU:1,CPU:2,CPU:3", "--parallel", "tp") == 0
   assert GlobalCounters.mem_used == before
   printed = capsys.readouterr().out
-  assert parallel.memory_table(n_devices=4, dtype="float32") in printed      # the paper's four models, on 4 devices
-  m = parallel.memory_per_device(llama.PRESETS["65B"], 4, "tp", batch=8, seq_len=128)   # this run: the default micro-batch
-  assert f"total {m['total'] / 2**30:.2f} GiB" in printed and "tp over 4 device(s)" in printed
+  rows = {(c[1], c[2]): c for line in printed.splitlines() if (c := [x.strip() for x in line.split("|")])[1:2] == ["65B"]}
+  whole = 65_285_660_672 * 4 / 2**30                                    # Table 2's 65B, float32 bytes, in GiB
+  for mode, share in (("tp", 4), ("dp", 1)):
+    weights, grads, adam = (float(x) for x in rows["65B", mode][4:7])
+    # under tp tinygrad keeps the untied embedding's gradient whole on every device: 32000 x 8192 floats less a quarter
+    assert weights == pytest.approx(whole / share, rel=0.01)
+    assert grads == pytest.approx(weights + 32000 * 8192 * 4 / 2**30 * (1 - 1 / share), rel=0.01)
+    assert adam == pytest.approx(2 * weights, rel=0.01)
+  assert "tp over 4 device(s)" in printed and "micro-batch 8x128 tokens" in printed
+  this = printed.split("this run:")[1]
+  total, acts = (float(this.split(k)[1].split(" ")[0]) for k in ("total ", "activations "))
+  assert total - acts == pytest.approx(4 * whole / 4, rel=0.01)        # weights + grads + m + v of a quarter each
