@@ -70,7 +70,7 @@ def corpus_documents(inputs: Iterable[str]) -> list[Document]:
 
 def _size(doc: Document) -> int: return len(doc[1].encode()) if isinstance(doc, tuple) else doc.stat().st_size
 
-def _chunks(doc: Document, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+def doc_chunks(doc: Document, size: int = CHUNK_BYTES) -> Iterator[bytes]:
   """The document's bytes in pieces of about `size`, each ending at a line end (or, in a line longer than `size`,
   between two UTF-8 characters), so no worker ever sees half a character."""
   with (io.BytesIO(doc[1].encode()) if isinstance(doc, tuple) else open(doc, "rb")) as f:
@@ -88,7 +88,7 @@ def _chunks(doc: Document, size: int = CHUNK_BYTES) -> Iterator[bytes]:
 
 def _lines(docs: list[Document]) -> Iterator[str]:
   for doc in docs:
-    for chunk in _chunks(doc): yield from (line for line in chunk.decode("utf-8", "replace").split("\n") if line.strip())
+    for chunk in doc_chunks(doc): yield from (line for line in chunk.decode("utf-8", "replace").split("\n") if line.strip())
 
 def train_tokenizer(text_iter_or_files, vocab_size: int, out_prefix) -> str:
   """Train a sentencepiece tokenizer as §2.1 describes LLaMA's: byte-pair encoding, "we split all numbers into
@@ -139,7 +139,7 @@ def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: 
   def jobs() -> Iterator[tuple[bytes, bool, bool, str]]:
     for doc in docs:
       prev = b""
-      for k, chunk in enumerate(_chunks(doc)):
+      for k, chunk in enumerate(doc_chunks(doc)):
         in_flight.acquire()
         yield chunk, k == 0, prev.endswith(b"\n"), dtype
         prev = chunk

@@ -18,7 +18,7 @@ DEFAULT_OUT = pathlib.Path("out")   # where train.py writes its checkpoint
 
 # ***** sampling on the device *****
 
-def _keep_top(probs: Tensor, weight: Tensor, target: Tensor, fan: int = 16) -> Tensor:
+def keep_top(probs: Tensor, weight: Tensor, target: Tensor, fan: int = 16) -> Tensor:
   """Zero every probability below τ, the largest threshold whose kept set {i: probs_i ≥ τ} still has
   Σ weight ≥ target. With weight = probs that kept set is the smallest set of tokens whose mass reaches target
   (top-p); with weight = 1 it is the target most probable tokens (top-k); tokens tied with τ all stay.
@@ -62,9 +62,9 @@ def sample(logits: Tensor, knobs: Tensor, s: Sampling, uniform: Tensor | None = 
   probs = (logits * knobs[0]).softmax(-1)
   fan = 16 if logits.shape[-1] <= 8192 else 4
   if s.top_k and s.top_k < logits.shape[-1]:
-    probs = _keep_top(probs, probs.ones_like(), knobs[2], fan)
+    probs = keep_top(probs, probs.ones_like(), knobs[2], fan)
     probs = probs / probs.sum(-1, keepdim=True)           # top-p then applies to the renormalised top-k set
-  if s.top_p < 1: probs = _keep_top(probs, probs, knobs[1], fan)
+  if s.top_p < 1: probs = keep_top(probs, probs, knobs[1], fan)
   # exponential race: argmax_i p_i / E_i with E_i = -log U_i ~ Exp(1) picks i with probability p_i / Σp, so
   # the kept probabilities need neither renormalising nor a cumulative sum (nor a sort)
   return (probs / -uniform.log()).argmax(-1, keepdim=True).cast(dtypes.int32)

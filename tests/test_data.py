@@ -90,7 +90,7 @@ def test_bos_at_each_document_and_chunking(tmp_path, tok, shakespeare):
 @settings(max_examples=60)
 @given(st.text(min_size=0, max_size=300), st.integers(1, 40))
 def test_chunks_cover_the_bytes_and_cut_between_characters(s, size):
-  chunks = list(data._chunks(("doc", s), size))
+  chunks = list(data.doc_chunks(("doc", s), size))
   assert b"".join(chunks) == s.encode()
   for c in chunks: c.decode("utf-8")     # raises if a chunk ends inside a character
 

@@ -252,7 +252,7 @@ def test_threshold_search_is_exact(logits, p, k, fan):
   n = int(np.searchsorted(csum, p))                 # the nucleus: order[:n+1]
   assume(np.abs(csum - p).min() > 1e-5)
   if fan not in _keepers:
-    _keepers[fan] = TinyJit(lambda x, kk, pp: Tensor.stack(G._keep_top(x, x.ones_like(), kk, fan), G._keep_top(x, x, pp, fan)).realize())
+    _keepers[fan] = TinyJit(lambda x, kk, pp: Tensor.stack(G.keep_top(x, x.ones_like(), kk, fan), G.keep_top(x, x, pp, fan)).realize())
   top_k, top_p = _keepers[fan](Tensor(probs[None]).realize(), Tensor([float(k)]).realize(), Tensor([p]).realize()).numpy()[:, 0]
   assert np.array_equal(top_k > 0, probs >= order[k - 1])
   assert np.array_equal(top_p > 0, probs >= order[n])
