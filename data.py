@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
+from tinygrad.helpers import tqdm
+import chat
 from files import atomic_write
 from tokenizer import Tokenizer, load_tokenizer
 
@@ -134,7 +136,6 @@ def _encode_chunk(job: tuple[bytes, bool, bool, str]) -> tuple[np.ndarray, int]:
 def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: pathlib.Path, workers: int) -> int:
   """Encode every document (BOS at the start of each, where the tokenizer wants one) into dest, in document order;
   returns the token count. A semaphore keeps at most a few chunks per worker in flight: Pool.imap alone would read the whole input ahead."""
-  from tinygrad.helpers import tqdm
   in_flight = threading.BoundedSemaphore(4 * workers)
   def jobs() -> Iterator[tuple[bytes, bool, bool, str]]:
     for doc in docs:
@@ -219,35 +220,17 @@ def conversations(doc: Document) -> Iterator[list[dict]]:
                       f"from the user's to the assistant's (roles here: {', '.join(roles)})")
     yield msgs
 
-def render_chat(tok: Tokenizer, fmt, messages: list[dict]) -> tuple[list[int], list[int]]:
-  """(ids, mask) of one conversation in the chat format `fmt` (generate.chat_format), exactly as generate.py --chat
-  feeds a dialogue to the model: each user turn through fmt.turn, each answer as the model samples it, then EOS and
-  fmt.after_eos. mask is 1 on the answers and their EOS (what the model must learn to say), 0 elsewhere."""
-  from generate import encode_pieces   # only chat data needs the model code's imports
-  system = messages[0]["content"] if messages[0]["role"] == "system" else None
-  turns = messages[1:] if system is not None else messages
-  ids, mask = [], []
-  for k in range(0, len(turns), 2):
-    prompt = encode_pieces(tok, fmt.turn(turns[k]["content"], system if k == 0 else None, k == 0))
-    answer = tok.encode(turns[k + 1]["content"]) + [tok.eos_id]
-    after = encode_pieces(tok, fmt.after_eos())
-    ids += prompt + answer + after
-    mask += [0] * len(prompt) + [1] * len(answer) + [0] * len(after)
-  return ids, mask
-
 def prepare_chat(inputs: list[str], out="data", tokenizer=None) -> dict:
   """A chat dataset in `out` from JSON-lines files of conversations: the tokenizer (as prepare saves it), per split
   {split}.bin tokens, {split}_mask.bin (uint8 loss mask) and {split}_starts.bin (uint64 offset of each conversation,
   and the end), then meta.json. The conversations are shuffled; the last 10% (at least one) are the validation split."""
-  from tinygrad.helpers import tqdm
-  from generate import chat_format
   if tokenizer is None: raise DataError("--chat needs --tokenizer: the model's, whose chat template renders the conversations")
   if not inputs: raise DataError("--chat needs INPUT files of JSON lines")
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   tok_path = keep_tokenizer(tokenizer, out)
   tok = load_tokenizer(tok_path)
-  fmt = chat_format(tok)
+  fmt = chat.chat_format(tok)
   convs = [c for doc in corpus_documents(inputs) for c in conversations(doc)]
   if len(convs) < 2: raise DataError(f"--chat needs at least 2 conversations (one goes to the validation split), found {len(convs)}")
   random.Random(0).shuffle(convs)
@@ -257,7 +240,7 @@ def prepare_chat(inputs: list[str], out="data", tokenizer=None) -> dict:
     starts, files = [0], {k: out / f".{split}{k}.tmp" for k in ("", "_mask")}
     with open(files[""], "wb") as ft, open(files["_mask"], "wb") as fm:
       for msgs in tqdm(part, desc=f"rendering {split}", unit="conv"):
-        ids, mask = render_chat(tok, fmt, msgs)
+        ids, mask = chat.render_chat(tok, fmt, msgs)
         ft.write(np.array(ids, dtype=dtype).tobytes())
         fm.write(np.array(mask, dtype=np.uint8).tobytes())
         starts.append(starts[-1] + len(ids))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 import numpy as np
-from tinygrad import Tensor, UOp, dtypes, function, nn
+from tinygrad import Tensor, UOp, dtypes, nn
 from tinygrad.nn.state import get_parameters, get_state_dict
+from engine import recomputed, split_axis, write_then_read
 
 # ***** configuration *****
 
@@ -108,11 +109,6 @@ def causal_mask(seqlen: int, start_pos: int | UOp, device) -> Tensor | None:
   if seqlen == 1: return None
   return Tensor.ones(seqlen, seqlen, dtype=dtypes.bool, device=device).tril().pad(((0, 0), (start_pos, 0)), value=True)
 
-def write_then_read(buf: Tensor, region: Tensor, value: Tensor) -> Tensor:
-  """`region` (a slice of `buf`) := value, and `buf` as it is after the write, as one graph: no realize in between,
-  so a TinyJit replays the write too (tinygrad's own llm writes its KV cache this way)."""
-  return Tensor(buf.uop.after(region.uop.store(value.cast(buf.dtype).uop)))
-
 class Attention:
   def __init__(self, args: ModelArgs):
     self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
@@ -169,9 +165,9 @@ class TransformerBlock:
 # §2.4 activation checkpointing, in its simplest correct form: keep only each block's input and recompute the block in
 # the backward pass (Chen et al. 2016, "Training deep nets with sublinear memory cost"; the paper keeps the outputs of
 # the linear layers instead, with a hand-written backward). tinygrad merges identical lazy nodes, so calling the block
-# again would reuse the first forward; `function` with both precompile flags makes the block, and its backward that
-# recomputes it, programs of their own whose intermediates the outer graph never sees.
-@function(precompile=True, precompile_backward=True)
+# again would reuse the first forward; engine.recomputed makes the block, and its backward that recomputes it,
+# programs of their own whose intermediates the outer graph never sees.
+@recomputed
 def checkpointed_block(layer: TransformerBlock, x: Tensor, freqs: Tensor) -> Tensor:
   """`layer(x, 0, freqs)` for training, its activations recomputed in the backward pass. After backward(), make every
   weight's gradient contiguous before using it: tinygrad 0.14 reruns a precompiled backward on every read of its
@@ -213,7 +209,7 @@ class Transformer:
       a, w = layer.attention, layer.attention.wk.weight
       cache = Tensor.zeros(2, max_batch, a.n_kv_heads, ctx, a.head_dim, dtype=dtype, device=w.device if isinstance(w.device, str) else None)
       # on several devices the cache lives where wk does: split by kv-heads when wk is split by rows (tp), else copied
-      if isinstance(w.device, tuple): cache = cache.shard(w.device, 2 if w.uop.axis == 0 else None)
+      if isinstance(w.device, tuple): cache = cache.shard(w.device, 2 if split_axis(w) == 0 else None)
       a.cache_kv = cache.contiguous().realize()
 
   def drop_cache(self):

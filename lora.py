@@ -7,6 +7,7 @@ from typing import Iterator
 from tinygrad import Tensor, dtypes
 from tinygrad.nn.state import get_state_dict
 import llama
+from engine import split_axis
 
 class LoRAError(ValueError):
   """LoRA settings that do not fit the model; the message is one line for the user."""
@@ -41,7 +42,7 @@ def place(t: Tensor, weight: Tensor, axis: int) -> Tensor:
   """An adapter onto `weight`'s device(s), realised. Under tensor parallel W split by output rows (axis 0) splits B by
   rows too, W split by input columns (axis 1) splits A by columns; the other factor is copied. So B·A is split like W."""
   if not isinstance(weight.device, tuple): return t.to(weight.device).contiguous().realize()
-  return t.shard(weight.device, axis if weight.uop.axis == axis else None).contiguous().realize()
+  return t.shard(weight.device, axis if split_axis(weight) == axis else None).contiguous().realize()
 
 def parse_targets(spec: str) -> tuple[str, ...]:
   targets = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, dataclasses, hmac, http.server, json, pathlib, queue, select, socket, sys, threading, time, uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
-import data, generate as G
+from chat import chat_format, encode_pieces, render_chat
+from decode import Generator, Sampling, Stats, common_prefix, generate
 
 MAX_BODY = 1 << 20                                 # bytes of request body accepted; more is refused with 413
 PAGE = pathlib.Path(__file__).with_name("chat.html")
@@ -42,7 +43,7 @@ class Job:
   """One generation on the worker. events gets ("text", delta)..., then ("done", finish_reason, usage) or ("error", message)."""
   ids: list[int]
   max_tokens: int
-  sampling: G.Sampling
+  sampling: Sampling
   seed: int | None
   stops: list[str]
   decoder: object                        # tokenizer.StreamDecoder: primed with the prompt (completions) or fresh (chat)
@@ -51,22 +52,22 @@ class Job:
   events: queue.Queue = field(default_factory=queue.Queue)
   cancelled: threading.Event = field(default_factory=threading.Event)
 
-def parse(body, tok, ctx: int, defaults: G.Sampling, seed: int | None, max_tokens: int, chat: bool) -> Job:
-  """The Job a completions (chat=False) or chat completions request body asks for; ApiError(400) when it is wrong."""
+def parse(body, tok, ctx: int, defaults: Sampling, seed: int | None, max_tokens: int, is_chat: bool) -> Job:
+  """The Job a completions (is_chat=False) or chat completions request body asks for; ApiError(400) when it is wrong."""
   if not isinstance(body, dict): raise ApiError(400, "the request body must be a JSON object")
   for name, neutral in NEUTRAL.items():
     if body.get(name) not in (None, neutral): raise ApiError(400, f"'{name}' is not supported: only {json.dumps(neutral)}", param=name)
   try:
-    ids = chat_ids(tok, get(body, "messages")) if chat else prompt_ids(tok, body)
+    ids = chat_ids(tok, get(body, "messages")) if is_chat else prompt_ids(tok, body)
     t, p, k = get(body, "temperature"), get(body, "top_p"), get(body, "top_k")
-    s = G.Sampling(defaults.temperature if t is None else float(t), defaults.top_p if p is None else float(p),
+    s = Sampling(defaults.temperature if t is None else float(t), defaults.top_p if p is None else float(p),
                    defaults.top_k if k is None else k).check()
   except ValueError as e: raise ApiError(400, str(e)) from None   # a chat format or tokenizer refusal, a sampling value
   if not s.temperature <= 2: raise ApiError(400, f"temperature must be in [0, 2], got {s.temperature}", param="temperature")
   if s.top_k >= tok.vocab_size: s = dataclasses.replace(s, top_k=0)   # keeps every token: the same as off
   room = ctx - len(ids)
   if room < 1: raise ApiError(400, f"the prompt is {len(ids)} tokens, and the context holds {ctx}", code="context_length_exceeded")
-  n = get(body, "max_completion_tokens") if chat and body.get("max_completion_tokens") is not None else get(body, "max_tokens")
+  n = get(body, "max_completion_tokens") if is_chat and body.get("max_completion_tokens") is not None else get(body, "max_tokens")
   if n is not None and not 1 <= n <= room:
     raise ApiError(400, f"max_tokens must be in 1..{room}: the context holds {ctx} tokens and the prompt takes {len(ids)}, "
                    f"got {n}", param="max_tokens", code="context_length_exceeded" if n > room else None)
@@ -76,7 +77,7 @@ def parse(body, tok, ctx: int, defaults: G.Sampling, seed: int | None, max_token
     raise ApiError(400, "'stop' must be a non-empty string or an array of at most 4 of them", param="stop")
   opts, seed_in = get(body, "stream_options") or {}, get(body, "seed")
   decoder = tok.decoder()
-  if not chat:
+  if not is_chat:
     for i in ids: decoder.add(i)       # the continuation's first piece keeps its leading space, as generate.py prints it
   return Job(ids, n or min(max_tokens, room), s, seed if seed_in is None else seed_in, stops, decoder,
              bool(get(body, "stream")), opts.get("include_usage") is True)
@@ -107,9 +108,9 @@ def chat_ids(tok, messages: list | None) -> list[int]:
   if [t["role"] for t in talk] != ["user", "assistant"] * (len(talk) // 2) + ["user"]:
     raise ApiError(400, "after an optional system message, user and assistant messages must alternate, from a user's to a user's",
                    param="messages")
-  fmt = G.chat_format(tok)
-  history, _ = data.render_chat(tok, fmt, turns[:-1]) if len(talk) > 1 else ([], [])
-  return history + G.encode_pieces(tok, fmt.turn(talk[-1]["content"], system if len(talk) == 1 else None, len(talk) == 1))
+  fmt = chat_format(tok)
+  history, _ = render_chat(tok, fmt, turns[:-1]) if len(talk) > 1 else ([], [])
+  return history + encode_pieces(tok, fmt.turn(talk[-1]["content"], system if len(talk) == 1 else None, len(talk) == 1))
 
 # ***** the worker: one model, one KV cache *****
 
@@ -141,7 +142,7 @@ def line(r: dict) -> str:
 class Engine:
   """The Generator and its KV cache, and the queue of jobs that work() runs in turn. `cached` is the tokens the cache
   holds; report(record) is called after each job with its counts, timings and how it finished."""
-  def __init__(self, gen: G.Generator, tok, report=None):
+  def __init__(self, gen: Generator, tok, report=None):
     self.gen, self.tok, self.cached = gen, tok, []
     self.report = report or (lambda r: print(line(r), file=sys.stderr, flush=True))
     self.jobs: queue.Queue = queue.Queue()
@@ -157,9 +158,9 @@ class Engine:
       except Exception as e: job.events.put(("error", f"{type(e).__name__}: {e}"))   # this job fails; the cache stays usable
 
   def run(self, job: Job):
-    gen, stats, new, stop = self.gen, G.Stats(), [], StopText(job.stops)
+    gen, stats, new, stop = self.gen, Stats(), [], StopText(job.stops)
     # the last prompt token is always fed: its logits give the first new token
-    keep = next((i for i, (a, b) in enumerate(zip(self.cached, job.ids[:-1])) if a != b), min(len(self.cached), len(job.ids) - 1))
+    keep = common_prefix(self.cached, job.ids[:-1])
     def on_token(tid: int):
       new.append(tid)
       text, done = stop.add(job.decoder.add(tid))
@@ -169,7 +170,7 @@ class Engine:
     try:
       gen.rewind(keep)
       gen.resample(job.sampling, job.seed)
-      out = G.generate(gen, job.ids[keep:], job.max_tokens, self.tok.eos_id, stats, on_token)
+      out = generate(gen, job.ids[keep:], job.max_tokens, self.tok.eos_id, stats, on_token)
       finish = "length" if len(out) == job.max_tokens else "stop"   # max_tokens fits the context, so else it is EOS
       if (text := stop.add(job.decoder.flush(), final=True)[0]): job.events.put(("text", text))
     except Halt as h: finish = str(h)
@@ -186,7 +187,7 @@ class Server(http.server.ThreadingHTTPServer):
   """The HTTP front: parses and checks each request on its connection's thread and queues it for the engine."""
   daemon_threads = True
 
-  def __init__(self, address, engine: Engine, name: str, sampling: G.Sampling, seed: int | None, max_tokens: int, api_key: str | None):
+  def __init__(self, address, engine: Engine, name: str, sampling: Sampling, seed: int | None, max_tokens: int, api_key: str | None):
     self.engine, self.name, self.sampling, self.seed, self.max_tokens, self.api_key = engine, name, sampling, seed, max_tokens, api_key
     self.created = int(time.time())
     super().__init__(address, Handler)
@@ -308,15 +309,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def new_id(chat: bool) -> str: return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
-def make_server(gen: G.Generator, tok, args: argparse.Namespace, report=None) -> Server:
+def make_server(gen: Generator, tok, args: argparse.Namespace, report=None) -> Server:
   """The server generate.py --serve runs, bound but not serving yet (serve_forever on a thread, then engine.work());
-  request defaults are the command line's."""
-  path = pathlib.Path(args.model or G.DEFAULT_OUT)
+  request defaults are the command line's; the model's name is its file's or directory's (args.model)."""
+  path = pathlib.Path(args.model)
   name = path.stem if path.is_file() else path.name
-  return Server((args.host, args.port), Engine(gen, tok, report), name, G.Sampling(args.temperature, args.top_p, args.top_k),
+  return Server((args.host, args.port), Engine(gen, tok, report), name, Sampling(args.temperature, args.top_p, args.top_k),
                 args.seed, args.max_new_tokens, args.api_key)
 
-def serve(gen: G.Generator, tok, args: argparse.Namespace):
+def serve(gen: Generator, tok, args: argparse.Namespace):
   server = make_server(gen, tok, args)
   open_to_all = args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key
   print(f"serving {server.name} at {server.url()} (chat page; OpenAI API under /v1)"

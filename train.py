@@ -14,15 +14,16 @@ whose final value is 10% of the peak, and warmup. The paper's numbers (2000 warm
 3e-4 to 1.5e-4) are for billions of parameters; the defaults here scale them to the small preset.
 """
 from __future__ import annotations
-import argparse, json, math, os, pathlib, shutil, signal, sys, time
+import argparse, math, pathlib, signal, sys, time
 from dataclasses import asdict, dataclass
 import numpy as np
-from tinygrad import Context, Device, Tensor, TinyJit, dtypes
+from tinygrad import Context, Device, Tensor, dtypes
 from tinygrad.helpers import tqdm
-from tinygrad.nn.optim import AdamW, OptimizerGroup
-from tinygrad.nn.state import safe_save
-import checkpoint, data, llama, lora, parallel
-from files import atomic_write, publish_dir, recover_dir
+from tinygrad.nn.optim import OptimizerGroup
+import checkpoint, data, llama, lora, memory, parallel, plots, runs
+from steps import make_eval_step, make_train_step
+from decode import Generator, Sampling, Stats, common_prefix, generate
+from optim import lr_at, make_optimizer, optimizer_state, param_groups
 from tokenizer import Tokenizer, load_tokenizer
 
 class TrainError(ValueError):
@@ -56,6 +57,7 @@ class TrainConfig:
   eval_steps: int = 10
   save_every: int = 100
   resume: bool = False
+  force: bool = False                     # replace the run in --out (else a new run refuses to overwrite it)
   plot: bool = False
   sample_tokens: int = 100
   devices: str | tuple[str, ...] = ""     # "CUDA:0,CUDA:1" or a tuple; empty: tinygrad's default device
@@ -73,29 +75,29 @@ class TrainConfig:
   def __post_init__(self):
     for k in ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_every", "eval_steps", "save_every"):
       if getattr(self, k) < 1: raise TrainError(f"--{k.replace('_', '-')} must be at least 1")
-    if self.resume or self.merge: self.inherit()
-    lr, warmup = FINETUNE_DEFAULTS["lora" if self.lora_rank is not None else "full" if self.init_from is not None else "scratch"]
-    if self.lr is None: self.lr = lr
-    if self.warmup_steps is None: self.warmup_steps = warmup
-    if self.lr_decay_steps is None: self.lr_decay_steps = self.max_steps
-    if self.init_from is not None and (given := [k for k in MODEL_FIELDS if getattr(self, k) is not None]):
-      raise TrainError(f"--{given[0].replace('_', '-')} cannot change the model that --init-from loads")
-    if self.lora_rank is not None:
-      if self.init_from is None: raise TrainError("--lora-rank needs --init-from: LoRA adapts a pretrained model")
-      if self.lora_rank < 1: raise TrainError(f"--lora-rank must be at least 1, not {self.lora_rank}")
-      if self.lora_alpha is None: self.lora_alpha = float(self.lora_rank)
-      self.lora_targets = ",".join(lora.parse_targets(self.lora_targets or lora.DEFAULT_TARGETS))
-    # opens each device now: a missing one is reported before anything runs
-    self.devices = parallel.parse_devices(self.devices if isinstance(self.devices, str) else ",".join(self.devices))
-    if self.parallel == "dp": parallel.check_batch(self.batch_size, len(self.devices), "dp")
 
-  def inherit(self) -> None:
-    """--resume, --merge: the options that say what is trained and how fast, where not given, are the checkpoint's."""
-    recover_dir(self.out)
-    if (p := pathlib.Path(self.out) / "train_state.json").is_file():
-      saved = json.loads(p.read_text())["config"]
-      for k in INHERITED:
-        if getattr(self, k) is None: setattr(self, k, saved.get(k))
+def configure(cfg: TrainConfig) -> TrainConfig:
+  """The run as it will go: with --resume or --merge the checkpoint's own options where none were given, the defaults
+  of this kind of run (from scratch, fine-tuning every weight, LoRA), checked, and every device opened (a missing one
+  is reported before anything runs). Calling it again changes nothing."""
+  if cfg.resume or cfg.merge:
+    saved = runs.read_state(pathlib.Path(cfg.out))["config"] if (pathlib.Path(cfg.out) / "train_state.json").is_file() else {}
+    for k in INHERITED:
+      if getattr(cfg, k) is None: setattr(cfg, k, saved.get(k))
+  lr, warmup = FINETUNE_DEFAULTS["lora" if cfg.lora_rank is not None else "full" if cfg.init_from is not None else "scratch"]
+  if cfg.lr is None: cfg.lr = lr
+  if cfg.warmup_steps is None: cfg.warmup_steps = warmup
+  if cfg.lr_decay_steps is None: cfg.lr_decay_steps = cfg.max_steps
+  if cfg.init_from is not None and (given := [k for k in MODEL_FIELDS if getattr(cfg, k) is not None]):
+    raise TrainError(f"--{given[0].replace('_', '-')} cannot change the model that --init-from loads")
+  if cfg.lora_rank is not None:
+    if cfg.init_from is None: raise TrainError("--lora-rank needs --init-from: LoRA adapts a pretrained model")
+    if cfg.lora_rank < 1: raise TrainError(f"--lora-rank must be at least 1, not {cfg.lora_rank}")
+    if cfg.lora_alpha is None: cfg.lora_alpha = float(cfg.lora_rank)
+    cfg.lora_targets = ",".join(lora.parse_targets(cfg.lora_targets or lora.DEFAULT_TARGETS))
+  cfg.devices = parallel.parse_devices(cfg.devices if isinstance(cfg.devices, str) else ",".join(cfg.devices))
+  if cfg.parallel == "dp": parallel.check_batch(cfg.batch_size, len(cfg.devices), "dp")
+  return cfg
 
 MODEL_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of")
 INHERITED = ("init_from", "tokenizer", "lora_rank", "lora_alpha", "lora_targets", "lr", "warmup_steps")
@@ -137,6 +139,7 @@ def parse_args(argv=None) -> TrainConfig:
   r.add_argument("--eval-steps", type=int, default=10, help="validation batches per estimate")
   r.add_argument("--save-every", type=int, default=100, help="steps between checkpoints (also at the end and on Ctrl-C)")
   r.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+  r.add_argument("--force", action="store_true", help="replace the run in --out by a new one (its files are deleted)")
   r.add_argument("--plot", action="store_true", help="write out/loss.png (needs matplotlib)")
   r.add_argument("--sample-tokens", type=int, default=100, help="tokens of the sample printed at the end (0: none)")
   g = p.add_argument_group("devices and memory (§2.4)")
@@ -148,7 +151,7 @@ def parse_args(argv=None) -> TrainConfig:
   g.add_argument("--checkpoint-activations", action="store_true", help="recompute each block's activations in the backward pass: less memory, one more forward")
   g.add_argument("--dry-run", action="store_true", help="print the memory per device (the paper's four models, then this run) and exit, allocating nothing")
   g.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache")
-  return TrainConfig(**vars(p.parse_args(argv)))
+  return configure(TrainConfig(**vars(p.parse_args(argv))))
 
 def preset(cfg: TrainConfig) -> llama.ModelArgs:
   if cfg.preset not in llama.PRESETS: raise TrainError(f"unknown preset {cfg.preset!r} (known: {', '.join(llama.PRESETS)})")
@@ -161,58 +164,6 @@ def model_args(cfg: TrainConfig, vocab_size: int) -> llama.ModelArgs:
   args.update({k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of") if getattr(cfg, k) is not None})
   args.update(vocab_size=vocab_size, max_seq_len=max(args["max_seq_len"], cfg.seq_len))
   return llama.ModelArgs.from_dict(args)
-
-# ***** §2.3 optimiser: AdamW, cosine schedule with warmup, clipping *****
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-  """Learning rate of update number step+1: linear warmup to the peak over warmup_steps, then a cosine down to
-  min_lr_ratio·peak at lr_decay_steps (§2.3: "the final learning rate is equal to 10% of the maximal learning
-  rate"), and that floor afterwards."""
-  n, warm, end = step + 1, cfg.warmup_steps, cfg.lr_decay_steps
-  if n <= warm: return cfg.lr * n / warm
-  progress = min(1.0, (n - warm) / (end - warm)) if end > warm else 1.0
-  return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-def trainable(model: llama.Transformer) -> dict[str, Tensor]:
-  """The tensors the optimiser updates, by name: a LoRA model's adapters, else every learned tensor."""
-  return lora.adapters(model) or llama.learned(model)
-
-def param_groups(model: llama.Transformer) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-  """(decayed, not decayed) trainable tensors by name. Weight decay goes on the weight matrices of the linear layers
-  (and LoRA's A and B) only; norm gains and the token embedding are not decayed (as in nanoGPT / llama2.c)."""
-  decay, keep = {}, {}
-  for name, t in trainable(model).items(): (decay if t.ndim == 2 and name != "tok_embeddings.weight" else keep)[name] = t
-  return decay, keep
-
-def make_optimizer(model: llama.Transformer, lr: float, weight_decay: float) -> tuple[OptimizerGroup, list[Tensor]]:
-  """AdamW over the model's trainable tensors; returns (optimiser, those tensors). The tensors the optimiser updates
-  (opt.params, in the same order) are the model's own when they are float32, else float32 master copies, placed like
-  them (mixed precision, Micikevicius et al. 2018): tinygrad's AdamW adds each update to the weight in the weight's
-  dtype, and an update below half a weight's last bit is lost (bfloat16 keeps 8 significant bits). The train step
-  copies the updated masters back into the model, rounded."""
-  decay, keep = param_groups(model)
-  def master(ts): return [t if t.dtype == dtypes.float32 else t.float().contiguous().realize() for t in ts]
-  # §2.3: "AdamW optimizer with the following hyper-parameters: β1 = 0.9, β2 = 0.95", weight decay 0.1
-  # (a LoRA model has no undecayed group)
-  opt = OptimizerGroup(*[AdamW(master(g.values()), lr=lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=wd) for g, wd in ((decay, weight_decay), (keep, 0.0)) if g])
-  return opt, list(decay.values()) + list(keep.values())
-
-def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
-  """Scale every gradient by min(1, max_norm/‖g‖) where ‖g‖ is the norm of all gradients together (§2.3 "gradient
-  clipping of 1.0"); returns ‖g‖ before clipping. tinygrad has no helper for this."""
-  norm = Tensor.stack(*[p.grad.float().square().sum() for p in params]).sum().sqrt()
-  scale = (max_norm / (norm + 1e-6)).minimum(1.0)
-  for p in params: p.grad = (p.grad * scale).cast(p.grad.dtype)
-  return norm
-
-def optimizer_state(opt: OptimizerGroup, params: list[Tensor]) -> dict[str, Tensor]:
-  """AdamW's moments and bias-correction powers, by position (parameters are always listed in the same order), and
-  the float32 master copies of 16-bit weights (make_optimizer)."""
-  out = {f"master.{j}": m for j, (p, m) in enumerate(zip(params, opt.params)) if m is not p}
-  for i, o in enumerate(opt.optimizers):
-    out |= {f"{i}.b1_t": o.b1_t, f"{i}.b2_t": o.b2_t}
-    out |= {f"{i}.m.{j}": t for j, t in enumerate(o.m)} | {f"{i}.v.{j}": t for j, t in enumerate(o.v)}
-  return out
 
 # ***** devices (§2.4): parallel.shard_model places the weights for --parallel, parallel.shard_batch each batch *****
 
@@ -235,29 +186,6 @@ def use_atomics(devices: tuple[str, ...], mode: str) -> int:
   backends = {Device.canonicalize(d).split(":")[0] for d in devices}
   return int(backends <= {"CPU", "AMD"} and (len(devices) == 1 or mode == "tp"))
 
-def available_memory() -> int | None:
-  """Bytes of host memory free for this run (Linux: MemAvailable, which counts reclaimable page cache), or None."""
-  try:
-    if os.path.exists("/proc/meminfo"):
-      for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError, AttributeError): return None
-
-def memory(args: llama.ModelArgs, cfg: TrainConfig) -> dict[str, int]:
-  """parallel.memory_per_device for this run; with LoRA only the adapters get gradients and Adam state."""
-  return parallel.memory_per_device(args, len(cfg.devices), cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations,
-                                    trainable=None if cfg.lora_rank is None else lora.num_params(args, cfg.lora_rank, cfg.lora_targets))
-
-def check_memory(args: llama.ModelArgs, cfg: TrainConfig) -> None:
-  """Refuse a run whose estimate (parallel.memory_per_device) exceeds the free host memory, before allocating it.
-  CPU only: the other backends report their own allocation failures."""
-  if Device.canonicalize(cfg.devices[0]).split(":")[0] != "CPU" or (avail := available_memory()) is None: return
-  need = memory(args, cfg)["total"]
-  if need * (len(cfg.devices)) > avail:   # virtual CPU devices share the host's memory
-    raise TrainError(f"a micro-batch of {cfg.batch_size}x{cfg.seq_len} tokens needs about {need * len(cfg.devices) / 2**30:.1f} GiB but "
-                     f"{avail / 2**30:.1f} GiB is free: lower --batch-size or --seq-len (and raise --grad-accum to keep the tokens per step)")
-
 # ***** the model to train: from scratch, or --init-from a checkpoint (every weight, or LoRA adapters) *****
 
 def pretrained(cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None]:
@@ -266,7 +194,7 @@ def pretrained(cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None]:
   model, tok = checkpoint.load(cfg.init_from, tokenizer=cfg.tokenizer, device=cfg.devices[0])
   if cfg.seq_len > model.args.max_seq_len: raise TrainError(f"--seq-len {cfg.seq_len} is longer than the model's context ({model.args.max_seq_len})")
   parallel.check_parallel(model.args, len(cfg.devices), cfg.parallel)
-  check_memory(model.args, cfg)
+  memory.check_host(model.args, cfg)
   place_model(model, cfg)
   if cfg.lora_rank is not None:
     Tensor.manual_seed(cfg.seed)
@@ -279,129 +207,14 @@ def run_tokenizer(model: llama.Transformer, model_tok: Tokenizer | None, data_to
   .bin alone)."""
   tok = model_tok or data_tok
   if tok.pieces != data_tok.pieces:
-    first = next((i for i, (a, b) in enumerate(zip(tok.pieces, data_tok.pieces)) if a != b), min(tok.vocab_size, data_tok.vocab_size))
+    first = common_prefix(tok.pieces, data_tok.pieces)
     raise TrainError(f"the dataset in {cfg.data} was encoded with another tokenizer than the model's ({data_tok.vocab_size} vs {tok.vocab_size} "
                      f"tokens, the first difference at id {first}): rebuild it with python data.py ... --tokenizer <the model's tokenizer>")
   if tok.vocab_size > model.args.vocab_size:
     raise TrainError(f"the tokenizer has {tok.vocab_size} tokens but the model embeds only {model.args.vocab_size}")
   return tok
 
-# ***** checkpoints: model (checkpoint.save) or LoRA adapters + optimiser + training state, swapped in as one directory *****
-
-def save_checkpoint(out: pathlib.Path, model, tokenizer: Tokenizer, opt: OptimizerGroup, state: dict, merge: bool = True) -> None:
-  """Build the whole checkpoint in a directory beside `out`, carry over the files of `out` that are not part of it
-  (log.jsonl, loss.png), then swap directories: a crash leaves either the old or the new checkpoint. A LoRA model
-  saves its adapters (adapters.safetensors; --resume takes the base from --init-from again), and with `merge` also
-  the merged model in our format, which checkpoint.load and generate.py open; a merged model an earlier save left
-  would be stale, so a save without `merge` removes it."""
-  tmp = out.with_name(f".{out.name}.saving")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  stale: tuple[str, ...] = ()
-  if adapters := lora.adapters(model):
-    safe_save(adapters, str(tmp / "adapters.safetensors"))
-    if merge: checkpoint.save(lora.merged(model), tmp, tokenizer)
-    else:
-      tokenizer.save(tmp / tokenizer.file_name)
-      stale = ("config.json", "model.safetensors")
-  else: checkpoint.save(model, tmp, tokenizer)
-  safe_save(optimizer_state(opt, [t for g in param_groups(model) for t in g.values()]), str(tmp / "optimizer.safetensors"))
-  (tmp / "train_state.json").write_text(json.dumps(state, indent=1) + "\n")
-  publish_dir(tmp, out, drop=stale)   # the old out/ stays whole until the swap
-
-def load_checkpoint(out: pathlib.Path, cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None, dict, dict[str, Tensor]]:
-  """(model, its tokenizer, training state, saved optimiser state) of the run in `out`."""
-  recover_dir(out)   # a crash between the two renames of a save
-  if not (out / "train_state.json").is_file(): raise TrainError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
-  try: state = json.loads((out / "train_state.json").read_text())
-  except ValueError as e: raise TrainError(f"--resume: {out / 'train_state.json'} is corrupt ({e})") from None
-  if (was := state["config"].get("dtype", "float32")) != cfg.dtype:   # the master copies exist only for 16-bit weights
-    raise TrainError(f"--resume: the checkpoint was trained with --dtype {was}, not {cfg.dtype}")
-  if cfg.lora_rank is not None:
-    if not (out / "adapters.safetensors").is_file(): raise TrainError(f"--resume: {out} holds no LoRA adapters (adapters.safetensors missing)")
-    model, tok = pretrained(cfg)
-    restore(lora.adapters(model), checkpoint.read_safetensors(out / "adapters.safetensors"), "the LoRA adapters")
-  else:
-    args = llama.ModelArgs.from_dict(state["config"]["model"])
-    parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # before loading
-    check_memory(args, cfg)
-    model, tok = checkpoint.load(out, device=cfg.devices[0])
-    place_model(model, cfg)
-  return model, tok, state, checkpoint.read_safetensors(out / "optimizer.safetensors")
-
-def restore(mine: dict[str, Tensor], saved: dict[str, Tensor], what: str) -> None:
-  """Assign the saved tensors to this run's ones of the same names (the optimiser state, LoRA adapters)."""
-  if set(mine) != set(saved) or any(saved[k].shape != t.shape for k, t in mine.items()):
-    raise TrainError(f"--resume: {what} in the checkpoint do not match this run")
-  # each saved tensor is read from the file split or copied as its counterpart is (whatever the devices were then)
-  for k, t in mine.items(): t.assign(saved[k].shard_like(t).cast(t.dtype)).realize()
-
-# ***** logs *****
-
-def append_log(out: pathlib.Path, entry: dict) -> None:
-  with open(out / "log.jsonl", "a") as f: f.write(json.dumps(entry) + "\n")
-
-def read_log(out: pathlib.Path) -> list[dict]:
-  p = out / "log.jsonl"
-  return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
-
-def plot(out: pathlib.Path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  log = read_log(out)
-  fig, ax = plt.subplots(figsize=(7, 4))
-  ax.plot([e["step"] for e in log if "loss" in e], [e["loss"] for e in log if "loss" in e], label="train", lw=0.8)
-  ax.plot([e["step"] for e in log if "val_loss" in e], [e["val_loss"] for e in log if "val_loss" in e], "o-", label="validation")
-  ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=str(out))
-  ax.legend()
-  tmp = out / ".loss.tmp.png"
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  os.replace(tmp, out / "loss.png")
-
-# ***** the compiled steps *****
-
-def loss_sum(logits: Tensor, y: Tensor) -> Tensor:
-  """Cross-entropy summed over the targets, those equal to data.IGNORE (chat data: what the user wrote, padding) left
-  out: they add nothing to the loss or to any gradient."""
-  return logits.sparse_categorical_crossentropy(y, ignore_index=data.IGNORE, reduction="sum")
-
-def counted(y: Tensor) -> Tensor:
-  """How many targets of y the loss counts (at least 1, so a batch without any gives 0, not NaN)."""
-  return (y != data.IGNORE).sum().maximum(1).float()
-
-def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip: float, checkpoint_activations: bool = False) -> TinyJit:
-  @TinyJit
-  def train_step(x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
-    """One update from grad_accum micro-batches x, y: (K, B, T); the loss is the mean over every counted target of the
-    step. Each micro-batch's gradients are realised before the next forward, so memory holds one micro-batch of
-    activations; then clip, then AdamW, all one compiled step. Only `params` are differentiated (Tensor.gradient,
-    not backward(), which would also differentiate the RoPE table and LoRA's frozen weights). On several devices the
-    same code runs sharded: under dp each weight's gradient is all-reduced by tinygrad."""
-    with Context(TRAINING=1):
-      n, losses = counted(y), []
-      for k in range(x.shape[0]):
-        loss = loss_sum(model(x[k], checkpoint_activations=checkpoint_activations), y[k]) / n
-        # not opt.zero_grad() and +=: with 16-bit weights opt holds the masters (their .grad is set below); a buffer
-        # per gradient (llama.checkpointed_block says why)
-        for p, g in zip(params, loss.gradient(*params)): p.grad = (g if k == 0 else p.grad + g).contiguous()
-        losses.append(loss.realize(*[p.grad for p in params]).detach())
-      total = sum(losses[1:], losses[0])
-      masters = [(p, m) for p, m in zip(params, opt.params) if m is not p]   # 16-bit weights (make_optimizer)
-      for p, m in masters: m.grad = p.grad.float()
-      norm = clip_grad_norm(opt.params, grad_clip)
-      for o in opt.optimizers: o.lr.assign(lr.to(o.lr.device))   # the optimiser keeps lr where the weights are
-      # the loss is read together with the update (realised after it, it would be the next step's); the model gets
-      # the updated masters, rounded
-      Tensor.realize(total, norm, *opt.schedule_step(), *[p.assign(m.cast(p.dtype)) for p, m in masters])
-    return total, norm
-  return train_step
-
-def make_eval_step(model) -> TinyJit:
-  @TinyJit
-  def eval_step(x: Tensor, y: Tensor) -> Tensor: return (loss_sum(model(x), y) / counted(y)).realize()
-  return eval_step
+# ***** validation and a sample *****
 
 def evaluate(eval_step, val: np.ndarray, cfg: TrainConfig) -> float:
   """Mean validation loss over eval_steps batches; the same batches every time (a fixed seed), so the curve
@@ -411,15 +224,14 @@ def evaluate(eval_step, val: np.ndarray, cfg: TrainConfig) -> float:
                         for _ in range(cfg.eval_steps)]))
 
 def print_sample(model, tokenizer, cfg: TrainConfig) -> None:
-  import generate
-  gen = generate.Generator(model, max_context=min(model.args.max_seq_len, cfg.sample_tokens + 1),
-                           sampling=generate.Sampling(temperature=0.8, top_p=1.0), seed=cfg.seed, chunk=1)
-  ids = generate.generate(gen, [tokenizer.bos_id], cfg.sample_tokens, tokenizer.eos_id, generate.Stats())
+  gen = Generator(model, max_context=min(model.args.max_seq_len, cfg.sample_tokens + 1),
+                  sampling=Sampling(temperature=0.8, top_p=1.0), seed=cfg.seed, chunk=1)
+  ids = generate(gen, [tokenizer.bos_id], cfg.sample_tokens, tokenizer.eos_id, Stats())
   model.drop_cache()
   print(f"--- sample ---\n{tokenizer.decode(ids)}\n---")
 
 def dry_run(cfg: TrainConfig) -> int:
-  """--dry-run: memory per device from the configuration alone (parallel.memory_per_device), nothing allocated: the
+  """--dry-run: memory per device from the configuration alone (memory.memory_per_device), nothing allocated: the
   paper's four models with 2048-token sequences on this many devices, then this run (vocabulary: --data's, else the
   preset's; one micro-batch: --grad-accum adds no memory). With --init-from the configuration is the checkpoint's,
   which checkpoint.load reads together with the weights (into host memory); with --lora-rank only the adapters have
@@ -428,8 +240,8 @@ def dry_run(cfg: TrainConfig) -> int:
   else: args = model_args(cfg, data.read_meta(cfg.data)["vocab_size"] if cfg.data else preset(cfg).vocab_size)
   if cfg.lora_rank is not None: lora.check(args, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
   n, gib = len(cfg.devices), 1 << 30
-  m = memory(args, cfg)
-  print(parallel.memory_table(n_devices=n, dtype=cfg.dtype, checkpoint_activations=cfg.checkpoint_activations))
+  m = memory.for_run(args, cfg)
+  print(memory.memory_table(n_devices=n, dtype=cfg.dtype, checkpoint_activations=cfg.checkpoint_activations))
   print(f"\nthis run: {describe(args, cfg)}, {cfg.dtype}, {cfg.parallel} over "
         f"{n} device(s), micro-batch {cfg.batch_size}x{cfg.seq_len} tokens{', activation checkpointing' if cfg.checkpoint_activations else ''}:\n"
         f"  per device: weights {m['weights'] / gib:.2f} GiB | grads {m['grads'] / gib:.2f} | Adam state {m['adam'] / gib:.2f} | "
@@ -443,6 +255,23 @@ def describe(args: llama.ModelArgs, cfg: TrainConfig) -> str:
   if cfg.lora_rank is None: return text
   n = lora.num_params(args, cfg.lora_rank, cfg.lora_targets)
   return text + f", LoRA rank {cfg.lora_rank} alpha {cfg.lora_alpha:g} on {cfg.lora_targets}: {n:,} trainable ({100 * n / args.num_params():.2f}%)"
+
+def load_checkpoint(out: pathlib.Path, cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None, dict, dict[str, Tensor]]:
+  """(model, its tokenizer, training state, saved optimiser state) of the run in `out`."""
+  state = runs.read_state(out)
+  if (was := state["config"].get("dtype", "float32")) != cfg.dtype:   # the master copies exist only for 16-bit weights
+    raise TrainError(f"--resume: the checkpoint was trained with --dtype {was}, not {cfg.dtype}")
+  if cfg.lora_rank is not None:
+    if not (out / "adapters.safetensors").is_file(): raise TrainError(f"--resume: {out} holds no LoRA adapters (adapters.safetensors missing)")
+    model, tok = pretrained(cfg)
+    runs.restore(lora.adapters(model), checkpoint.read_safetensors(out / "adapters.safetensors"), "the LoRA adapters")
+  else:
+    args = llama.ModelArgs.from_dict(state["config"]["model"])
+    parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # before loading
+    memory.check_host(args, cfg)
+    model, tok = checkpoint.load(out, device=cfg.devices[0])
+    place_model(model, cfg)
+  return model, tok, state, runs.read_optimizer(out)
 
 def merge(cfg: TrainConfig) -> int:
   """--merge: the LoRA run in --out (adapters there, base from its --init-from) saved as a merged model into --out."""
@@ -482,10 +311,12 @@ def load_data(cfg: TrainConfig):
   return train_tokens, val_tokens, load_tokenizer(pathlib.Path(cfg.data) / meta["tokenizer"])
 
 def setup(cfg: TrainConfig) -> Run:
+  configure(cfg)
   out = pathlib.Path(cfg.out)
-  if cfg.plot:
-    try: import matplotlib  # noqa: F401  (an optional extra: fail before training, not after)
-    except ImportError: raise TrainError("--plot needs matplotlib: pip install matplotlib") from None
+  if cfg.plot and not plots.available(): raise TrainError("--plot needs matplotlib: pip install matplotlib")   # before, not after
+  if not cfg.resume and runs.holds_run(out):
+    if not cfg.force: raise TrainError(f"{out}/ holds a training run: --resume to continue it, --force to replace it, or another --out")
+    runs.remove(out)   # --force: nothing of the old run survives into the new one
   if cfg.resume:
     model, model_tok, state, opt_saved = load_checkpoint(out, cfg)
     cfg.data = cfg.data or state["config"]["data"]
@@ -495,28 +326,29 @@ def setup(cfg: TrainConfig) -> Run:
     else:
       args = model_args(cfg, data_tok.vocab_size)
       parallel.check_parallel(args, len(cfg.devices), cfg.parallel)   # a clear error before anything is allocated
-      check_memory(args, cfg)
+      memory.check_host(args, cfg)
       Tensor.manual_seed(cfg.seed)
       model, model_tok = llama.Transformer(args), None
       place_model(model, cfg)
     state = {"step": 0, "tokens": 0, "rng": np.random.default_rng(cfg.seed).bit_generator.state}
   tokenizer = run_tokenizer(model, model_tok, data_tok, cfg)
   opt, params = make_optimizer(model, cfg.lr, cfg.weight_decay)
-  if cfg.resume: restore(optimizer_state(opt, params), opt_saved, "the optimiser state")
+  if cfg.resume:
+    runs.restore(optimizer_state(opt, params), opt_saved, "the optimiser state")
+    runs.keep_log(out, state["step"])   # drop the steps past the checkpoint
   rng = np.random.default_rng()
   rng.bit_generator.state = state["rng"]   # the data position: the sampler's state decides every next window
-  out.mkdir(parents=True, exist_ok=True)
-  log = [e for e in read_log(out) if e["step"] <= state["step"]] if cfg.resume else []
-  atomic_write(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log).encode())   # drop steps past the checkpoint
   return Run(model, tokenizer, opt, params, train_tokens, val_tokens, state, rng)
 
 def save(run: Run, cfg: TrainConfig, final: bool = False) -> None:
   """A checkpoint of the run; the final one of a LoRA run also holds the merged model."""
   config = asdict(cfg) | {"devices": list(cfg.devices), "model": run.model.args.to_dict()}
   run.state.update(rng=run.rng.bit_generator.state, config=config)
-  save_checkpoint(pathlib.Path(cfg.out), run.model, run.tokenizer, run.opt, run.state, merge=final)
+  opt_state = optimizer_state(run.opt, [t for g in param_groups(run.model) for t in g.values()])
+  runs.save_checkpoint(pathlib.Path(cfg.out), run.model, run.tokenizer, opt_state, run.state, merge=final)
 
 def train(cfg: TrainConfig) -> int:
+  configure(cfg)
   if cfg.dry_run: return dry_run(cfg)
   if cfg.merge: return merge(cfg)
   run = setup(cfg)
@@ -543,7 +375,7 @@ def train(cfg: TrainConfig) -> int:
     with Context(USE_ATOMICS=use_atomics(cfg.devices, cfg.parallel)), tqdm(total=cfg.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
       t_last = time.perf_counter()
       while state["step"] < cfg.max_steps and not stop:
-        step, lr = state["step"], lr_at(state["step"], cfg)
+        step, lr = state["step"], lr_at(state["step"], cfg.lr, cfg.warmup_steps, cfg.lr_decay_steps, cfg.min_lr_ratio)
         batches = [data.get_batch(run.train_tokens, cfg.batch_size, cfg.seq_len, run.rng) for _ in range(cfg.grad_accum)]
         x, y = (to_device(np.stack([b[i] for b in batches]), cfg.devices, cfg.parallel, batch_axis=1) for i in (0, 1))
         loss, norm = train_step(x, y, Tensor([lr], dtype=dtypes.float32))
@@ -556,7 +388,7 @@ def train(cfg: TrainConfig) -> int:
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
           entry["val_loss"] = val_loss = evaluate(eval_step, run.val_tokens, cfg)
           t_last = time.perf_counter()   # evaluation time is not training throughput
-        append_log(out, entry)
+        runs.append_log(out, entry)
         bar.set_description(f"step {step + 1} | loss {loss:.3f}" + (f" | val {val_loss:.3f}" if math.isfinite(val_loss) else "") +
                             f" | lr {lr:.2e} | {entry['tok_s']:,.0f} tok/s")
         bar.update(1)
@@ -568,7 +400,7 @@ def train(cfg: TrainConfig) -> int:
     print(f"interrupted: checkpoint at step {state['step']} saved in {out}/ (continue with --resume"
           + (", or write the merged model with --merge)" if cfg.lora_rank is not None else ")"), file=sys.stderr)
     return 130
-  if cfg.plot: plot(out)
+  if cfg.plot: plots.loss_curve(runs.read_log(out), str(out), out / "loss.png")
   print(f"done: step {state['step']}, train loss {loss:.4f}, validation loss {val_loss:.4f}; checkpoint in {out}/"
         + (" (the LoRA adapters and the merged model)" if cfg.lora_rank is not None else ""))
   if cfg.sample_tokens: print_sample(model, run.tokenizer, cfg)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 from tinygrad import Tensor
-import checkpoint, data, llama, train
+import checkpoint, data, llama, train, optim, runs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
@@ -44,7 +44,7 @@ def child(previous: str, work: str, data_dir: str):
     return os.waitpid(pid, 0)[1]
   cfg = train.parse_args([*TINY, "--data", data_dir, "--out", str(copy_run(pathlib.Path(previous).parent, work / "setup")), "--resume"])
   run = train.setup(cfg)
-  new = {**{f"model.{k}": t for k, t in llama.learned(run.model).items()}, **train.optimizer_state(run.opt, run.params)}
+  new = {**{f"model.{k}": t for k, t in llama.learned(run.model).items()}, **optim.optimizer_state(run.opt, run.params)}
   Tensor.realize(*[t.assign(bump(k, t)) for k, t in new.items()])
   run.state["step"] += 1
   sys.addaudithook(hook)
@@ -141,7 +141,7 @@ def test_resume_continues_after_a_kill(killed, previous, dataset, tmp_path):
   for k, start in ((linked, 0), (publishing(ops), 0), (len(ops), 1)):
     out = copy_run(roots[k], tmp_path / str(k))
     assert train.main([*TINY, "--data", str(dataset), "--out", str(out), "--resume", "--max-steps", "2"]) == 0, (k, ops[k - 1])
-    assert [e["step"] for e in train.read_log(out)] == [0, *range(start + 1, 3)], (k, ops[k - 1])
+    assert [e["step"] for e in runs.read_log(out)] == [0, *range(start + 1, 3)], (k, ops[k - 1])
     assert json.loads((out / "train_state.json").read_text())["step"] == 2
     assert np.isfinite(arrays(out)["model.norm.weight"]).all() and checkpoint.load(out)[0].args.dim == 32
 

@@ -10,6 +10,7 @@ import numpy as np, pytest
 from tinygrad import Tensor, nn
 import checkpoint, llama, tokenizer
 import eval as E
+import tasks as T
 import reference as ref
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,12 +45,12 @@ def close(a, b, tol=2e-4): return abs(a - b) <= tol * max(1.0, abs(b))
 LONG = " ".join(["Tom and Sue went to the park to play with a red ball and a big dog."] * 8)   # > 128 tokens: one big chunk
 def items_for_reference():
   """Completions of at most 4 tokens (tok512), so every step has the same length bucket."""
-  return [E.choice_item("Once upon a time there was a", ["cat", "big dog", "girl", "cat"], 0),        # a repeated choice
-          E.choice_item("The sun is", ["hot", "cold", "up", "big"], 1),
-          E.choice_item("The sun is very", ["hot", "red", "sad", "big"], 2),                         # shares a prefix with the last
-          E.choice_item(["Tom gave the ball to Sam because Tom", "Tom gave the ball to Sam because Sam"], ["was big.", "was big."], 0),
-          E.choice_item(LONG + " Then they", ["ran", "played", "sat", "sang"], 3),
-          E.choice_item(LONG + " Then the dog", ["ran", "played", "sat", "barked"], 1)]
+  return [T.choice_item("Once upon a time there was a", ["cat", "big dog", "girl", "cat"], 0),        # a repeated choice
+          T.choice_item("The sun is", ["hot", "cold", "up", "big"], 1),
+          T.choice_item("The sun is very", ["hot", "red", "sad", "big"], 2),                         # shares a prefix with the last
+          T.choice_item(["Tom gave the ball to Sam because Tom", "Tom gave the ball to Sam because Sam"], ["was big.", "was big."], 0),
+          T.choice_item(LONG + " Then they", ["ran", "played", "sat", "sang"], 3),
+          T.choice_item(LONG + " Then the dog", ["ran", "played", "sat", "barked"], 1)]
 
 def test_loglikelihoods_match_reference_batched_alone_and_from_cached_prefixes(tiny, tok):
   """Every ll and ll_answer equals the float64 numpy forward of context+completion, in batches of 4 with prefixes
@@ -57,7 +58,7 @@ def test_loglikelihoods_match_reference_batched_alone_and_from_cached_prefixes(t
   afresh."""
   model, weights = tiny
   items = items_for_reference()
-  runs = [E.run_choice(model, tok, E.TASKS["choice"], items, 256, 4)[1]]
+  runs = [E.run_choice(model, tok, T.TASKS["choice"], items, 256, 4)[1]]
   pairs = [(E.encode_pair(tok, c, ch, 256), E.encode_pair(tok, E.ANSWER, ch, 256)) for it in items
            for c, ch in zip(it.context if isinstance(it.context, list) else [it.context] * len(it.choices), it.choices)]
   alone = E.make_scorer(model, [p for pp in pairs for p in pp], 4)
@@ -88,16 +89,16 @@ def test_normalisations_pick_their_choice():
              {"ll": -6.0, "chars": 4, "ll_answer": -5.0},      # raw -6 (best); per char -1.5; vs Answer: -1
              {"ll": -9.0, "chars": 10, "ll_answer": -14.0}]    # vs Answer: +5 (best)
   assert E.predictions(choices) == {"acc": 1, "acc_char": 0, "acc_answer": 2}
-  assert E.TASKS["hellaswag"].metric == "acc_char" and E.TASKS["openbookqa"].metric == E.TASKS["boolq"].metric == "acc_answer"
+  assert T.TASKS["hellaswag"].metric == "acc_char" and T.TASKS["openbookqa"].metric == T.TASKS["boolq"].metric == "acc_answer"
 
 # ***** free-form answers *****
 
 def test_exact_match_normalisation():
-  assert E.normalize_answer("  The Eiffel   Tower! ") == "eiffel tower"
-  assert E.exact_match("an Apple.", ["apple"]) and E.exact_match("Charles Darwin", ["Darwin", "charles  darwin"])
-  assert E.normalize_answer("Theatre") == "theatre" and not E.exact_match("Paris, France", ["Paris"])
-  assert E.number_match("so she has 1,234 apples.", ["1234"]) and E.number_match("48/2 = 24 #### 24", ["24"])
-  assert E.number_match("It costs $18.", ["18"]) and not E.number_match("#### 17", ["18"]) and not E.number_match("none", ["18"])
+  assert T.normalize_answer("  The Eiffel   Tower! ") == "eiffel tower"
+  assert T.exact_match("an Apple.", ["apple"]) and T.exact_match("Charles Darwin", ["Darwin", "charles  darwin"])
+  assert T.normalize_answer("Theatre") == "theatre" and not T.exact_match("Paris, France", ["Paris"])
+  assert T.number_match("so she has 1,234 apples.", ["1234"]) and T.number_match("48/2 = 24 #### 24", ["24"])
+  assert T.number_match("It costs $18.", ["18"]) and not T.number_match("#### 17", ["18"]) and not T.number_match("none", ["18"])
 
 def ref_greedy(weights, ids, n, eos) -> list[int]:
   ids, new = list(ids), []
@@ -114,8 +115,8 @@ def test_free_form_answers_are_reference_greedy_cut_at_the_stop(tiny, tok, tmp_p
   (tmp_path / "nq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
     {"question": "who is the cat", "answer": ["Tom"]}, {"question": "what is red", "answer": ["a ball"]},
     {"question": "where is Sue", "answer": ["the park"]}]))
-  task = E.TASKS["naturalquestions"]
-  items = E.with_shots(task, E.load_items("naturalquestions", tmp_path / "nq.jsonl"), None, 1)
+  task = T.TASKS["naturalquestions"]
+  items = T.with_shots(task, T.load_items("naturalquestions", tmp_path / "nq.jsonl"), None, 1)
   assert [it.context for it in items] == [f"Answer these questions:\nQ: who is the cat?\nA: Tom\nQ: {q}?\nA:" for q in ("what is red", "where is Sue")]
   want = []
   for it in items:
@@ -137,8 +138,8 @@ def test_mmlu_k_shot_prompt_and_letter_choice(tiny, tok, tmp_path):
     for subject in ("high_school_physics", "virology"):
       rows = [[f"{subject} {split} question {i}?", "one", "two", "three", "four", "ABCD"[i]] for i in range(n)]
       (tmp_path / split / f"{subject}_{split}.csv").write_text("".join(",".join(r) + "\n" for r in rows))
-  task = E.TASKS["mmlu"]
-  items = E.with_shots(task, E.load_items("mmlu", tmp_path / "test"), E.load_items("mmlu", tmp_path / "dev"), 1)
+  task = T.TASKS["mmlu"]
+  items = T.with_shots(task, T.load_items("mmlu", tmp_path / "test"), T.load_items("mmlu", tmp_path / "dev"), 1)
   assert items[3].context == ("The following are multiple choice questions (with answers) about virology.\n\n"
                               "virology dev question 0?\nA. one\nB. two\nC. three\nD. four\nAnswer: A\n\n"
                               "virology test question 1?\nA. one\nB. two\nC. three\nD. four\nAnswer:")
@@ -172,7 +173,7 @@ def write(path: pathlib.Path, rows) -> pathlib.Path:
 
 def test_readers(tmp_path):
   def one(task, rows, labels=None, name="d.jsonl"):
-    items = E.load_items(task, write(tmp_path / name, rows), labels and write(tmp_path / "labels.lst", labels))
+    items = T.load_items(task, write(tmp_path / name, rows), labels and write(tmp_path / "labels.lst", labels))
     return [(it.context, it.choices, it.label) for it in items]
   assert one("hellaswag", [{"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
               "ctx_b": "then", "ctx": "x", "endings": [", the man cleans it [title] Dry it.", " stops."], "label": 1, "split": "val"}]) == \
@@ -199,14 +200,14 @@ def test_readers(tmp_path):
     [("Q: who wrote hamlet?\nA:", ["Shakespeare", "William Shakespeare"], None)]
   (tmp_path / "tqa.json").write_text(json.dumps({"Data": [{"Question": "Which planet is red?", "QuestionId": "q1",
                                                             "Answer": {"Value": "Mars", "Aliases": ["Mars", "The Red Planet"]}}], "Version": 1.0}))
-  assert [(it.context, it.choices) for it in E.load_items("triviaqa", tmp_path / "tqa.json")] == \
+  assert [(it.context, it.choices) for it in T.load_items("triviaqa", tmp_path / "tqa.json")] == \
     [("Q: Which planet is red?\nA:", ["Mars", "Mars", "The Red Planet"])]
   assert one("gsm8k", [{"question": "2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}]) == [("Question: 2+3?\nAnswer:", ["5"], None)]
   assert one("choice", [{"context": "Ice is", "choices": ["cold", "hot"], "label": 0}]) == [("Ice is", [" cold", " hot"], 0)]
   (tmp_path / "anatomy_test.csv").write_text('"What is the ""largest"" organ?",skin,heart,"liver, big",lung,A\n')
-  mmlu = E.load_items("mmlu", tmp_path / "anatomy_test.csv")
+  mmlu = T.load_items("mmlu", tmp_path / "anatomy_test.csv")
   assert [(it.context, it.subject) for it in mmlu] == [('What is the "largest" organ?\nA. skin\nB. heart\nC. liver, big\nD. lung\nAnswer:', "anatomy")]
-  assert E.with_shots(E.TASKS["mmlu"], mmlu, None, 0)[0].context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\nWhat")
+  assert T.with_shots(T.TASKS["mmlu"], mmlu, None, 0)[0].context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\nWhat")
 
 # ***** real models on a small item set *****
 
@@ -239,8 +240,8 @@ def test_stories260k_scores_equal_the_reference(fixtures, easy, tok):
   """The real stories260K weights through eval equal the numpy forward of the same weights."""
   model, _ = checkpoint.load(fixtures / "stories260K" / "stories260K.bin")
   weights = {k: v.numpy() for k, v in llama.learned(model).items()}
-  items = E.load_items("choice", easy)
-  metrics, out = E.run_choice(model, tok, E.TASKS["choice"], items, 256, 4)
+  items = T.load_items("choice", easy)
+  metrics, out = E.run_choice(model, tok, T.TASKS["choice"], items, 256, 4)
   for it, rec in zip(items[:2], out):
     for ch, got in zip(it.choices, rec["choices"]):
       assert close(got["ll"], ref_ll(weights, model.args, *E.encode_pair(tok, it.context, ch, 256)))

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from tinygrad import Tensor
 from tinygrad.nn.state import safe_load
-import checkpoint, data, generate, llama, lora, parallel, train
+import checkpoint, data, generate, llama, lora, train, steps, runs, memory
 import reference as ref
 import tokenizer as tk
+import chat
 
 SMALL = ["--batch-size", "4", "--seq-len", "32", "--eval-every", "1000", "--eval-steps", "1", "--sample-tokens", "0"]
 SEED = 1337   # TrainConfig's default: the first batch is data.get_batch with default_rng(SEED)
@@ -28,7 +29,7 @@ def stories(n: int = 150, seed: int = 0) -> str:
 
 def run(*argv) -> int: return train.main([str(a) for a in argv])
 
-def log(out: pathlib.Path, key: str = "loss") -> list[float]: return [e[key] for e in train.read_log(out) if key in e]
+def log(out: pathlib.Path, key: str = "loss") -> list[float]: return [e[key] for e in runs.read_log(out) if key in e]
 
 def one_line_error(capsys, message: str) -> None:
   err = capsys.readouterr().err.strip()
@@ -108,16 +109,16 @@ def test_full_finetune_starts_from_the_checkpoint(full_run, s260, text_data, cap
   assert "8 new tokens" in out.err and len(out.out.strip()) > 10
 
 def test_finetune_defaults_and_resume_inherits_them(tmp_path):
-  scratch, full = train.TrainConfig(), train.TrainConfig(init_from="x")
-  lo = train.TrainConfig(init_from="x", lora_rank=4)
+  scratch, full = train.configure(train.TrainConfig()), train.configure(train.TrainConfig(init_from="x"))
+  lo = train.configure(train.TrainConfig(init_from="x", lora_rank=4))
   assert (scratch.lr, scratch.warmup_steps) == (3e-3, 20)
   assert full.lr < scratch.lr and lo.lr < scratch.lr and full.warmup_steps < scratch.warmup_steps
-  assert (lo.lora_alpha, lo.lora_targets) == (4.0, "wq,wv") and train.TrainConfig(init_from="x", lr=0.5).lr == 0.5
+  assert (lo.lora_alpha, lo.lora_targets) == (4.0, "wq,wv") and train.configure(train.TrainConfig(init_from="x", lr=0.5)).lr == 0.5
   (tmp_path / "train_state.json").write_text(json.dumps({"config": {"init_from": "m.gguf", "lora_rank": 2, "lora_alpha": 8.0,
                                                                      "lora_targets": "wk", "lr": 0.25, "warmup_steps": 3}}))
-  r = train.TrainConfig(out=str(tmp_path), resume=True)
+  r = train.configure(train.TrainConfig(out=str(tmp_path), resume=True))
   assert (r.init_from, r.lora_rank, r.lora_alpha, r.lora_targets, r.lr, r.warmup_steps) == ("m.gguf", 2, 8.0, "wk", 0.25, 3)
-  assert train.TrainConfig(out=str(tmp_path), resume=True, lr=0.1).lr == 0.1
+  assert train.configure(train.TrainConfig(out=str(tmp_path), resume=True, lr=0.1)).lr == 0.1
 
 # ***** LoRA *****
 
@@ -136,7 +137,7 @@ def test_lora_trains_only_the_adapters(s260, text_data):
   base = {k: t.numpy().copy() for k, t in lora.base(r.model).items()}
   assert set(base) == set(llama.learned(plain))
   before = {k: t.numpy().copy() for k, t in adapters.items()}
-  step = train.make_train_step(r.model, r.opt, r.params, cfg.grad_clip)
+  step = steps.make_train_step(r.model, r.opt, r.params, cfg.grad_clip)
   xk, yk, lr = train.to_device(xs[None], cfg.devices), train.to_device(ys[None], cfg.devices), Tensor([1e-2]).realize()
   for _ in range(3): step(xk, yk, lr)
   for k, t in lora.base(r.model).items(): np.testing.assert_array_equal(t.numpy(), base[k], err_msg=k)   # frozen, bit for bit
@@ -188,14 +189,14 @@ def test_lora_data_parallel_two_devices(lora_run, s260, text_data, tmp_path):
   """--devices CPU:0,CPU:1 --parallel dp: the adapters copied, the batch split; the same two steps as one device."""
   assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", tmp_path, "--max-steps", 2, *LORA,
              "--devices", "CPU:0,CPU:1") == 0
-  for e, r in zip(train.read_log(tmp_path), train.read_log(lora_run)[:2]):
+  for e, r in zip(runs.read_log(tmp_path), runs.read_log(lora_run)[:2]):
     for k in ("loss", "grad_norm"): assert e[k] == pytest.approx(r[k], rel=1e-5), (k, e, r)
 
 def test_dry_run_counts_lora_memory(s260, capsys):
   assert run("--dry-run", "--init-from", s260[0], "--lora-rank", "4") == 0
   args = base_model(s260).args
-  full = parallel.memory_per_device(args, 1, "dp", 8, 128)
-  m = parallel.memory_per_device(args, 1, "dp", 8, 128, trainable=lora.num_params(args, 4, "wq,wv"))
+  full = memory.memory_per_device(args, 1, "dp", 8, 128)
+  m = memory.memory_per_device(args, 1, "dp", 8, 128, trainable=lora.num_params(args, 4, "wq,wv"))
   n = 5 * (4 * (64 + 64) + 4 * (64 + 32))       # 5 layers of wq (A 4x64, B 64x4) and wv (A 4x64, B 32x4)
   assert lora.num_params(args, 4, "wq,wv") == n and (m["grads"], m["adam"]) == (4 * n, 8 * n)   # float32, no masters
   assert m["weights"] == full["weights"] + 4 * n and m["activations"] == full["activations"] and m["grads"] < full["grads"] / 10
@@ -215,9 +216,9 @@ def test_chat_rendering_equals_the_template(smol_tok):
   """ChatML as SmolLM2's own Jinja template writes it (jinja2), encoded with its special tokens; the mask covers the
   assistant's answers and their <|im_end|>, nothing else."""
   jinja2 = pytest.importorskip("jinja2")
-  fmt = generate.chat_format(smol_tok)
+  fmt = chat.chat_format(smol_tok)
   for conv in CONVS:
-    ids, mask = data.render_chat(smol_tok, fmt, conv)
+    ids, mask = chat.render_chat(smol_tok, fmt, conv)
     assert ids == smol_tok.encode(jinja2.Template(smol_tok.chat_template).render(messages=conv, add_generation_prompt=False), special=True)
     runs, cur = [], []
     for i, m in zip(ids, mask):
@@ -234,7 +235,7 @@ def test_masked_targets_contribute_nothing():
   keep[0, 0] = True
   ym = np.where(keep, y, data.IGNORE)
   t = Tensor(logits)
-  loss = train.loss_sum(t, Tensor(ym)) / train.counted(Tensor(ym))
+  loss = steps.loss_sum(t, Tensor(ym)) / steps.counted(Tensor(ym))
   (grad,) = loss.gradient(t)
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
@@ -252,11 +253,11 @@ def test_chat_dataset_rows(smol_tok, fixtures, tmp_path):
                     "--out", str(tmp_path / "ds")]) == 0
   meta, split = data.read_meta(tmp_path / "ds"), data.load_split(tmp_path / "ds", "train")
   assert meta["format"] == "chat" and (meta["train_documents"], meta["val_documents"]) == (5, 1)
-  fmt = generate.chat_format(smol_tok)
-  renders = {tuple(data.render_chat(smol_tok, fmt, c)[0]): data.render_chat(smol_tok, fmt, c)[1] for c in CONVS}
+  fmt = chat.chat_format(smol_tok)
+  renders = {tuple(chat.render_chat(smol_tok, fmt, c)[0]): chat.render_chat(smol_tok, fmt, c)[1] for c in CONVS}
   for s, e in zip(split.starts[:-1], split.starts[1:]):
     assert list(split.mask[s:e]) == renders[tuple(split.tokens[s:e].tolist())]
-  ids, mask = data.render_chat(smol_tok, fmt, CONVS[0])
+  ids, mask = chat.render_chat(smol_tok, fmt, CONVS[0])
   second = next(i for i in range(1, len(ids)) if mask[i] and not mask[i - 1] and any(mask[:i]))   # the second answer's start
   j = max(i for i in range(second) if ids[i] == smol_tok.special_tokens["<|im_end|>"]) - 1   # the user's last token
   assert smol_tok.decode([ids[j]]) == "?" and not mask[j]

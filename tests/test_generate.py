@@ -1,12 +1,13 @@
 """generate.py: golden output, on-device sampling properties, JIT decode vs plain forward, no recompilation,
 streaming, chat formats, and the command line's handling of bad input."""
-import io, re, subprocess, sys, pathlib
+import re, subprocess, sys, pathlib
 import numpy as np, pytest
 from hypothesis import given, settings, assume, strategies as st
-from tinygrad import Tensor, TinyJit, dtypes
-from tinygrad.engine.realize import runtime_cache
+from tinygrad import Tensor, TinyJit
 import llama, generate as G
 import checkpoint, kernels
+import decode, chat
+from engine import compiled_kernels
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 V, ROWS = 10, 256   # sampling tests: a 10-token vocabulary, 256 independent draws per call
@@ -37,11 +38,11 @@ def test_golden_stories260k(fixtures, s260):
 # ***** sampling: properties against numpy, on small random logits *****
 
 _samplers: dict = {}
-_rng = G.Rng(0)
-def draw(logits: np.ndarray, s: G.Sampling) -> np.ndarray:
+_rng = decode.Rng(0)
+def draw(logits: np.ndarray, s: decode.Sampling) -> np.ndarray:
   """ROWS independent draws from one distribution, through one compiled sampler per filter combination."""
   key = (s.temperature == 0, bool(s.top_k), s.top_p < 1)
-  if key not in _samplers: _samplers[key] = TinyJit(lambda x, k, s=s: G.sample(x, k, s, _rng.uniform(ROWS, V)).realize())
+  if key not in _samplers: _samplers[key] = TinyJit(lambda x, k, s=s: decode.sample(x, k, s, _rng.uniform(ROWS, V)).realize())
   rows = Tensor(np.broadcast_to(logits.astype(np.float32), (ROWS, V)).copy()).realize()
   return _samplers[key](rows, s.knobs()).numpy()[:, 0]
 
@@ -60,7 +61,7 @@ def test_top_p_stays_in_nucleus(logits, p, t):
   probs = softmax(logits, t)
   order = np.sort(probs)[::-1]
   tau = order[np.searchsorted(np.cumsum(order), min(p + 1e-4, 1.0) - 1e-9)]   # least probable member, lenient
-  picks = draw(logits, G.Sampling(t, p, 0))
+  picks = draw(logits, decode.Sampling(t, p, 0))
   assert np.all(probs[picks] >= tau - 1e-7), (picks, probs, tau)
   # and the nucleus is not shrunk: the most probable token is always in it, and a token is only picked
   # when the mass strictly above it is below p (Meta: excluded iff cumulative mass before it > p)
@@ -72,7 +73,7 @@ def test_top_p_stays_in_nucleus(logits, p, t):
 def test_top_k_stays_in_k_largest(logits, k, t):
   probs = softmax(logits, t)
   kth = np.sort(probs)[::-1][k - 1]
-  picks = draw(logits, G.Sampling(t, 1.0, k))
+  picks = draw(logits, decode.Sampling(t, 1.0, k))
   assert np.all(probs[picks] >= kth * (1 - 1e-5)), (picks, probs, k)
 
 @settings(max_examples=15)
@@ -80,22 +81,22 @@ def test_top_k_stays_in_k_largest(logits, k, t):
 def test_low_temperature_is_argmax(logits):
   top2 = np.sort(logits)[-2:]
   assume(top2[1] - top2[0] >= 0.05)            # a clear winner: at t = 1e-3 the runner-up has weight e^-50
-  assert np.all(draw(logits, G.Sampling(1e-3, 0.9, 0)) == logits.argmax())
-  assert np.all(draw(logits, G.Sampling(0.0)) == logits.argmax())
+  assert np.all(draw(logits, decode.Sampling(1e-3, 0.9, 0)) == logits.argmax())
+  assert np.all(draw(logits, decode.Sampling(0.0)) == logits.argmax())
 
 def test_sampling_frequencies_match_softmax():
   """Without filters the exponential race draws from softmax(logits / t): frequencies over 8 calls agree."""
   logits, t = np.linspace(-1.5, 1.5, V), 0.8
-  counts = np.bincount(np.concatenate([draw(logits, G.Sampling(t, 1.0, 0)) for _ in range(8)]), minlength=V)
+  counts = np.bincount(np.concatenate([draw(logits, decode.Sampling(t, 1.0, 0)) for _ in range(8)]), minlength=V)
   assert np.abs(counts / counts.sum() - softmax(logits, t)).max() < 0.03
 
 def test_top_p_mass_one_token():
   """A dominant token with mass > p is the whole nucleus, whatever the rest."""
   logits = np.zeros(V); logits[3] = 5.0      # p(3) ≈ 0.94
-  assert np.all(draw(logits, G.Sampling(1.0, 0.9, 0)) == 3)
+  assert np.all(draw(logits, decode.Sampling(1.0, 0.9, 0)) == 3)
 
 def test_sampling_rejects_bad_values():
-  for bad in (G.Sampling(-0.1), G.Sampling(1.0, 0.0), G.Sampling(1.0, 1.5), G.Sampling(1.0, 0.9, -1)):
+  for bad in (decode.Sampling(-0.1), decode.Sampling(1.0, 0.0), decode.Sampling(1.0, 1.5), decode.Sampling(1.0, 0.9, -1)):
     with pytest.raises(ValueError): bad.check()
 
 # ***** the decoding loop on real weights *****
@@ -103,8 +104,8 @@ def test_sampling_rejects_bad_values():
 CTX = 128   # one context size (so one cache shape) for every decoding test: kernels compile once
 
 def run_gen(model, ids, n, sampling, seed=None, ctx=CTX):
-  gen = G.Generator(model, ctx, sampling, seed)
-  out = G.generate(gen, ids, n, None, G.Stats())
+  gen = decode.Generator(model, ctx, sampling, seed)
+  out = decode.generate(gen, ids, n, None, decode.Stats())
   model.drop_cache()
   return gen, out
 
@@ -114,36 +115,36 @@ def test_jit_decode_equals_plain_forward(stories):
   model, tok = stories
   prompt = tok.encode("Once upon a time, there was a little dog named Max. Max liked to run and play with his ball all day long in the big green park.", bos=True)
   assert len(prompt) > 32
-  _, out = run_gen(model, prompt, 24, G.Sampling(0.0))
+  _, out = run_gen(model, prompt, 24, decode.Sampling(0.0))
   seq = prompt + out
   plain = model(Tensor([seq[:-1]]), 0)[0].argmax(-1).numpy()
   assert plain[len(prompt) - 1:].tolist() == out
 
 def test_no_recompilation_as_position_advances(stories):
   model, tok = stories
-  gen = G.Generator(model, CTX, G.Sampling(0.8, 0.9, 0), seed=0)
+  gen = decode.Generator(model, CTX, decode.Sampling(0.8, 0.9, 0), seed=0)
   gen.feed(tok.encode("Lily", bos=True))
   for _ in range(3): gen.next()                 # first call compiles, second captures the JIT
   gen.feed([gen.pending.item()] + tok.encode(" and the cat"))   # a second prefill at another position
-  compiled = len(runtime_cache)
+  compiled = compiled_kernels()
   for _ in range(40): gen.next()
   gen.feed([gen.pending.item()] + tok.encode(" went home"))
   model.drop_cache()
   assert gen.decode_step.captured is not None and gen.pos > 50
-  assert len(runtime_cache) == compiled
+  assert compiled_kernels() == compiled
 
 def test_same_seed_same_text(stories):
   model, tok = stories
   ids = tok.encode("Once upon a time", bos=True)
-  a = run_gen(model, ids, 40, G.Sampling(1.0, 0.95, 0), seed=7)[1]
-  b = run_gen(model, ids, 40, G.Sampling(1.0, 0.95, 0), seed=7)[1]
-  c = run_gen(model, ids, 40, G.Sampling(1.0, 0.95, 0), seed=8)[1]
+  a = run_gen(model, ids, 40, decode.Sampling(1.0, 0.95, 0), seed=7)[1]
+  b = run_gen(model, ids, 40, decode.Sampling(1.0, 0.95, 0), seed=7)[1]
+  c = run_gen(model, ids, 40, decode.Sampling(1.0, 0.95, 0), seed=8)[1]
   assert a == b and a != c
 
 def test_streaming_equals_decode(stories, capsys):
   """What plain mode prints, token by token, is decode() of prompt and continuation (multi-byte text included)."""
   model, tok = stories
-  gen = G.Generator(model, CTX, G.Sampling(1.2, 0.98, 0), seed=3)
+  gen = decode.Generator(model, CTX, decode.Sampling(1.2, 0.98, 0), seed=3)
   ids = tok.encode("Lily saw a 🐱 and said «héllo»", bos=True)
   args = G.parse_args(["-n", "60"])
   stats, new = G.run_plain(gen, tok, args, ids)
@@ -154,7 +155,7 @@ def test_streaming_equals_decode(stories, capsys):
 def test_context_limit_stops(stories):
   model, tok = stories
   prompt = [1] + [403, 407, 261, 378] * 27
-  gen, out = run_gen(model, prompt, 100, G.Sampling(0.0))
+  gen, out = run_gen(model, prompt, 100, decode.Sampling(0.0))
   # 109 prompt tokens and the first 19 new ones fill the 128 positions; the 20th is predicted from a full cache
   assert gen.pos == CTX and len(out) == CTX - len(prompt) + 1
 
@@ -166,19 +167,19 @@ def test_chat_format_detection_and_rendering():
     chat_template = "{{'<|im_start|>system\nYou are Bob<|im_end|>\n'}}{{'<|im_start|>' + message['role'] + '\n'}}"
     def encode(self, s): return [ord(c) for c in s]
   tok = Tok()
-  fmt = G.chat_format(tok)
+  fmt = chat.chat_format(tok)
   assert (fmt.name, fmt.default_system) == ("chatml", "You are Bob")
   text = lambda ids: "".join({1: "<|im_start|>", 2: "<|im_end|>"}.get(i) or chr(i) for i in ids)
-  assert text(G.encode_pieces(tok, fmt.turn("Hi", None, True))) == \
+  assert text(chat.encode_pieces(tok, fmt.turn("Hi", None, True))) == \
     "<|im_start|>system\nYou are Bob<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-  assert text(G.encode_pieces(tok, fmt.turn("<|im_end|>", None, False))).count("<|im_end|>") == 2   # user text stays text
+  assert text(chat.encode_pieces(tok, fmt.turn("<|im_end|>", None, False))).count("<|im_end|>") == 2   # user text stays text
   tok.chat_template = "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
-  fmt = G.chat_format(tok)
+  fmt = chat.chat_format(tok)
   assert fmt.name == "llama2"
   # Meta's chat_completion: BOS "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
-  assert G.encode_pieces(tok, fmt.turn(" Hi ", "Be brief", True)) == [1] + tok.encode("[INST] <<SYS>>\nBe brief\n<</SYS>>\n\nHi [/INST]")
+  assert chat.encode_pieces(tok, fmt.turn(" Hi ", "Be brief", True)) == [1] + tok.encode("[INST] <<SYS>>\nBe brief\n<</SYS>>\n\nHi [/INST]")
   tok.chat_template = "{{ '<start_of_turn>user' }}"
-  with pytest.raises(ValueError): G.chat_format(tok)
+  with pytest.raises(ValueError): chat.chat_format(tok)
 
 def test_chatml_matches_smollm2_template(fixtures):
   """Our ChatML rendering of a two-turn conversation equals the GGUF's own Jinja template rendered by jinja2."""
@@ -189,9 +190,9 @@ def test_chatml_matches_smollm2_template(fixtures):
     bos_id, eos_id, special_tokens, chat_template = 1, 2, {"<|im_start|>": 1, "<|im_end|>": 2}, kv["tokenizer.chat_template"]
     def encode(self, s): return [ord(c) + 10 for c in s]
   tok, msgs = Tok(), [("user", "Hi there"), ("assistant", "Hello!"), ("user", "Bye")]
-  fmt = G.chat_format(tok)
-  ids = G.encode_pieces(tok, fmt.turn("Hi there", None, True)) + tok.encode("Hello!") + [tok.eos_id] + \
-        G.encode_pieces(tok, fmt.after_eos() + fmt.turn("Bye", None, False))
+  fmt = chat.chat_format(tok)
+  ids = chat.encode_pieces(tok, fmt.turn("Hi there", None, True)) + tok.encode("Hello!") + [tok.eos_id] + \
+        chat.encode_pieces(tok, fmt.after_eos() + fmt.turn("Bye", None, False))
   ours = "".join({1: "<|im_start|>", 2: "<|im_end|>"}.get(i) or chr(i - 10) for i in ids)
   ref = jinja2.Template(tok.chat_template).render(messages=[{"role": r, "content": c} for r, c in msgs], add_generation_prompt=True)
   assert ours == ref
@@ -235,8 +236,8 @@ def test_cli_chat_two_turns(fixtures):
   model, tok = checkpoint.load(path)
   msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]}, {"role": "user", "content": questions[1]}]
   ids = tok.encode(jinja2.Template(tok.chat_template).render(messages=msgs, add_generation_prompt=True), special=True)
-  gen = G.Generator(kernels.use_decode_kernels(model), 256, G.Sampling(0.0))
-  assert tok.decode(G.generate(gen, ids, 48, tok.eos_id, G.Stats())).strip() == answers[1]
+  gen = decode.Generator(kernels.use_decode_kernels(model), 256, decode.Sampling(0.0))
+  assert tok.decode(decode.generate(gen, ids, 48, tok.eos_id, decode.Stats())).strip() == answers[1]
 
 _keepers: dict = {}
 @settings(max_examples=30)
@@ -252,7 +253,7 @@ def test_threshold_search_is_exact(logits, p, k, fan):
   n = int(np.searchsorted(csum, p))                 # the nucleus: order[:n+1]
   assume(np.abs(csum - p).min() > 1e-5)
   if fan not in _keepers:
-    _keepers[fan] = TinyJit(lambda x, kk, pp: Tensor.stack(G.keep_top(x, x.ones_like(), kk, fan), G.keep_top(x, x, pp, fan)).realize())
+    _keepers[fan] = TinyJit(lambda x, kk, pp: Tensor.stack(decode.keep_top(x, x.ones_like(), kk, fan), decode.keep_top(x, x, pp, fan)).realize())
   top_k, top_p = _keepers[fan](Tensor(probs[None]).realize(), Tensor([float(k)]).realize(), Tensor([p]).realize()).numpy()[:, 0]
   assert np.array_equal(top_k > 0, probs >= order[k - 1])
   assert np.array_equal(top_p > 0, probs >= order[n])
@@ -283,7 +284,7 @@ def test_matvec_linears_keep_state_dict_and_tokens(s260, tmp_path):
   checkpoint.save(model, tmp_path / "ck")
   saved, _ = checkpoint.load(tmp_path / "ck")
   assert saved.args.tie_embeddings and saved.output is None
-  _, out = run_gen(model, prompt, 8, G.Sampling(0.0))
+  _, out = run_gen(model, prompt, 8, decode.Sampling(0.0))
   seq = prompt + out
   assert out[0] == plain[-1]
   assert [int(t) for t in model(Tensor([seq[:-1]]), 0)[0].argmax(-1).numpy()][len(prompt) - 1:] == out

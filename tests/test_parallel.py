@@ -5,7 +5,9 @@ import numpy as np, pytest
 from tinygrad import Context, GlobalCounters, Tensor, UOp, dtypes, nn
 from tinygrad.nn.state import get_state_dict
 import llama
-import checkpoint, parallel, kernels
+import checkpoint, parallel, kernels, memory
+from engine import split_axis
+import decode
 
 def devs(n: int) -> tuple[str, ...]: return tuple(f"CPU:{i}" for i in range(n))
 
@@ -76,21 +78,21 @@ def test_tp_places_weights_megatron_style():
   a, f = model.layers[0].attention, model.layers[0].feed_forward
   axes = {"wq": a.wq, "wk": a.wk, "wv": a.wv, "w1": f.w1, "w3": f.w3, "wo": a.wo, "w2": f.w2, "emb": model.tok_embeddings,
           "out": model.output, "norm": model.layers[0].attention_norm}
-  assert {k: m.weight.uop.axis for k, m in axes.items()} == {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1,
-                                                              "emb": 0, "out": 0, "norm": None}
-  assert model.freqs.device == a.wq.weight.device and model.freqs.uop.axis is None      # ('CPU', 'CPU:1'): CPU:0 is CPU
+  assert {k: split_axis(m.weight) for k, m in axes.items()} == {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1,
+                                                               "emb": 0, "out": 0, "norm": None}
+  assert model.freqs.device == a.wq.weight.device and split_axis(model.freqs) is None      # ('CPU', 'CPU:1'): CPU:0 is CPU
   model.init_cache(1, 16)
   cache = model.layers[0].attention.cache_kv
-  assert cache.device == a.wq.weight.device and cache.uop.axis == 2       # split by kv-heads
+  assert cache.device == a.wq.weight.device and split_axis(cache) == 2       # split by kv-heads
   assert parallel.model_devices(model) == a.wq.weight.device and len(a.wq.weight.device) == 2
 
 def test_dp_places_full_copies_and_splits_batch():
   model = parallel.shard_model(llama.Transformer(CFG), devs(2), "dp")
-  assert all(isinstance(t.device, tuple) and len(t.device) == 2 and t.uop.axis is None for t in get_state_dict(model).values())
+  assert all(isinstance(t.device, tuple) and len(t.device) == 2 and split_axis(t) is None for t in get_state_dict(model).values())
   x = parallel.shard_batch(Tensor(BATCH), devs(2), "dp")
-  assert x.uop.axis == 0 and x.shape == BATCH.shape
-  assert parallel.shard_batch(Tensor(BATCH[None]), devs(2), "dp", batch_axis=1).uop.axis == 1   # (accum, batch, seq)
-  assert parallel.shard_batch(Tensor(BATCH), devs(2), "tp").uop.axis is None
+  assert split_axis(x) == 0 and x.shape == BATCH.shape
+  assert split_axis(parallel.shard_batch(Tensor(BATCH[None]), devs(2), "dp", batch_axis=1)) == 1   # (accum, batch, seq)
+  assert split_axis(parallel.shard_batch(Tensor(BATCH), devs(2), "tp")) is None
 
 # ----- greedy generation: tensor parallel over 2 devices equals one device -----
 
@@ -133,14 +135,13 @@ def test_tp_greedy_stories260k_matches_one_device(fixtures):
   np.testing.assert_allclose(np.stack(logits2), np.stack(logits1), atol=1e-4)
 
 def test_tp_generator_gives_golden_tokens(fixtures):
-  """generate.Generator (what generate.py --devices runs) on stories260K loaded over 2 devices: chunked prefill, the
+  """decode.Generator (what generate.py --devices runs) on stories260K loaded over 2 devices: chunked prefill, the
   TinyJit decode step and the 8-lane matvec layers (on every layer here, so the row-split wo/w2 reshape their split
   axis) give llama2.c's greedy tokens. (Sampling on a split model: test_train's tensor-parallel sample.)"""
-  import generate as G
   model, _ = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device=devs(2))
   kernels.use_decode_kernels(model, min_size=0)
-  gen = G.Generator(model, 16, G.Sampling(0.0), chunk=4)
-  assert G.generate(gen, STORIES_IDS[:6], 6, None, G.Stats()) == STORIES_IDS[6:]   # a prefill of 2 chunks, then decode
+  gen = decode.Generator(model, 16, decode.Sampling(0.0), chunk=4)
+  assert decode.generate(gen, STORIES_IDS[:6], 6, None, decode.Stats()) == STORIES_IDS[6:]   # a prefill of 2 chunks, then decode
 
 def test_tp_load_splits_each_tensor_as_it_is_read(fixtures):
   """checkpoint.load(device=(d0, d1)) places each tensor as the reader yields it: each device ends up holding only its
@@ -155,7 +156,7 @@ def test_tp_load_splits_each_tensor_as_it_is_read(fixtures):
   copied = 4 * (2 * args.n_layers + 1) * args.dim               # norm gains, on every device
   expected = (4 * args.num_params() - copied) // 2 + copied + ref.freqs.nbytes()
   assert all(expected <= g <= expected + 64 for g in grown), (grown, expected)   # + a few bytes of tinygrad scalars
-  assert model.layers[0].attention.wq.weight.uop.axis == 0 and model.layers[0].attention.wo.weight.uop.axis == 1
+  assert split_axis(model.layers[0].attention.wq.weight) == 0 and split_axis(model.layers[0].attention.wo.weight) == 1
   for name, t in get_state_dict(ref).items():
     if not name.endswith("cache_kv"): np.testing.assert_array_equal(get_state_dict(model)[name].numpy(), t.numpy(), err_msg=name)
 
@@ -179,7 +180,7 @@ def test_tp_heads_not_dividing_devices_fails_before_moving_anything():
 ])
 def test_tp_indivisible_config_fails_clearly(args, message):
   with pytest.raises(ValueError, match=message): parallel.check_parallel(args, 4, "tp")
-  with pytest.raises(ValueError, match=message): parallel.memory_per_device(args, 4, "tp")
+  with pytest.raises(ValueError, match=message): memory.memory_per_device(args, 4, "tp")
   parallel.check_parallel(args, 4, "dp")   # data parallel splits only the batch
 
 def test_other_bad_parallel_input_fails_clearly():
@@ -212,7 +213,7 @@ def test_memory_estimate_matches_measured_persistent_memory(step):
   tinygrad's allocator) is memory_per_device's figure, plus a few KB (lr, bias-correction powers, batch, loss,
   small scratch buffers)."""
   *_, held = step(2, "tp")
-  est = parallel.memory_per_device(CFG, 2, "tp", batch=4, seq_len=8)
+  est = memory.memory_per_device(CFG, 2, "tp", batch=4, seq_len=8)
   # FeedForward's contiguous_backward gives the gradients of w1(x) and w3(x) buffers of their own, which tinygrad
   # still references after the step (until the next one): at most two (batch, seq, hidden) fp32 tensors per layer
   swiglu_grads = CFG.n_layers * 2 * 4 * 8 * CFG.ffn_hidden * 4
@@ -220,9 +221,9 @@ def test_memory_estimate_matches_measured_persistent_memory(step):
 
 def test_memory_per_device_splits_as_documented():
   a = llama.PRESETS["65B"]
-  one = parallel.memory_per_device(a, 1, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
-  dp = parallel.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
-  tp = parallel.memory_per_device(a, 8, "tp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
+  one = memory.memory_per_device(a, 1, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
+  dp = memory.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
+  tp = memory.memory_per_device(a, 8, "tp", batch=8, seq_len=2048, dtype=dtypes.bfloat16)
   rope = a.max_seq_len * 2 * a.head_dim * 4
   assert one["weights"] == 2 * a.num_params() + rope and one["grads"] == 2 * a.num_params()
   assert one["adam"] == 12 * a.num_params()                          # fp32 m, v and master copy of bf16 weights
@@ -231,8 +232,8 @@ def test_memory_per_device_splits_as_documented():
   assert ((tp["weights"] - rope) // 2 - copied) * 8 == a.num_params() - copied
   assert tp["grads"] - (tp["weights"] - rope) == 2 * a.vocab_size * a.dim * 7 // 8   # the whole embedding gradient
   assert tp["activations_per_token"] < dp["activations_per_token"] and tp["activations"] > dp["activations"]
-  ckpt = parallel.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16, checkpoint_activations=True)
+  ckpt = memory.memory_per_device(a, 8, "dp", batch=8, seq_len=2048, dtype=dtypes.bfloat16, checkpoint_activations=True)
   assert ckpt["activations"] < dp["activations"] / 10
-  table = parallel.memory_table()
+  table = memory.memory_table()
   assert all(f"| {p} | {m} | 8 |" in table for p in ("7B", "13B", "33B", "65B") for m in ("dp", "tp"))
   assert "n_heads (52) to be divisible by 8" in table                # 33B has 52 heads

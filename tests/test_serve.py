@@ -5,6 +5,7 @@ a chat that goes on reuses its cached prefix, and the chat page streams the mode
 import base64, http.client, json, os, pathlib, re, shutil, signal, socket, struct, subprocess, sys, threading, time, urllib.error, urllib.request
 import pytest, openai
 import checkpoint, kernels, generate as G, serve
+import decode
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium")
@@ -33,7 +34,7 @@ class Live:
   def __init__(self, *argv: str):
     args = G.parse_args([*argv, "--serve", "--port", "0", "-t", "0"])
     model, self.tok = checkpoint.load(args.model, tokenizer=args.tokenizer)
-    gen = G.Generator(kernels.use_decode_kernels(model), args.max_context or min(model.args.max_seq_len, 2048), G.Sampling(0.0))
+    gen = decode.Generator(kernels.use_decode_kernels(model), args.max_context or min(model.args.max_seq_len, 2048), decode.Sampling(0.0))
     self.records: list[dict] = []
     self.server = serve.make_server(gen, self.tok, args, self.records.append)
     threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -1,13 +1,13 @@
 """train.py: the §2.3 optimiser pieces (schedule, decay groups, clipping), learning (overfit one batch, beat the
 unigram entropy), exact resume (also after Ctrl-C), checkpoints that checkpoint.load / generate.py read, and the CLI.
 Every run shares one tiny configuration, so the train step is compiled once per session."""
-import argparse, contextlib, io, json, math, os, pathlib, signal, subprocess, sys, threading, time
+import contextlib, io, json, math, os, pathlib, signal, subprocess, sys, threading, time
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from tinygrad import Context, GlobalCounters, Tensor, dtypes
 from tinygrad.nn.state import safe_load
-import data, generate, llama, train
+import data, generate, llama, train, optim, steps, runs
 import checkpoint, parallel
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ def dataset(fixtures, tmp_path_factory) -> pathlib.Path:
 
 def run(*argv) -> int: return train.main([str(a) for a in argv])
 
-def losses(out: pathlib.Path, key="loss") -> list[float]: return [e[key] for e in train.read_log(out) if key in e]
+def losses(out: pathlib.Path, key="loss") -> list[float]: return [e[key] for e in runs.read_log(out) if key in e]
 
 @pytest.fixture(scope="module")
 def run60(dataset, tmp_path_factory) -> pathlib.Path:
@@ -37,24 +37,24 @@ def run60(dataset, tmp_path_factory) -> pathlib.Path:
 @given(st.floats(1e-5, 1.0), st.integers(1, 50), st.integers(0, 400), st.floats(0.0, 1.0))
 def test_lr_schedule(peak, warmup, extra, ratio):
   a = train.TrainConfig(lr=peak, warmup_steps=warmup, lr_decay_steps=warmup + extra, min_lr_ratio=ratio)
-  for k in range(warmup): assert math.isclose(train.lr_at(k, a), peak * (k + 1) / warmup)   # linear warmup ...
-  assert math.isclose(train.lr_at(warmup - 1, a), peak)                                     # ... up to the peak
-  after = [train.lr_at(k, a) for k in range(warmup - 1, warmup + extra + 20)]
+  for k in range(warmup): assert math.isclose(optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), peak * (k + 1) / warmup)   # linear warmup ...
+  assert math.isclose(optim.lr_at(warmup - 1, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), peak)                                     # ... up to the peak
+  after = [optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio) for k in range(warmup - 1, warmup + extra + 20)]
   assert all(x >= y - 1e-12 for x, y in zip(after, after[1:]))                              # never rises after it
   assert all(ratio * peak - 1e-12 <= x <= peak + 1e-12 for x in after)
   for k in (max(warmup, warmup + extra - 1), warmup + extra, warmup + extra + 1000):       # update number lr-decay-steps
-    assert math.isclose(train.lr_at(k, a), ratio * peak, rel_tol=1e-9, abs_tol=1e-15)     # and after: the floor
+    assert math.isclose(optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), ratio * peak, rel_tol=1e-9, abs_tol=1e-15)     # and after: the floor
   if extra >= 2:   # cosine in between
-    mid = train.lr_at(warmup + extra // 2 - 1, a)
+    mid = optim.lr_at(warmup + extra // 2 - 1, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio)
     assert math.isclose(mid, peak * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * (extra // 2) / extra))))
 
 def test_weight_decay_only_on_matrices():
   Tensor.manual_seed(0)
   model = llama.Transformer(llama.ModelArgs(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, multiple_of=32, max_seq_len=16))
-  decay, keep = train.param_groups(model)
+  decay, keep = optim.param_groups(model)
   assert set(keep) == {"tok_embeddings.weight", "norm.weight"} | {f"layers.{i}.{n}_norm.weight" for i in range(2) for n in ("attention", "ffn")}
   assert {k.rsplit(".", 2)[-2] for k in decay} == {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"}
-  opt, params = train.make_optimizer(model, lr=0.1, weight_decay=0.5)
+  opt, params = optim.make_optimizer(model, lr=0.1, weight_decay=0.5)
   before = {k: t.numpy().copy() for k, t in (decay | keep).items()}
   # zero gradients: Adam's step is 0, so only decoupled weight decay moves a tensor: p ← p·(1 − lr·wd)
   for p in params: p.grad = Tensor.zeros(*p.shape).contiguous()
@@ -69,7 +69,7 @@ def test_clipping_bounds_the_global_norm(shapes, scale, max_norm, seed):
   grads = [rng.standard_normal(s).astype(np.float32) * scale for s in shapes]
   params = [Tensor.zeros(*s).contiguous() for s in shapes]
   for p, g in zip(params, grads): p.grad = Tensor(g)
-  norm = train.clip_grad_norm(params, max_norm).item()
+  norm = optim.clip_grad_norm(params, max_norm).item()
   true = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
   assert math.isclose(norm, true, rel_tol=1e-4)                                  # the returned norm is before clipping
   clipped = [p.grad.numpy() for p in params]
@@ -84,8 +84,8 @@ def test_overfits_one_batch(dataset):
   a = train.parse_args(TINY + ["--data", str(dataset), "--weight-decay", "0"])
   Tensor.manual_seed(1)
   model = llama.Transformer(train.model_args(a, 512))
-  opt, params = train.make_optimizer(model, a.lr, a.weight_decay)
-  step = train.make_train_step(model, opt, params, a.grad_clip)
+  opt, params = optim.make_optimizer(model, a.lr, a.weight_decay)
+  step = steps.make_train_step(model, opt, params, a.grad_clip)
   x, y = data.get_batch(data.load_split(dataset, "train"), 4, 32, np.random.default_rng(0))
   x, y = train.to_device(x[None], a.devices, a.parallel, batch_axis=1), train.to_device(y[None], a.devices, a.parallel, batch_axis=1)
   lr = Tensor([3e-3], dtype=dtypes.float32).realize()
@@ -126,7 +126,7 @@ def test_checkpoint_loads_in_llama_and_generate(run60, dataset, capsys):
   assert (model.args.dim, model.args.n_layers, model.args.vocab_size) == (32, 1, 512) and tok.vocab_size == 512
   # the loaded weights are the final ones: they reproduce the validation loss logged at the last step
   a = train.parse_args(TINY + ["--data", str(dataset)])
-  with Context(USE_ATOMICS=1): val = train.evaluate(train.make_eval_step(model), data.load_split(dataset, "val"), a)
+  with Context(USE_ATOMICS=1): val = train.evaluate(steps.make_eval_step(model), data.load_split(dataset, "val"), a)
   assert math.isclose(val, losses(run60, "val_loss")[-1], rel_tol=1e-5)
   state = json.loads((run60 / "train_state.json").read_text())
   assert state["step"] == 60 and state["config"]["model"]["dim"] == 32 and "rng" in state
@@ -139,7 +139,7 @@ def test_cli_smoke(dataset, tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert "--- sample ---" in r.stdout and "step 3" in r.stderr
   assert {"config.json", "model.safetensors", "tokenizer.model", "optimizer.safetensors", "train_state.json", "log.jsonl"} <= {f.name for f in (tmp_path / "out").iterdir()}
-  assert [e["step"] for e in train.read_log(tmp_path / "out")] == [1, 2, 3]
+  assert [e["step"] for e in runs.read_log(tmp_path / "out")] == [1, 2, 3]
 
 # ***** bad input: one line on stderr, non-zero exit *****
 
@@ -198,7 +198,7 @@ def one_device(dataset, tmp_path_factory) -> pathlib.Path:
 def assert_same_run(out: pathlib.Path, ref: pathlib.Path):
   """Step 1's loss is the same forward, its gradient norm the same gradients, step 2's loss the same update; then
   the same validation loss, final weights and sample (decoded from the sharded model)."""
-  log, ref_log = train.read_log(out), train.read_log(ref)
+  log, ref_log = runs.read_log(out), runs.read_log(ref)
   assert [e["step"] for e in log] == [e["step"] for e in ref_log] == [1, 2]
   for e, r in zip(log, ref_log):
     assert set(e) == set(r), (e, r)                  # the same entries were logged (step 2 alone has val_loss)
@@ -229,10 +229,10 @@ def test_float16_keeps_float32_masters(one_device, dataset, tmp_path, capsys):
   bfloat16 CPU kernels, float16 takes the same path.)"""
   assert run(*MHA, "--data", dataset, "--out", tmp_path, "--devices", "CPU:0,CPU:1", "--parallel", "tp", "--dtype", "float16",
              "--sample-tokens", "0") == 0
-  for e, r in zip(train.read_log(tmp_path), train.read_log(one_device)): assert e["loss"] == pytest.approx(r["loss"], abs=2e-3)
+  for e, r in zip(runs.read_log(tmp_path), runs.read_log(one_device)): assert e["loss"] == pytest.approx(r["loss"], abs=2e-3)
   weights, opt = safe_load(str(tmp_path / "model.safetensors")), safe_load(str(tmp_path / "optimizer.safetensors"))
   model = llama.Transformer(train.model_args(train.parse_args(MHA), 512), init=False)
-  names = [k for g in train.param_groups(model) for k in g]
+  names = [k for g in optim.param_groups(model) for k in g]
   assert {k for k in opt if k.startswith("master.")} == {f"master.{j}" for j in range(len(names))}
   finer = 0
   for j, name in enumerate(names):
