@@ -1,77 +1,224 @@
-"""Prefill and decode speed of generate.py's compiled steps against llama.cpp (llama-cpp-python, an optional extra:
-pip install -r requirements-extras.txt) on the same GGUF file and the same prompt ids, runs interleaved so that both
-see the same machine load; prints the medians and the ratios.
+"""Prefill and decode speed of our compiled steps (decode.Generator) against an anchor on the same weights and the same
+prompt ids, runs interleaved so that both see the same machine load; prints the medians and ratios as one table.
+
+Two anchors:
+- a GGUF file with --llama-cpp: llama.cpp (llama-cpp-python, an optional extra: pip install -r requirements-extras.txt);
+- --shape NAME (the default on a GPU when no model is given): a random LLaMA of that shape made by transformers (an
+  optional extra) in float16, saved with save_pretrained, read back by checkpoint.load, so both sides hold the same
+  weights; the anchor is transformers eager (PyTorch, its default SDPA attention, no compilation), prefill then greedy
+  decode through its KV cache (past_key_values).
+Levers compared in the same run: --chunks (prefill chunk sizes) and --decode-kernels (kernels.use_decode_kernels).
 
   python bench_generate.py ../shared/fixtures/smollm2-135m-instruct-q4_1.gguf --llama-cpp
-  python bench_generate.py MODEL --prompt-tokens 316 -n 64 --runs 5 --beam 2
+  DEV=CUDA python3 bench_generate.py --chunks 32,512 --decode-kernels both     # TinyLlama-1.1B's shape on the GPU
+  DEV=CPU python bench_generate.py --shape tiny --prompt-tokens 64 -n 8        # the same code path, CPU-sized
 """
 from __future__ import annotations
-import argparse, os, statistics, sys, time
-from tinygrad import Context
-import checkpoint, generate, kernels
+import argparse, multiprocessing, os, statistics, sys, tempfile, time
+import numpy as np
+from tinygrad import Context, Device, Tensor
+import checkpoint, kernels
+from decode import Generator, Sampling
+try: import torch, transformers
+except ImportError: torch = transformers = None
+try: from llama_cpp import Llama
+except ImportError: Llama = None
 
 PROMPT = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends, "
           "and every evening she told her mother what she had seen: birds, dogs, a red ball and a tall tree. ")
 
-def ours(gen: generate.Generator, ids: list[int], n: int):
-  """(prefill s, decode s) of one run: ids prefilled, then n tokens decoded greedily."""
+# transformers LlamaConfig fields of the random models; "tinyllama" is TinyLlama-1.1B's shape
+SHAPES = {
+  "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                    vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False),
+  "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               vocab_size=1024, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+
+Run = tuple[float, float, list[int]]   # prefill seconds (until the first new id is on the host), decode seconds, ids
+
+def ours(gen: Generator, ids: list[int], n: int) -> Run:
+  """ids prefilled, then n tokens decoded greedily; each id is read on the host (.item()), so the clock sees the work."""
   gen.reset()
   t0 = time.perf_counter()
-  gen.feed(ids)
+  out = [gen.feed(ids)]
   t1 = time.perf_counter()
-  for _ in range(n): gen.next()
-  return t1 - t0, time.perf_counter() - t1
+  out += [gen.next() for _ in range(n)]
+  return t1 - t0, time.perf_counter() - t1, out
 
-def llama_cpp(llm, ids: list[int], n: int):
-  llm.reset()
-  t0 = time.perf_counter()
-  llm.eval(ids)
-  t1 = time.perf_counter()
-  for _ in range(n): llm.eval([llm.sample(top_k=1, temp=0.0)])
-  return t1 - t0, time.perf_counter() - t1
+class LlamaCpp:
+  def __init__(self, path: str, context: int, threads: int):
+    self.llm = Llama(model_path=path, n_ctx=max(512, context), n_threads=threads, n_batch=512, verbose=False)   # n_batch <= n_ctx
+    self.name = f"llama.cpp ({threads} threads)"
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description="Prefill and decode tok/s: generate.py against llama.cpp, interleaved.")
-  p.add_argument("model", help="a GGUF file (llama.cpp reads only GGUF)")
-  p.add_argument("--prompt-tokens", type=int, default=316)
-  p.add_argument("-n", "--new-tokens", type=int, default=64)
-  p.add_argument("--runs", type=int, default=5, help="timed runs of each, after one warm-up run")
-  p.add_argument("--llama-cpp", action="store_true", help="also time llama-cpp-python (optional extra)")
+  def __call__(self, ids: list[int], n: int) -> Run:
+    self.llm.reset()
+    t0 = time.perf_counter()
+    self.llm.eval(ids)
+    out = [self.llm.sample(top_k=1, temp=0.0)]
+    t1 = time.perf_counter()
+    for _ in range(n):
+      self.llm.eval(out[-1:])
+      out.append(self.llm.sample(top_k=1, temp=0.0))
+    return t1 - t0, time.perf_counter() - t1, out
+
+# ***** the transformers side, in a process of its own *****
+# tinygrad's CUDA backend makes its own context current on the thread; PyTorch's runtime calls would then run in it
+# instead of PyTorch's, so the two never share a process here.
+
+def hf_run(model, ids: list[int], n: int) -> Run:
+  """What generate() does, without its bookkeeping: prefill (logits of the last position only), then n greedy steps
+  through the KV cache, each id read on the host as ours is."""
+  sync = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
+  with torch.inference_mode():
+    x = torch.tensor([ids], device=model.device)
+    sync()
+    t0 = time.perf_counter()
+    res = model(input_ids=x, use_cache=True, logits_to_keep=1)
+    tok = res.logits[:, -1:].argmax(-1)
+    out = [tok.item()]
+    t1 = time.perf_counter()
+    for _ in range(n):
+      res = model(input_ids=tok, past_key_values=res.past_key_values, use_cache=True)
+      tok = res.logits[:, -1:].argmax(-1)
+      out.append(tok.item())
+    sync()
+    return t1 - t0, time.perf_counter() - t1, out
+
+def hf_worker(conn, shape: str, device: str, path: str):
+  """Make a random float16 model of SHAPES[shape] on `device`, save it to `path`, then answer requests from the pipe:
+  ("logits", ids) -> float32 logits of every position, ("run", ids, n) -> hf_run's result; None ends."""
+  torch.manual_seed(0)
+  with torch.device(device):
+    model = transformers.LlamaForCausalLM._from_config(transformers.LlamaConfig(**SHAPES[shape]), dtype=torch.float16).eval()
+  model.save_pretrained(path, safe_serialization=True)
+  conn.send(f"torch {torch.__version__} on " + (torch.cuda.get_device_name() if device == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"))
+  while (req := conn.recv()) is not None:
+    if req[0] == "logits":
+      with torch.inference_mode(): conn.send(model(input_ids=torch.tensor([req[1]], device=device)).logits[0].float().cpu().numpy())
+    else: conn.send(hf_run(model, *req[1:]))
+
+class HF:
+  """hf_worker's process, called like the other anchor."""
+  def __init__(self, shape: str, device: str, path: str):
+    ctx = multiprocessing.get_context("spawn")
+    self.conn, child = ctx.Pipe()
+    self.proc = ctx.Process(target=hf_worker, args=(child, shape, device, path), daemon=True)
+    self.proc.start()
+    self.where = self.conn.recv()   # the model is saved once this arrives
+    self.name = f"transformers {transformers.__version__}"
+
+  def logits(self, ids: list[int]) -> np.ndarray:
+    self.conn.send(("logits", ids))
+    return self.conn.recv()
+
+  def __call__(self, ids: list[int], n: int) -> Run:
+    self.conn.send(("run", ids, n))
+    return self.conn.recv()
+
+  def close(self):
+    self.conn.send(None)
+    self.proc.join(30)
+
+# ***** the benchmark *****
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description="Prefill and decode tok/s of decode.Generator against llama.cpp or transformers, interleaved.")
+  p.add_argument("model", nargs="?", help="a GGUF file (llama.cpp reads only GGUF); none: a random model of --shape")
+  p.add_argument("--shape", choices=SHAPES, help="random model made by transformers, the anchor (default on a GPU: tinyllama)")
+  p.add_argument("--llama-cpp", action="store_true", help="with a GGUF file: also time llama-cpp-python (optional extra)")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads (default: every core)")
+  p.add_argument("--prompt-tokens", type=int, default=None, help="default: 316 with a GGUF file, 512 with --shape")
+  p.add_argument("-n", "--new-tokens", type=int, default=64)
+  p.add_argument("--runs", type=int, default=5, help="timed runs of each, after two warm-up runs (TinyJit runs, then captures)")
+  p.add_argument("--chunks", default="32", help="comma-separated prefill chunk sizes to compare (default 32, generate.py's)")
+  p.add_argument("--decode-kernels", choices=("on", "off", "both"), default="on", help="kernels.use_decode_kernels (generate.py: on)")
+  p.add_argument("--time-limit", type=float, default=0, help="start no timed round after this many seconds (one always runs); 0: none")
   p.add_argument("--beam", type=int, default=0, help="tinygrad BEAM search width for our kernels (0: heuristics)")
   a = p.parse_args(argv)
-  try: model, tok = checkpoint.load(a.model)
-  except ValueError as e:
-    print(f"bench_generate.py: error: {e}", file=sys.stderr)
-    return 1
-  text = PROMPT * (a.prompt_tokens // 20 + 1)
-  ids = ([tok.bos_id] if tok.add_bos else []) + tok.encode(text)
-  ids = ids[:a.prompt_tokens]
-  ctx = len(ids) + a.new_tokens + 1
-  gen = generate.Generator(kernels.use_decode_kernels(model), ctx, generate.Sampling(0.0), chunk=32)
-  runs = {"tinygrad": lambda: ours(gen, ids, a.new_tokens)}
-  if a.llama_cpp:
-    try: from llama_cpp import Llama
-    except ImportError:
-      print("bench_generate.py: error: --llama-cpp needs llama-cpp-python: pip install -r requirements-extras.txt", file=sys.stderr)
-      return 1
-    llm = Llama(model_path=a.model, n_ctx=max(512, ctx), n_threads=a.threads, n_batch=512, verbose=False)   # n_batch <= n_ctx
-    runs[f"llama.cpp ({a.threads} threads)"] = lambda: llama_cpp(llm, ids, a.new_tokens)
-  print(f"{a.model}: {len(ids)} prompt tokens, {a.new_tokens} new, {a.runs} interleaved runs (after a warm-up)")
-  times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
-  with Context(BEAM=a.beam):
-    for r in range(a.runs + 1):
-      for name, f in runs.items():
-        t = f()
-        if r: times[name].append(t)
-  res = {}
+  try: a.chunks = [int(c) for c in a.chunks.split(",")]
+  except ValueError: p.error(f"--chunks takes comma-separated integers, got {a.chunks!r}")
+  if a.model is None and a.shape is None:
+    if Device.DEFAULT == "CPU": p.error("give a GGUF file, or --shape for a random model (tiny on a CPU)")
+    a.shape = "tinyllama"
+  if a.model is not None and a.shape is not None: p.error("a GGUF file or --shape, not both")
+  if a.llama_cpp and (a.shape or Llama is None): p.error("--llama-cpp needs a GGUF file and llama-cpp-python (pip install -r requirements-extras.txt)")
+  if a.shape and transformers is None: p.error("--shape needs torch and transformers: pip install -r requirements-extras.txt")
+  if a.prompt_tokens is None: a.prompt_tokens = 512 if a.shape else 316
+  if min(a.chunks + [a.prompt_tokens, a.new_tokens, a.runs]) < 1: p.error("--chunks, --prompt-tokens, -n and --runs must be at least 1")
+  return a
+
+def median_rate(runs: list[Run], tokens: int, part: int) -> float: return statistics.median(tokens / r[part] for r in runs)
+
+def agree(a: list[int], b: list[int]) -> int:
+  """How many leading greedy ids two runs share."""
+  return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+def bench(a: argparse.Namespace, models: dict, anchor, ids: list[int], what: str, t_start: float) -> list[str]:
+  """Compile and warm our runs (one Generator per model and chunk size) and the anchor's, time them interleaved;
+  returns the table's rows. models: {decode kernels on?: model}."""
+  ctx, runs = len(ids) + a.new_tokens + 1, {}
+  for k, model in models.items():
+    if k: kernels.use_decode_kernels(model)
+    for chunk in a.chunks:
+      # each Generator is warmed before the next one on this model is made: its steps, once captured, keep the KV
+      # cache buffers they were captured with, and a new Generator gives the model new ones
+      name, t0 = f"chunk {chunk}, decode kernels {'on' if k else 'off'}", time.perf_counter()
+      gen = Generator(model, ctx, Sampling(0.0), chunk=chunk)
+      runs[name] = lambda gen=gen: ours(gen, ids, a.new_tokens)
+      for _ in range(2): ours(gen, ids, a.new_tokens)
+      print(f"ours, {name}: two warm-up runs (compiling) in {time.perf_counter() - t0:.1f} s", flush=True)
+  if anchor is not None:
+    runs[anchor.name] = lambda: anchor(ids, a.new_tokens)
+    for _ in range(2): anchor(ids, a.new_tokens)
+  times: dict[str, list[Run]] = {k: [] for k in runs}
+  for r in range(a.runs):
+    if r and a.time_limit and time.perf_counter() - t_start > a.time_limit:
+      print(f"--time-limit of {a.time_limit:.0f} s reached: {r} timed rounds instead of {a.runs}")
+      break
+    for name, f in runs.items(): times[name].append(f())
+  print(f"{what}: {len(ids)} prompt tokens, {a.new_tokens} new, medians of {len(next(iter(times.values())))} interleaved runs")
+  rows = []
   for name, ts in times.items():
-    pre, dec = statistics.median(len(ids) / t[0] for t in ts), statistics.median(a.new_tokens / t[1] for t in ts)
-    res[name] = (pre, dec)
-    print(f"{name:>24}: prefill {pre:8.1f} tok/s | decode {dec:7.1f} tok/s")
-  if len(res) == 2:
-    (_, (p0, d0)), (_, (p1, d1)) = res.items()
-    print(f"tinygrad / llama.cpp: prefill {p0 / p1:.2f}x | decode {d0 / d1:.2f}x")
+    pre, dec = median_rate(ts, len(ids), 0), median_rate(ts, a.new_tokens, 1)
+    same = f" | greedy ids equal to the anchor's for {agree(ts[0][2], times[anchor.name][0][2])} of {a.new_tokens + 1}" if anchor and name != anchor.name else ""
+    print(f"{name:>34}: prefill {pre:9.1f} tok/s | decode {dec:7.1f} tok/s{same}")
+    if anchor is not None and name == anchor.name: continue
+    for part, tokens, label in ((0, len(ids), f"prefill {len(ids)} tok"), (1, a.new_tokens, f"decode {a.new_tokens} tok")):
+      mine, ref = median_rate(ts, tokens, part), anchor and median_rate(times[anchor.name], tokens, part)
+      rows.append(f"| {label}, {what}, {name} | {mine:,.1f} tok/s | " + (f"{anchor.name} {ref:,.1f} tok/s | {mine / ref:.2f}x |" if anchor else "- | - |"))
+  return rows
+
+def main(argv=None) -> int:
+  a, t_start = parse_args(argv), time.perf_counter()
+  on = {"on": [True], "off": [False], "both": [False, True]}[a.decode_kernels]
+  with tempfile.TemporaryDirectory() as tmp, Context(BEAM=a.beam):
+    anchor = HF(a.shape, "cpu" if Device.DEFAULT == "CPU" else "cuda", tmp) if a.shape else None
+    try:
+      if anchor: print(f"tinygrad on {Device.DEFAULT} against {anchor.name}, {anchor.where}; random model saved in "
+                       f"{time.perf_counter() - t_start:.1f} s", flush=True)
+      # a model per decode-kernel setting (use_decode_kernels changes the model in place); both hold the same weights
+      try: loaded = {k: checkpoint.load(a.model or tmp, dtype="float16" if a.shape else None) for k in on}
+      except ValueError as e:
+        print(f"bench_generate.py: error: {e}", file=sys.stderr)
+        return 1
+      models, tok = {k: m for k, (m, _) in loaded.items()}, next(iter(loaded.values()))[1]
+      print(f"loaded {len(models)} model(s) in {time.perf_counter() - t_start:.1f} s since the start", flush=True)
+      if a.shape:
+        what = f"{a.shape} shape fp16"
+        ids = np.random.default_rng(0).integers(3, SHAPES[a.shape]["vocab_size"], a.prompt_tokens).tolist()   # not ids 0-2 (special)
+        check = ids[:64]   # the same function on both sides: logits of a one-shot forward (no KV cache yet)
+        mine, ref = models[on[0]](Tensor([check])).numpy()[0], anchor.logits(check)
+        print(f"logits of {len(check)} tokens against transformers: relative error {np.linalg.norm(mine - ref) / np.linalg.norm(ref):.1e}, "
+              f"same argmax at {(mine.argmax(-1) == ref.argmax(-1)).mean():.0%} of positions", flush=True)
+      else:
+        what = os.path.basename(a.model)
+        ids = (([tok.bos_id] if tok.add_bos else []) + tok.encode(PROMPT * (a.prompt_tokens // 20 + 1)))[:a.prompt_tokens]
+        if a.llama_cpp: anchor = LlamaCpp(a.model, len(ids) + a.new_tokens + 1, a.threads)
+      rows = bench(a, models, anchor, ids, what, t_start)
+    finally:
+      if isinstance(anchor, HF): anchor.close()
+  print("\n| workload | ours | anchor | ratio |\n|---|---|---|---|\n" + "\n".join(rows))
   return 0
 
 if __name__ == "__main__": sys.exit(main())

@@ -1,119 +1,147 @@
-"""Time one training step (forward, backward, clip, AdamW) of train.py's tinygrad step, and of the same model as a
-PyTorch eager step when torch is installed (an optional extra: pip install torch), on random tokens.
+"""Time one training step (forward, backward, clip, AdamW) of steps.make_train_step on random tokens and, with --torch,
+the same model as transformers' LlamaForCausalLM in PyTorch eager (an optional extra: pip install -r
+requirements-extras.txt): mixed precision by autocast for a 16-bit --dtype, fused AdamW, the same §2.3 settings. Steps
+interleaved; prints tok/s, model TFLOP/s (and on a GPU the share of --peak-tflops) and the ratio, as one table.
 
   python bench_train.py                                    # the default preset at train.py's default batch
   python bench_train.py --preset 15M --batch-size 8 --seq-len 256 --torch
+  DEV=CUDA python3 bench_train.py --torch --dim 768 --n-layers 12 --n-heads 12 --vocab-size 32000 --dtype bfloat16 \\
+    --batch-size 8 --seq-len 1024                          # 134M parameters, the GPU comparison
 """
 from __future__ import annotations
-import argparse, math, sys, time
+import argparse, multiprocessing, statistics, sys, time
 import numpy as np
+from tinygrad import Context, Device, Tensor, dtypes
+import llama, train
+from optim import make_optimizer
+from steps import make_train_step
+try: import torch, transformers
+except ImportError: torch = transformers = None
 
-def bench(step, steps: int, tokens: int) -> dict:
-  """Median wall and CPU seconds of a step after two warm-up steps (tinygrad: run eagerly, then capture)."""
-  for _ in range(2): step()
-  wall, cpu = [], []
-  for _ in range(steps):
-    w, c = time.perf_counter(), time.process_time()
-    step()
-    wall.append(time.perf_counter() - w); cpu.append(time.process_time() - c)
-  s = float(np.median(wall))
-  return {"s_per_step": s, "tok_s": tokens / s, "cpu_s_per_step": float(np.median(cpu))}
+Step = tuple[float, float]   # wall seconds, CPU seconds of this process
 
-def tinygrad_step(a, args):
-  from tinygrad import Context, Tensor, dtypes
-  import llama, train
+def timed(step) -> Step:
+  w, c = time.perf_counter(), time.process_time()
+  step()
+  return time.perf_counter() - w, time.process_time() - c
+
+def flops_per_token(args: llama.ModelArgs, seq_len: int) -> int:
+  """Model FLOPs of one trained token (PaLM, Chowdhery et al. 2022, App. B): 6 per weight that multiplies (forward 2,
+  backward 4; every parameter but the input embedding, a lookup), plus 12·layers·dim·seq_len for attention's scores
+  and weighted sums, the causal mask's skipped half counted too."""
+  lookup = 0 if args.tie_embeddings else args.vocab_size * args.dim
+  return 6 * (args.num_params() - lookup) + 12 * args.n_layers * args.dim * seq_len
+
+def ours(t: train.TrainConfig, args: llama.ModelArgs):
+  """train.py's model, placement (--dtype, --devices) and compiled step; returns a function doing one step."""
   Tensor.manual_seed(0)
   model = llama.Transformer(args)
-  opt, params = train.make_optimizer(model, a.lr, a.weight_decay)
-  step = train.make_train_step(model, opt, params, a.grad_clip)
-  rng = np.random.default_rng(0)
-  lr = Tensor([a.lr], dtype=dtypes.float32).realize()
+  train.place_model(model, t)
+  opt, params = make_optimizer(model, t.lr, t.weight_decay)
+  step = make_train_step(model, opt, params, t.grad_clip)
+  rng, lr = np.random.default_rng(0), Tensor([t.lr], dtype=dtypes.float32).realize()
   def run():
-    x = train.to_device(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32))
-    y = train.to_device(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32))
-    with Context(USE_ATOMICS=train.use_atomics(a.devices, a.parallel)): step(x, y, lr)[0].item()
+    x, y = (train.to_device(rng.integers(0, args.vocab_size, (1, t.batch_size, t.seq_len), dtype=np.int32), t.devices, t.parallel, 1)
+            for _ in range(2))
+    with Context(USE_ATOMICS=train.use_atomics(t.devices, t.parallel), BEAM=t.beam): step(x, y, lr)[0].item()
   return run
 
-def torch_step(a, args):
-  """The same architecture in PyTorch eager (Meta's model.py, no KV cache), the same §2.3 optimiser settings."""
-  import torch
-  import torch.nn.functional as F
+# ***** PyTorch, in a process of its own (tinygrad's CUDA backend makes its own context current on the thread) *****
+
+def torch_worker(conn, args: llama.ModelArgs, t: train.TrainConfig, device: str):
+  """Build the model and optimiser, send a description, then answer each request n with n timed steps; None ends."""
   torch.manual_seed(0)
-  hd, kv = args.head_dim, args.n_kv_heads
-  class Block(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.wq, self.wo = torch.nn.Linear(args.dim, args.dim, bias=False), torch.nn.Linear(args.dim, args.dim, bias=False)
-      self.wk, self.wv = torch.nn.Linear(args.dim, kv * hd, bias=False), torch.nn.Linear(args.dim, kv * hd, bias=False)
-      self.w1, self.w3 = torch.nn.Linear(args.dim, args.ffn_hidden, bias=False), torch.nn.Linear(args.dim, args.ffn_hidden, bias=False)
-      self.w2 = torch.nn.Linear(args.ffn_hidden, args.dim, bias=False)
-      self.n1, self.n2 = torch.nn.RMSNorm(args.dim, eps=args.norm_eps), torch.nn.RMSNorm(args.dim, eps=args.norm_eps)
-    def forward(self, x, cos, sin):
-      B, T, _ = x.shape
-      h = self.n1(x)
-      q, k, v = self.wq(h).view(B, T, -1, hd), self.wk(h).view(B, T, kv, hd), self.wv(h).view(B, T, kv, hd)
-      def rope(t):
-        a, b = t.float().unflatten(-1, (-1, 2)).unbind(-1)
-        return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2).type_as(t)
-      q, k, v = rope(q).transpose(1, 2), rope(k).transpose(1, 2), v.transpose(1, 2)
-      o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != args.n_heads)
-      x = x + self.wo(o.transpose(1, 2).reshape(B, T, -1))
-      h = self.n2(x)
-      return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
-  class Model(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.emb, self.layers = torch.nn.Embedding(args.vocab_size, args.dim), torch.nn.ModuleList(Block() for _ in range(args.n_layers))
-      self.norm, self.out = torch.nn.RMSNorm(args.dim, eps=args.norm_eps), torch.nn.Linear(args.dim, args.vocab_size, bias=False)
-      inv = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2).float() / hd))
-      ang = torch.outer(torch.arange(a.seq_len).float(), inv)
-      self.cos, self.sin = ang.cos()[None, :, None], ang.sin()[None, :, None]
-    def forward(self, t):
-      h = self.emb(t)
-      for layer in self.layers: h = layer(h, self.cos, self.sin)
-      return self.out(self.norm(h)).float()
-  model = Model()
-  decay = [p for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith("emb")]
-  keep = [p for n, p in model.named_parameters() if not (p.ndim == 2 and not n.startswith("emb"))]
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay}, {"params": keep, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95))
-  g = torch.Generator().manual_seed(0)
-  def run():
-    x = torch.randint(0, args.vocab_size, (a.batch_size, a.seq_len), generator=g)
-    y = torch.randint(0, args.vocab_size, (a.batch_size, a.seq_len), generator=g)
-    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+  cfg = transformers.LlamaConfig(hidden_size=args.dim, intermediate_size=args.ffn_hidden, num_hidden_layers=args.n_layers,
+                                 num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads, vocab_size=args.vocab_size,
+                                 max_position_embeddings=args.max_seq_len, rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta,
+                                 tie_word_embeddings=args.tie_embeddings)
+  with torch.device(device): model = transformers.LlamaForCausalLM(cfg)   # float32 weights: autocast computes in 16 bits
+  # weight decay as optim.param_groups: on the linear layers' matrices, not on norms or the token embedding
+  decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "embed_tokens" not in n]
+  keep = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embed_tokens" not in n)]
+  opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": keep, "weight_decay": 0.0}],
+                          lr=t.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+  half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(t.dtype)
+  g = torch.Generator(device).manual_seed(0)
+  def step():
+    x, y = (torch.randint(0, args.vocab_size, (t.batch_size, t.seq_len), generator=g, device=device) for _ in range(2))
+    with torch.autocast(torch.device(device).type, dtype=half, enabled=half is not None):
+      logits = model(input_ids=x).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
     opt.step()
     loss.item()
-  return run
+  where = torch.cuda.get_device_name() if device == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"
+  conn.send(f"transformers {transformers.__version__} eager{f', {t.dtype} autocast' if half else ''}, fused AdamW (torch {torch.__version__} on {where})")
+  while (n := conn.recv()) is not None: conn.send([timed(step) for _ in range(n)])
+
+class TorchSteps:
+  def __init__(self, args: llama.ModelArgs, t: train.TrainConfig):
+    ctx = multiprocessing.get_context("spawn")
+    self.conn, child = ctx.Pipe()
+    device = "cpu" if Device.DEFAULT == "CPU" else "cuda"
+    self.proc = ctx.Process(target=torch_worker, args=(child, args, t, device), daemon=True)
+    self.proc.start()
+    self.name = self.conn.recv()
+
+  def __call__(self, n: int = 1) -> list[Step]:
+    self.conn.send(n)
+    return self.conn.recv()
+
+  def close(self):
+    self.conn.send(None)
+    self.proc.join(30)
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description="Seconds per training step: train.py's tinygrad step against PyTorch eager.")
+  p = argparse.ArgumentParser(description="Tokens/s of one training step: steps.make_train_step against transformers eager.")
   p.add_argument("--vocab-size", type=int, help="default: the preset's")
-  p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
-  p.add_argument("--torch", action="store_true", help="also time PyTorch (optional extra)")
-  import train
-  a, rest = p.parse_known_args(argv)
-  t = train.parse_args(rest)   # every train.py flag (preset, sizes, batch, optimiser) means the same here
-  args = train.model_args(t, a.vocab_size or train.preset(t).vocab_size)
-  tokens = t.batch_size * t.seq_len
-  print(f"{t.preset}: dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads ({args.n_kv_heads} kv), vocab {args.vocab_size}, "
-        f"{args.num_params() / 1e6:.2f}M params, batch {t.batch_size}x{t.seq_len}")
-  runs = [("tinygrad", tinygrad_step)]
-  if a.torch:
-    try: import torch
-    except ImportError: print("bench_train.py: error: --torch needs PyTorch: pip install torch", file=sys.stderr); return 1
-    runs.append((f"torch {torch.__version__} ({torch.get_num_threads()} threads)", torch_step))
-  results = {}
-  for name, make in runs:
-    r = results[name] = bench(make(t, args), a.steps, tokens)
-    # model FLOPs: 6 per parameter per token (forward 2, backward 4), the figure MFU divides by the device's peak
-    print(f"{name:>28}: {r['s_per_step']:.3f} s/step  {r['tok_s']:8.0f} tok/s  ({r['cpu_s_per_step']:.2f} CPU s/step)  "
-          f"{6 * args.num_params() * r['tok_s'] / 1e9:.1f} model GFLOP/s")
-  if len(results) == 2:
-    (_, tg), (_, pt) = results.items()
-    print(f"tinygrad / torch tokens/s: {tg['tok_s'] / pt['tok_s']:.2f}x")
+  p.add_argument("--steps", type=int, default=5, help="timed steps of each (after 2 warm-up steps), interleaved")
+  p.add_argument("--torch", action="store_true", help="also time transformers in PyTorch (optional extras)")
+  p.add_argument("--time-limit", type=float, default=0, help="start no timed step after this many seconds (one always runs); 0: none")
+  p.add_argument("--peak-tflops", type=float, default=989.0,
+                 help="the GPU's peak for the share printed on a GPU (default 989: H100/H200 SXM dense bf16, NVIDIA's datasheet)")
+  try:
+    a, rest = p.parse_known_args(argv)
+    t = train.parse_args(rest)   # every train.py flag (preset, sizes, batch, optimiser, --dtype, --beam) means the same here
+    args = train.model_args(t, a.vocab_size or train.preset(t).vocab_size)
+  except ValueError as e:
+    print(f"bench_train.py: error: {e}", file=sys.stderr)
+    return 1
+  if a.torch and transformers is None:
+    print("bench_train.py: error: --torch needs torch and transformers: pip install -r requirements-extras.txt", file=sys.stderr)
+    return 1
+  t_start, tokens, fpt = time.perf_counter(), t.batch_size * t.seq_len, flops_per_token(args, t.seq_len)
+  what = (f"train step, {args.num_params() / 1e6:.0f}M params (dim {args.dim}, {args.n_layers} layers, {args.n_heads} heads, "
+          f"vocab {args.vocab_size}) {t.dtype}, batch {t.batch_size}x{t.seq_len}")
+  print(f"{what}: {fpt / 1e6:.0f} model MFLOP per token; tinygrad on {Device.DEFAULT}", flush=True)
+  step = ours(t, args)
+  runs = {"ours": lambda: timed(step)}
+  anchor = TorchSteps(args, t) if a.torch else None
+  try:
+    if anchor: runs[anchor.name] = lambda: anchor()[0]
+    for name, run in runs.items():
+      w = time.perf_counter()
+      for _ in range(2): run()   # tinygrad: runs eagerly, then captures
+      print(f"{name}: two warm-up steps in {time.perf_counter() - w:.1f} s", flush=True)
+    times: dict[str, list[Step]] = {name: [] for name in runs}
+    for i in range(a.steps):
+      if i and a.time_limit and time.perf_counter() - t_start > a.time_limit:
+        print(f"--time-limit of {a.time_limit:.0f} s reached: {i} timed steps instead of {a.steps}")
+        break
+      for name, run in runs.items(): times[name].append(run())
+  finally:
+    if anchor: anchor.close()
+  tok_s, text = {}, {}
+  for name, ts in times.items():
+    wall, cpu = statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts)
+    tok_s[name] = tokens / wall
+    share = f" ({100 * fpt * tok_s[name] / (a.peak_tflops * 1e12):.1f}% of {a.peak_tflops:.0f})" if Device.DEFAULT != "CPU" else ""
+    text[name] = f"{tok_s[name]:,.0f} tok/s, {fpt * tok_s[name] / 1e12:.3g} TFLOP/s{share}"
+    print(f"{name}: {wall:.4f} s/step, {cpu:.2f} CPU s/step, {text[name]} (median of {len(ts)})")
+  print("\n| workload | ours | anchor | ratio |\n|---|---|---|---|")
+  print(f"| {what} | {text['ours']} | " + (f"{anchor.name}: {text[anchor.name]} | {tok_s['ours'] / tok_s[anchor.name]:.2f}x |" if anchor else "- | - |"))
   return 0
 
 if __name__ == "__main__": sys.exit(main())
