@@ -14,31 +14,40 @@ Levers compared in the same run: --chunks (prefill chunk sizes) and --decode-ker
   DEV=CPU python bench_generate.py --shape tiny --prompt-tokens 64 -n 8        # the same code path, CPU-sized
 """
 from __future__ import annotations
-import argparse, multiprocessing, os, statistics, sys, tempfile, time
+import argparse, contextlib, multiprocessing, os, statistics, sys, tempfile, time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, NamedTuple
 import numpy as np
 from tinygrad import Context, Device, Tensor
 import checkpoint, kernels
-from decode import Generator, Sampling
+from decode import Generator, Sampling, common_prefix
 try: import torch, transformers
 except ImportError: torch = transformers = None
 try: from llama_cpp import Llama
 except ImportError: Llama = None
 
-PROMPT = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends, "
-          "and every evening she told her mother what she had seen: birds, dogs, a red ball and a tall tree. ")
+PROMPT = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+          "friends, and every evening she told her mother what she had seen: birds, dogs, a red ball and a tall tree. ")
 
 # transformers LlamaConfig fields of the random models; "tinyllama" is TinyLlama-1.1B's shape
 SHAPES = {
-  "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                    vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False),
-  "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-               vocab_size=1024, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False),
+  "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                    num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                    tie_word_embeddings=False),
+  "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=1024, max_position_embeddings=256, rms_norm_eps=1e-5,
+               tie_word_embeddings=False),
 }
 
 Run = tuple[float, float, list[int]]   # prefill seconds (until the first new id is on the host), decode seconds, ids
 
+class Anchor(NamedTuple):
+  name: str
+  run: Callable[[list[int], int], Run]   # (prompt ids, new tokens) -> Run
+
 def ours(gen: Generator, ids: list[int], n: int) -> Run:
-  """ids prefilled, then n tokens decoded greedily; each id is read on the host (.item()), so the clock sees the work."""
+  """ids prefilled, then n tokens decoded greedily; each id is read on the host (.item()): the clock sees the work."""
   gen.reset()
   t0 = time.perf_counter()
   out = [gen.feed(ids)]
@@ -46,29 +55,51 @@ def ours(gen: Generator, ids: list[int], n: int) -> Run:
   out += [gen.next() for _ in range(n)]
   return t1 - t0, time.perf_counter() - t1, out
 
-class LlamaCpp:
-  def __init__(self, path: str, context: int, threads: int):
-    self.llm = Llama(model_path=path, n_ctx=max(512, context), n_threads=threads, n_batch=512, verbose=False)   # n_batch <= n_ctx
-    self.name = f"llama.cpp ({threads} threads)"
-
-  def __call__(self, ids: list[int], n: int) -> Run:
-    self.llm.reset()
+def llama_cpp(path: str, context: int, threads: int) -> Anchor:
+  # n_batch <= n_ctx
+  llm = Llama(model_path=path, n_ctx=max(512, context), n_threads=threads, n_batch=512, verbose=False)
+  def run(ids: list[int], n: int) -> Run:
+    llm.reset()
     t0 = time.perf_counter()
-    self.llm.eval(ids)
-    out = [self.llm.sample(top_k=1, temp=0.0)]
+    llm.eval(ids)
+    out = [llm.sample(top_k=1, temp=0.0)]
     t1 = time.perf_counter()
     for _ in range(n):
-      self.llm.eval(out[-1:])
-      out.append(self.llm.sample(top_k=1, temp=0.0))
+      llm.eval(out[-1:])
+      out.append(llm.sample(top_k=1, temp=0.0))
     return t1 - t0, time.perf_counter() - t1, out
+  return Anchor(f"llama.cpp ({threads} threads)", run)
 
 # ***** the transformers side, in a process of its own *****
 # tinygrad's CUDA backend makes its own context current on the thread; PyTorch's runtime calls would then run in it
-# instead of PyTorch's, so the two never share a process here.
+# instead of PyTorch's, so the two never share a process here. A pool of one worker: if it dies, calls raise
+# BrokenProcessPool instead of waiting forever.
 
-def hf_run(model, ids: list[int], n: int) -> Run:
+HF_MODEL = {}   # in the worker process: the model hf_setup made
+
+def hf_setup(shape: str, device: str, path: str):
+  """Make a random float16 model of SHAPES[shape] on `device` and save it to `path`."""
+  torch.manual_seed(0)
+  with torch.device(device):
+    config = transformers.LlamaConfig(**SHAPES[shape])
+    HF_MODEL["model"] = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float16).eval()
+  HF_MODEL["model"].save_pretrained(path, safe_serialization=True)
+
+def hf_where() -> str:
+  d = HF_MODEL["model"].device
+  where = torch.cuda.get_device_name(d) if d.type == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"
+  return f"torch {torch.__version__} on {where}"
+
+def hf_logits(ids: list[int]) -> np.ndarray:
+  """float32 logits of every position of a one-shot forward."""
+  model = HF_MODEL["model"]
+  with torch.inference_mode(): logits = model(input_ids=torch.tensor([ids], device=model.device)).logits
+  return logits[0].float().cpu().numpy()
+
+def hf_run(ids: list[int], n: int) -> Run:
   """What generate() does, without its bookkeeping: prefill (logits of the last position only), then n greedy steps
   through the KV cache, each id read on the host as ours is."""
+  model = HF_MODEL["model"]
   sync = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
   with torch.inference_mode():
     x = torch.tensor([ids], device=model.device)
@@ -85,55 +116,22 @@ def hf_run(model, ids: list[int], n: int) -> Run:
     sync()
     return t1 - t0, time.perf_counter() - t1, out
 
-def hf_worker(conn, shape: str, device: str, path: str):
-  """Make a random float16 model of SHAPES[shape] on `device`, save it to `path`, then answer requests from the pipe:
-  ("logits", ids) -> float32 logits of every position, ("run", ids, n) -> hf_run's result; None ends."""
-  torch.manual_seed(0)
-  with torch.device(device):
-    model = transformers.LlamaForCausalLM._from_config(transformers.LlamaConfig(**SHAPES[shape]), dtype=torch.float16).eval()
-  model.save_pretrained(path, safe_serialization=True)
-  conn.send(f"torch {torch.__version__} on " + (torch.cuda.get_device_name() if device == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"))
-  while (req := conn.recv()) is not None:
-    if req[0] == "logits":
-      with torch.inference_mode(): conn.send(model(input_ids=torch.tensor([req[1]], device=device)).logits[0].float().cpu().numpy())
-    else: conn.send(hf_run(model, *req[1:]))
-
-class HF:
-  """hf_worker's process, called like the other anchor."""
-  def __init__(self, shape: str, device: str, path: str):
-    ctx = multiprocessing.get_context("spawn")
-    self.conn, child = ctx.Pipe()
-    self.proc = ctx.Process(target=hf_worker, args=(child, shape, device, path), daemon=True)
-    self.proc.start()
-    self.where = self.conn.recv()   # the model is saved once this arrives
-    self.name = f"transformers {transformers.__version__}"
-
-  def logits(self, ids: list[int]) -> np.ndarray:
-    self.conn.send(("logits", ids))
-    return self.conn.recv()
-
-  def __call__(self, ids: list[int], n: int) -> Run:
-    self.conn.send(("run", ids, n))
-    return self.conn.recv()
-
-  def close(self):
-    self.conn.send(None)
-    self.proc.join(30)
-
 # ***** the benchmark *****
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description="Prefill and decode tok/s of decode.Generator against llama.cpp or transformers, interleaved.")
+  p = argparse.ArgumentParser(description="Prefill and decode tok/s of decode.Generator against an anchor.")
   p.add_argument("model", nargs="?", help="a GGUF file (llama.cpp reads only GGUF); none: a random model of --shape")
-  p.add_argument("--shape", choices=SHAPES, help="random model made by transformers, the anchor (default on a GPU: tinyllama)")
-  p.add_argument("--llama-cpp", action="store_true", help="with a GGUF file: also time llama-cpp-python (optional extra)")
+  p.add_argument("--shape", choices=SHAPES, help="random model by transformers, the anchor (GPU default: tinyllama)")
+  p.add_argument("--llama-cpp", action="store_true", help="with a GGUF file: also time llama-cpp-python (an extra)")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads (default: every core)")
   p.add_argument("--prompt-tokens", type=int, default=None, help="default: 316 with a GGUF file, 512 with --shape")
   p.add_argument("-n", "--new-tokens", type=int, default=64)
-  p.add_argument("--runs", type=int, default=5, help="timed runs of each, after two warm-up runs (TinyJit runs, then captures)")
-  p.add_argument("--chunks", default="32", help="comma-separated prefill chunk sizes to compare (default 32, generate.py's)")
-  p.add_argument("--decode-kernels", choices=("on", "off", "both"), default="on", help="kernels.use_decode_kernels (generate.py: on)")
-  p.add_argument("--time-limit", type=float, default=0, help="start no timed round after this many seconds (one always runs); 0: none")
+  p.add_argument("--runs", type=int, default=5, help="timed runs of each, after two warm-up runs (TinyJit)")
+  p.add_argument("--chunks", default="32", help="comma-separated prefill chunk sizes to compare (generate.py's: 32)")
+  p.add_argument("--decode-kernels", choices=("on", "off", "both"), default="on",
+                 help="kernels.use_decode_kernels (generate.py: on)")
+  p.add_argument("--time-limit", type=float, default=0,
+                 help="start no timed round after this many seconds since the start (one always runs); 0: none")
   p.add_argument("--beam", type=int, default=0, help="tinygrad BEAM search width for our kernels (0: heuristics)")
   a = p.parse_args(argv)
   try: a.chunks = [int(c) for c in a.chunks.split(",")]
@@ -142,19 +140,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if Device.DEFAULT == "CPU": p.error("give a GGUF file, or --shape for a random model (tiny on a CPU)")
     a.shape = "tinyllama"
   if a.model is not None and a.shape is not None: p.error("a GGUF file or --shape, not both")
-  if a.llama_cpp and (a.shape or Llama is None): p.error("--llama-cpp needs a GGUF file and llama-cpp-python (pip install -r requirements-extras.txt)")
-  if a.shape and transformers is None: p.error("--shape needs torch and transformers: pip install -r requirements-extras.txt")
+  if a.llama_cpp and (a.shape or Llama is None):
+    p.error("--llama-cpp needs a GGUF file and llama-cpp-python (pip install -r requirements-extras.txt)")
+  if a.shape and transformers is None:
+    p.error("--shape needs torch and transformers: pip install -r requirements-extras.txt")
   if a.prompt_tokens is None: a.prompt_tokens = 512 if a.shape else 316
-  if min(a.chunks + [a.prompt_tokens, a.new_tokens, a.runs]) < 1: p.error("--chunks, --prompt-tokens, -n and --runs must be at least 1")
+  if min(a.chunks + [a.prompt_tokens, a.new_tokens, a.runs]) < 1:
+    p.error("--chunks, --prompt-tokens, -n and --runs must be at least 1")
   return a
 
-def median_rate(runs: list[Run], tokens: int, part: int) -> float: return statistics.median(tokens / r[part] for r in runs)
+def median_rate(runs: list[Run], tokens: int, part: int) -> float:
+  return statistics.median(tokens / r[part] for r in runs)
 
-def agree(a: list[int], b: list[int]) -> int:
-  """How many leading greedy ids two runs share."""
-  return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-def bench(a: argparse.Namespace, models: dict, anchor, ids: list[int], what: str, t_start: float) -> list[str]:
+def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[int], what: str, t_start: float):
   """Compile and warm our runs (one Generator per model and chunk size) and the anchor's, time them interleaved;
   returns the table's rows. models: {decode kernels on?: model}."""
   ctx, runs = len(ids) + a.new_tokens + 1, {}
@@ -166,58 +164,78 @@ def bench(a: argparse.Namespace, models: dict, anchor, ids: list[int], what: str
       name, t0 = f"chunk {chunk}, decode kernels {'on' if k else 'off'}", time.perf_counter()
       gen = Generator(model, ctx, Sampling(0.0), chunk=chunk)
       runs[name] = lambda gen=gen: ours(gen, ids, a.new_tokens)
-      for _ in range(2): ours(gen, ids, a.new_tokens)
-      print(f"ours, {name}: two warm-up runs (compiling) in {time.perf_counter() - t0:.1f} s", flush=True)
+      for _ in range(2): warm = ours(gen, ids, a.new_tokens)
+      print(f"ours, {name}: two warm-up runs (compiling) in {time.perf_counter() - t0:.1f} s; the second: "
+            f"prefill {len(ids) / warm[0]:.1f} tok/s, decode {a.new_tokens / warm[1]:.1f} tok/s", flush=True)
   if anchor is not None:
-    runs[anchor.name] = lambda: anchor(ids, a.new_tokens)
-    for _ in range(2): anchor(ids, a.new_tokens)
+    runs[anchor.name] = lambda: anchor.run(ids, a.new_tokens)
+    t0 = time.perf_counter()
+    for _ in range(2): anchor.run(ids, a.new_tokens)
+    print(f"{anchor.name}: two warm-up runs in {time.perf_counter() - t0:.1f} s", flush=True)
   times: dict[str, list[Run]] = {k: [] for k in runs}
   for r in range(a.runs):
     if r and a.time_limit and time.perf_counter() - t_start > a.time_limit:
       print(f"--time-limit of {a.time_limit:.0f} s reached: {r} timed rounds instead of {a.runs}")
       break
     for name, f in runs.items(): times[name].append(f())
-  print(f"{what}: {len(ids)} prompt tokens, {a.new_tokens} new, medians of {len(next(iter(times.values())))} interleaved runs")
+  done = len(next(iter(times.values())))
+  print(f"{what}: {len(ids)} prompt tokens, {a.new_tokens} new, medians of {done} interleaved runs")
   rows = []
   for name, ts in times.items():
-    pre, dec = median_rate(ts, len(ids), 0), median_rate(ts, a.new_tokens, 1)
-    same = f" | greedy ids equal to the anchor's for {agree(ts[0][2], times[anchor.name][0][2])} of {a.new_tokens + 1}" if anchor and name != anchor.name else ""
-    print(f"{name:>34}: prefill {pre:9.1f} tok/s | decode {dec:7.1f} tok/s{same}")
-    if anchor is not None and name == anchor.name: continue
-    for part, tokens, label in ((0, len(ids), f"prefill {len(ids)} tok"), (1, a.new_tokens, f"decode {a.new_tokens} tok")):
-      mine, ref = median_rate(ts, tokens, part), anchor and median_rate(times[anchor.name], tokens, part)
-      rows.append(f"| {label}, {what}, {name} | {mine:,.1f} tok/s | " + (f"{anchor.name} {ref:,.1f} tok/s | {mine / ref:.2f}x |" if anchor else "- | - |"))
+    line = (f"{name:>34}: prefill {median_rate(ts, len(ids), 0):9.1f} tok/s | "
+            f"decode {median_rate(ts, a.new_tokens, 1):7.1f} tok/s")
+    if anchor and name == anchor.name:
+      print(line)
+      continue
+    if anchor:
+      same = common_prefix(ts[0][2], times[anchor.name][0][2])
+      line += f" | greedy ids equal to the anchor's for {same} of {a.new_tokens + 1}"
+    print(line)
+    prefill, decode = (0, len(ids), f"prefill {len(ids)} tok"), (1, a.new_tokens, f"decode {a.new_tokens} tok")
+    for part, tokens, label in (prefill, decode):
+      mine, row = median_rate(ts, tokens, part), f"| {label}, {what}, {name} |"
+      if anchor is None: rows.append(f"{row} {mine:,.1f} tok/s | - | - |")
+      else:
+        ref = median_rate(times[anchor.name], tokens, part)
+        rows.append(f"{row} {mine:,.1f} tok/s | {anchor.name} {ref:,.1f} tok/s | {mine / ref:.2f}x |")
   return rows
 
 def main(argv=None) -> int:
   a, t_start = parse_args(argv), time.perf_counter()
   on = {"on": [True], "off": [False], "both": [False, True]}[a.decode_kernels]
-  with tempfile.TemporaryDirectory() as tmp, Context(BEAM=a.beam):
-    anchor = HF(a.shape, "cpu" if Device.DEFAULT == "CPU" else "cuda", tmp) if a.shape else None
+  with tempfile.TemporaryDirectory() as tmp, Context(BEAM=a.beam), contextlib.ExitStack() as stack:
+    anchor = None
     try:
-      if anchor: print(f"tinygrad on {Device.DEFAULT} against {anchor.name}, {anchor.where}; random model saved in "
-                       f"{time.perf_counter() - t_start:.1f} s", flush=True)
+      if a.shape:
+        setup = (a.shape, "cpu" if Device.DEFAULT == "CPU" else "cuda", tmp)
+        pool = stack.enter_context(ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), hf_setup, setup))
+        anchor = Anchor(f"transformers {transformers.__version__}", lambda ids, n: pool.submit(hf_run, ids, n).result())
+        print(f"tinygrad on {Device.DEFAULT} against {anchor.name}, {pool.submit(hf_where).result()}; random model "
+              f"saved in {time.perf_counter() - t_start:.1f} s", flush=True)
       # a model per decode-kernel setting (use_decode_kernels changes the model in place); both hold the same weights
-      try: loaded = {k: checkpoint.load(a.model or tmp, dtype="float16" if a.shape else None) for k in on}
-      except ValueError as e:
-        print(f"bench_generate.py: error: {e}", file=sys.stderr)
-        return 1
-      models, tok = {k: m for k, (m, _) in loaded.items()}, next(iter(loaded.values()))[1]
+      loaded = {k: checkpoint.load(a.model or tmp, dtype="float16" if a.shape else None) for k in on}
+      models, tok = {k: m for k, (m, _) in loaded.items()}, loaded[on[0]][1]
       print(f"loaded {len(models)} model(s) in {time.perf_counter() - t_start:.1f} s since the start", flush=True)
       if a.shape:
         what = f"{a.shape} shape fp16"
-        ids = np.random.default_rng(0).integers(3, SHAPES[a.shape]["vocab_size"], a.prompt_tokens).tolist()   # not ids 0-2 (special)
+        ids = np.random.default_rng(0).integers(3, SHAPES[a.shape]["vocab_size"], a.prompt_tokens).tolist()  # not 0-2
         check = ids[:64]   # the same function on both sides: logits of a one-shot forward (no KV cache yet)
-        mine, ref = models[on[0]](Tensor([check])).numpy()[0], anchor.logits(check)
-        print(f"logits of {len(check)} tokens against transformers: relative error {np.linalg.norm(mine - ref) / np.linalg.norm(ref):.1e}, "
-              f"same argmax at {(mine.argmax(-1) == ref.argmax(-1)).mean():.0%} of positions", flush=True)
+        mine, ref = models[on[0]](Tensor([check])).numpy()[0], pool.submit(hf_logits, check).result()
+        print(f"logits of {len(check)} tokens against transformers: relative error "
+              f"{np.linalg.norm(mine - ref) / np.linalg.norm(ref):.1e}, same argmax at "
+              f"{(mine.argmax(-1) == ref.argmax(-1)).mean():.0%} of positions", flush=True)
       else:
         what = os.path.basename(a.model)
-        ids = (([tok.bos_id] if tok.add_bos else []) + tok.encode(PROMPT * (a.prompt_tokens // 20 + 1)))[:a.prompt_tokens]
-        if a.llama_cpp: anchor = LlamaCpp(a.model, len(ids) + a.new_tokens + 1, a.threads)
+        text = PROMPT * (a.prompt_tokens // 20 + 1)
+        ids = (([tok.bos_id] if tok.add_bos else []) + tok.encode(text))[:a.prompt_tokens]
+        if a.llama_cpp: anchor = llama_cpp(a.model, len(ids) + a.new_tokens + 1, a.threads)
       rows = bench(a, models, anchor, ids, what, t_start)
-    finally:
-      if isinstance(anchor, HF): anchor.close()
+    except ValueError as e:   # checkpoint.CheckpointError: a file that does not load
+      print(f"bench_generate.py: error: {e}", file=sys.stderr)
+      return 1
+    except BrokenProcessPool:
+      print("bench_generate.py: error: the transformers process failed (its traceback is above)", file=sys.stderr)
+      return 1
   print("\n| workload | ours | anchor | ratio |\n|---|---|---|---|\n" + "\n".join(rows))
   return 0
 
