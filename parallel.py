@@ -84,6 +84,10 @@ def model_devices(model: Transformer) -> tuple[str, ...]:
   """The devices `model`'s weights live on, as a tuple (one entry on a single device)."""
   return d if isinstance(d := model.tok_embeddings.weight.device, tuple) else (d,)
 
+def model_backend(model: Transformer) -> str:
+  """The backend the model runs on ("CPU", "CUDA", "METAL", ...), of its first device."""
+  return Device.canonicalize(model_devices(model)[0]).split(":")[0]
+
 def shard_model(model: Transformer, devices: tuple[str, ...], mode: str = "tp") -> Transformer:
   """Move every tensor of `model` (weights, RoPE table, KV cache if any) onto `devices` for `mode` ('dp' or 'tp'), in
   place and one tensor at a time: each is realised on its new devices before the next moves, so its old buffer can
