@@ -6,7 +6,7 @@ crosses to the host. generate.py, serve.py, eval.py and train.py decode through 
 from __future__ import annotations
 import math, resource, secrets, sys, time
 from dataclasses import dataclass
-from tinygrad import Tensor, TinyJit, UOp, dtypes
+from tinygrad import Context, Tensor, TinyJit, UOp, dtypes
 import llama, parallel
 
 # ***** sampling on the device *****
@@ -83,15 +83,23 @@ def common_prefix(a, b) -> int:
   """How many leading items two sequences share (the index of the first difference): what a KV cache can keep."""
   return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
+def prefill_chunk(model: llama.Transformer) -> int:
+  """Tokens per prefill step: 32 on a CPU, where a longer chunk gains little and pads a short prompt with work; 256
+  on an accelerator, where one chunk of 256 ran 3× faster than eight of 32 (README, GPU benchmarks)."""
+  return 32 if parallel.model_backend(model) == "CPU" else 256
+
 class Generator:
   """The KV cache of one model and two compiled steps over it: a prefill of `chunk` tokens and a one-token decode.
   Both run the same function; `start_pos` is a bound symbolic variable, so the position can advance without
   recompiling. `pos` counts the tokens already in the cache.
   A model on several devices (checkpoint.load(device=(d0, d1, ...)): tensor parallel, §2.4) gets each step's tokens
   copied to all of them, and its logits (split by vocabulary) gathered onto the first, where sampling runs.
-  Call kernels.use_decode_kernels(model) first for the fast one-token kernels."""
-  def __init__(self, model: llama.Transformer, max_context: int, sampling: Sampling, seed: int | None = None, chunk: int = 32):
-    self.model, self.max_context, self.sampling, self.chunk = model, max_context, sampling.check(), min(chunk, max_context)
+  Call kernels.use_decode_kernels(model) first for the fast one-token kernels. `beam` > 0 searches kernel options for
+  the two steps' kernels alone (the first run searches, later ones read tinygrad's cache)."""
+  def __init__(self, model: llama.Transformer, max_context: int, sampling: Sampling, seed: int | None = None,
+               chunk: int | None = None, beam: int = 0):
+    self.model, self.max_context, self.sampling, self.beam = model, max_context, sampling.check(), beam
+    self.chunk = min(chunk or prefill_chunk(model), max_context)
     self.devices = parallel.model_devices(model)
     # the last prefill chunk is padded to full size: the cache has room for its tail (padding is written past
     # the real tokens, never attended to, and overwritten by later tokens)
@@ -140,8 +148,9 @@ class Generator:
       part = ids[s:s + self.chunk]
       select = [0.0] * self.chunk
       select[len(part) - 1] = 1.0
-      self.pending = self.prefill_step(Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32, device=self.devices[0]),
-                                       self.v_pos.bind(self.pos), Tensor(select, device=self.devices[0]), self.knobs)
+      with Context(BEAM=self.beam):
+        self.pending = self.prefill_step(Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32, device=self.devices[0]),
+                                         self.v_pos.bind(self.pos), Tensor(select, device=self.devices[0]), self.knobs)
       self.pos += len(part)
     return self.pending.item()
 
@@ -149,7 +158,7 @@ class Generator:
     """Put the pending token into the cache and sample the one after it. The pending token never leaves the
     device: the step reads the previous step's output buffer directly."""
     if self.pos >= self.max_context: raise ValueError(f"the context of {self.max_context} tokens is full")
-    self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
+    with Context(BEAM=self.beam): self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
     self.pos, self.steps = self.pos + 1, self.steps + 1
     return self.pending.item()
 

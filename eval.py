@@ -213,6 +213,19 @@ def print_table(name: str, task: Task, metrics: dict, n: int):
     print(f"{name:<16} {k + mark:<24} {v:>10.4f} {n:>7} {'' if se is None else f'{se:.4f}':>8}")
   print(f"* the score the paper reports ({task.section})")
 
+def score(model, tok, task: Task, args, data, max_len: int) -> tuple[dict, list[dict]]:
+  """(metrics, per-item records) of the task on the loaded model; `data` is the items, or the text for perplexity."""
+  if task.kind == "perplexity":
+    window = args.max_context or min(max_len, 2048)   # as generate.py: a long-context model's whole window is costly
+    stride = args.stride or window // 2
+    if stride >= window: raise EvalError(f"--stride must be below the window of {window} tokens (--max-context)")
+    return run_perplexity(model, tok, data, min(window, max_len), stride)
+  elif task.kind == "generate":
+    max_new = args.max_new_tokens or task.max_new
+    if max_new >= max_len: raise EvalError(f"--max-new-tokens {max_new} leaves no room for a prompt in the context of {max_len} tokens")
+    return run_generate(model, tok, task, data, max_len, max_new)
+  return run_choice(model, tok, task, data, max_len, args.batch_size)
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description="Evaluate a LLaMA checkpoint on a §3 benchmark file, the paper's way.")
   p.add_argument("model", nargs="?", help=f"checkpoint path; default: the one train.py wrote to {runs.DEFAULT_OUT}/")
@@ -255,16 +268,7 @@ def evaluate(args) -> int:
   if tok is None: raise EvalError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_len = min(args.max_context or model.args.max_seq_len, model.args.max_seq_len)
   t0 = time.perf_counter()
-  if task.kind == "perplexity":
-    window = args.max_context or min(max_len, 2048)   # as generate.py: a long-context model's whole window is costly
-    stride = args.stride or window // 2
-    if stride >= window: raise EvalError(f"--stride must be below the window of {window} tokens (--max-context)")
-    metrics, out = run_perplexity(model, tok, text, min(window, max_len), stride)
-  elif task.kind == "generate":
-    max_new = args.max_new_tokens or task.max_new
-    if max_new >= max_len: raise EvalError(f"--max-new-tokens {max_new} leaves no room for a prompt in the context of {max_len} tokens")
-    metrics, out = run_generate(model, tok, task, items, max_len, max_new)
-  else: metrics, out = run_choice(model, tok, task, items, max_len, args.batch_size)
+  with Context(BEAM=args.beam): metrics, out = score(model, tok, task, args, items if task.kind != "perplexity" else text, max_len)
   dt = time.perf_counter() - t0
   print(f"{len(out)} {'windows' if task.kind == 'perplexity' else 'items'} in {dt:.1f} s ({len(out) / dt:.2f}/s, compilation included)", file=sys.stderr)
   n = int(metrics["tokens"][0]) if task.kind == "perplexity" else len(out)
@@ -280,7 +284,7 @@ def evaluate(args) -> int:
 def main(argv=None) -> int:
   try:
     a = parse_args(argv)
-    with Context(BEAM=a.beam): return evaluate(a)
+    return evaluate(a)
   except (ValueError, OSError) as e:   # EvalError, CheckpointError, TokenizerError: one line, no traceback
     print(f"eval.py: error: {e}", file=sys.stderr)
     return 1

@@ -9,12 +9,10 @@ model at a symbolic position and samples the next id on the device, so only that
 Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top_p`, optionally top-k first.
 """
 from __future__ import annotations
-import argparse, pathlib, statistics, sys, time
-from tinygrad import Context
+import argparse, statistics, sys, time
 import chat, checkpoint, kernels, parallel, serve
+from runs import DEFAULT_OUT
 from decode import Generator, Sampling, Stats, generate, weight_bytes
-
-DEFAULT_OUT = pathlib.Path("out")   # where train.py writes its checkpoint
 
 # ***** command line *****
 
@@ -98,12 +96,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--host", default="127.0.0.1", help="--serve: the address to listen on")
   p.add_argument("--port", type=int, default=8000, help="--serve: the port (0: any free one)")
   p.add_argument("--api-key", default=None, help="--serve: every /v1 request must send 'Authorization: Bearer KEY'")
-  p.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache")
+  p.add_argument("--beam", type=int, default=0, help="BEAM search width for the kernel options of the compiled steps (0: tinygrad's heuristics); the first run "
+                 "searches, later runs read the cache")
   return p.parse_args(argv)
 
 def main(argv=None):
   args = parse_args(argv)
-  with Context(BEAM=args.beam): return run(args)
+  return run(args)
 
 def run(args):
   sampling = Sampling(args.temperature, args.top_p, args.top_k).check()
@@ -130,7 +129,7 @@ def run(args):
   print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
         f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights"
         + (f" split over {len(devices)} devices (tensor parallel)" if len(devices) > 1 else ""), file=sys.stderr)
-  gen = Generator(kernels.use_decode_kernels(model), ctx, sampling, args.seed)
+  gen = Generator(kernels.use_decode_kernels(model), ctx, sampling, args.seed, beam=args.beam)
   if args.serve: return serve.serve(gen, tok, args)
   if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
   if args.chat: stats = run_chat(gen, tok, args)

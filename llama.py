@@ -30,7 +30,8 @@ class ModelArgs:
   def __post_init__(self):
     if self.n_kv_heads is None: self.n_kv_heads = self.n_heads
     if self.dim % self.n_heads: raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-    if self.n_heads % self.n_kv_heads: raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
     if self.head_dim % 2: raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
 
   @property
@@ -62,16 +63,17 @@ class ModelArgs:
     return cls(**d)
 
 # Table 2 of the paper: the four released models (vocab 32000, context 2048). norm_eps as in Meta's params.json.
+_SMALL = dict(multiple_of=32, max_seq_len=256, norm_eps=1e-5)   # what the small configs below share
 PRESETS: dict[str, ModelArgs] = {
   "7B":  ModelArgs(dim=4096, n_layers=32, n_heads=32),
   "13B": ModelArgs(dim=5120, n_layers=40, n_heads=40),
   "33B": ModelArgs(dim=6656, n_layers=60, n_heads=52),
   "65B": ModelArgs(dim=8192, n_layers=80, n_heads=64),
   # small configs that train on a laptop CPU; vocab set by the tokenizer at train time
-  "tiny":  ModelArgs(dim=64,  n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=256, norm_eps=1e-5),
-  "small": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32, max_seq_len=256, norm_eps=1e-5),
+  "tiny":  ModelArgs(dim=64,  n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, **_SMALL),
+  "small": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, **_SMALL),
   # the size of Karpathy's stories15M (llama2.c)
-  "15M":   ModelArgs(dim=288, n_layers=6, n_heads=6, vocab_size=32000, multiple_of=32, max_seq_len=256, norm_eps=1e-5),
+  "15M":   ModelArgs(dim=288, n_layers=6, n_heads=6, vocab_size=32000, **_SMALL),
 }
 
 # ***** §2.2 Pre-normalization [GPT3]: RMSNorm on the input of each sub-layer *****
@@ -100,7 +102,8 @@ def apply_rotary_emb(x: Tensor, freqs: Tensor) -> Tensor:
 
 def attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
   """softmax(q·kᵀ/√d + mask)·v; q (B, H, T, d), keys/values (B, KV, S, d). No mask: causal within the chunk.
-  GQA (Llama 2, not in the paper): each K/V head serves n_heads/n_kv_heads consecutive query heads (Meta's repeat_kv)."""
+  GQA (Llama 2, not in the paper): each K/V head serves n_heads/n_kv_heads consecutive query heads (Meta's
+  repeat_kv)."""
   return q.scaled_dot_product_attention(keys, values, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
                                         enable_gqa=keys.shape[1] != q.shape[1])
 
@@ -128,8 +131,9 @@ class Attention:
     xq, xk, xv = xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2)   # (batch, heads, seq, head_dim)
     if self.cache_kv is None: keys, values, mask = xk, xv, None   # training, or a one-shot forward: this sequence only
     else:                                                          # decoding: append to the cache, attend to all of it
-      cache = write_then_read(self.cache_kv, self.cache_kv[:, :bsz, :, start_pos:start_pos+seqlen], Tensor.stack(xk, xv))
-      keys, values = cache[0, :bsz, :, :start_pos+seqlen].cast(xq.dtype), cache[1, :bsz, :, :start_pos+seqlen].cast(xq.dtype)
+      end = start_pos+seqlen
+      cache = write_then_read(self.cache_kv, self.cache_kv[:, :bsz, :, start_pos:end], Tensor.stack(xk, xv))
+      keys, values = cache[0, :bsz, :, :end].cast(xq.dtype), cache[1, :bsz, :, :end].cast(xq.dtype)
       mask = causal_mask(seqlen, start_pos, xq.device)
     return self.wo(self.attend(xq, keys, values, mask).transpose(1, 2).reshape(bsz, seqlen, -1))
 
@@ -194,9 +198,10 @@ class Transformer:
     self.tok_embeddings.weight = Tensor.normal(self.args.vocab_size, self.args.dim, std=std)
     if self.output is not None: self.output.weight = Tensor.normal(*self.output.weight.shape, std=std)
     for layer in self.layers:
-      for lin in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.feed_forward.w1, layer.feed_forward.w3):
+      att, ff = layer.attention, layer.feed_forward
+      for lin in (att.wq, att.wk, att.wv, ff.w1, ff.w3):
         lin.weight = Tensor.normal(*lin.weight.shape, std=std)
-      for lin in (layer.attention.wo, layer.feed_forward.w2):
+      for lin in (att.wo, ff.w2):
         lin.weight = Tensor.normal(*lin.weight.shape, std=std / math.sqrt(2 * self.args.n_layers))
     Tensor.realize(*get_parameters(self))   # random init is lazy: realised in a fixed order, a seed gives one model
 
@@ -207,7 +212,8 @@ class Transformer:
     dtype = dtype or self.tok_embeddings.weight.dtype
     for layer in self.layers:
       a, w = layer.attention, layer.attention.wk.weight
-      cache = Tensor.zeros(2, max_batch, a.n_kv_heads, ctx, a.head_dim, dtype=dtype, device=w.device if isinstance(w.device, str) else None)
+      cache = Tensor.zeros(2, max_batch, a.n_kv_heads, ctx, a.head_dim, dtype=dtype,
+                           device=w.device if isinstance(w.device, str) else None)
       # on several devices the cache lives where wk does: split by kv-heads when wk is split by rows (tp), else copied
       if isinstance(w.device, tuple): cache = cache.shard(w.device, 2 if split_axis(w) == 0 else None)
       a.cache_kv = cache.contiguous().realize()
@@ -222,7 +228,8 @@ class Transformer:
     _, seqlen = tokens.shape
     h = self.tok_embeddings(tokens)
     freqs = self.freqs[start_pos:start_pos+seqlen]
-    for layer in self.layers: h = checkpointed_block(layer, h, freqs) if checkpoint_activations else layer(h, start_pos, freqs)
+    for layer in self.layers:
+      h = checkpointed_block(layer, h, freqs) if checkpoint_activations else layer(h, start_pos, freqs)
     h = self.norm(h)
     return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
 

@@ -20,14 +20,15 @@ DEFAULT_TARGETS = "wq,wv"
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
 class LoRALinear:
-  """h = W·x + (α/r)·B·A·x (§4.1, eq. 3 with §4.1's scaling): W (out, in) is the base layer's weight, frozen (it keeps
-  its dtype, so it may stay 16-bit); A (r, in) starts Gaussian and B (out, r) zero, so B·A = 0 and the wrapped
+  """h = W·x + (α/r)·B·A·x (§4.1, eq. 3 with §4.1's scaling): W (out, in) is the base layer's weight, frozen (it
+  keeps its dtype, so it may stay 16-bit); A (r, in) starts Gaussian and B (out, r) zero, so B·A = 0 and the wrapped
   layer begins exactly as the base one. A and B are float32 and live where W does (copied, or split along with it)."""
   def __init__(self, weight: Tensor, rank: int, alpha: float):
     out_features, in_features = weight.shape
     self.weight, self.scale = weight, alpha / rank
     # §4.1: "a random Gaussian initialization for A and zero for B"; std 1/sqrt(in) keeps A·x at the scale of x
-    self.lora_a = place(Tensor.normal(rank, in_features, std=1 / math.sqrt(in_features), dtype=dtypes.float32), weight, 1)
+    self.lora_a = place(Tensor.normal(rank, in_features, std=1 / math.sqrt(in_features), dtype=dtypes.float32),
+                        weight, 1)
     self.lora_b = place(Tensor.zeros(out_features, rank, dtype=dtypes.float32), weight, 0)
 
   def __call__(self, x: Tensor) -> Tensor:
@@ -36,11 +37,13 @@ class LoRALinear:
   def merged(self) -> Tensor:
     """W + (α/r)·B·A in W's dtype (§4.1: "we can explicitly compute and store W = W0 + BA", so inference costs
     nothing extra)."""
-    return (self.weight.float() + (self.lora_b @ self.lora_a) * self.scale).cast(self.weight.dtype).contiguous().realize()
+    merged = self.weight.float() + (self.lora_b @ self.lora_a) * self.scale
+    return merged.cast(self.weight.dtype).contiguous().realize()
 
 def place(t: Tensor, weight: Tensor, axis: int) -> Tensor:
-  """An adapter onto `weight`'s device(s), realised. Under tensor parallel W split by output rows (axis 0) splits B by
-  rows too, W split by input columns (axis 1) splits A by columns; the other factor is copied. So B·A is split like W."""
+  """An adapter onto `weight`'s device(s), realised. Under tensor parallel W split by output rows (axis 0) splits
+  B by rows too, W split by input columns (axis 1) splits A by columns; the other factor is copied. So B·A is split
+  like W."""
   if not isinstance(weight.device, tuple): return t.to(weight.device).contiguous().realize()
   return t.shard(weight.device, axis if split_axis(weight) == axis else None).contiguous().realize()
 
@@ -52,7 +55,8 @@ def parse_targets(spec: str) -> tuple[str, ...]:
 
 def check(args: llama.ModelArgs, rank: int, alpha: float, targets: str) -> tuple[str, ...]:
   """The parsed targets, or a LoRAError for a rank outside 1..dim, a non-positive alpha or an unknown target."""
-  if not 1 <= rank <= args.dim: raise LoRAError(f"--lora-rank must be between 1 and the model's dim ({args.dim}), not {rank}")
+  if not 1 <= rank <= args.dim:
+    raise LoRAError(f"--lora-rank must be between 1 and the model's dim ({args.dim}), not {rank}")
   if not alpha > 0: raise LoRAError(f"--lora-alpha must be positive, not {alpha}")
   return parse_targets(targets)
 
@@ -69,7 +73,8 @@ def wrapped(model: llama.Transformer) -> Iterator[tuple[str, object, str]]:
   """(state-dict prefix, owning block, attribute) of every LoRALinear in `model`."""
   for i, layer in enumerate(model.layers):
     for attr, sub in SUBLAYER.items():
-      if isinstance(getattr(owner := getattr(layer, sub), attr), LoRALinear): yield f"layers.{i}.{sub}.{attr}", owner, attr
+      if isinstance(getattr(owner := getattr(layer, sub), attr), LoRALinear):
+        yield f"layers.{i}.{sub}.{attr}", owner, attr
 
 def apply(model: llama.Transformer, rank: int, alpha: float, targets: str = DEFAULT_TARGETS) -> llama.Transformer:
   """Wrap the `targets` Linear layers of every block of `model` in LoRALinear, in place (after the model is placed on

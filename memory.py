@@ -11,7 +11,8 @@ class MemoryCheckError(ValueError):
   """A run that would not fit; the message is one line for the user."""
 
 def memory_per_device(args: ModelArgs, n_devices: int = 1, mode: str = "dp", batch: int = 1, seq_len: int | None = None,
-                      dtype=dtypes.float32, checkpoint_activations: bool = False, trainable: int | None = None) -> dict[str, int]:
+                      dtype=dtypes.float32, checkpoint_activations: bool = False,
+                      trainable: int | None = None) -> dict[str, int]:
   """Bytes one device needs to train a model of `args` with AdamW, from the config alone (nothing is allocated).
   `batch` sequences of `seq_len` tokens per step in all (dp gives each device batch/n of them); `dtype` is the weights'.
     weights      the parameters on this device, plus the fp32 RoPE table
@@ -43,7 +44,8 @@ def memory_per_device(args: ModelArgs, n_devices: int = 1, mode: str = "dp", bat
   whole_embedding_grad = 0 if mode != "tp" or args.tie_embeddings else V * d - V * d // tp
   if trainable is None: extra, grads, adam = 0, (params + whole_embedding_grad) * e, params * 4 * (2 + (e < 4))
   else: extra, grads, adam = trainable * 4, trainable * 4, trainable * 4 * 2
-  ret = {"weights": params * e + rope + extra, "grads": grads, "adam": adam, "activations_per_token": per_token, "activations": per_token * tokens}
+  ret = {"weights": params * e + rope + extra, "grads": grads, "adam": adam, "activations_per_token": per_token,
+         "activations": per_token * tokens}
   ret["total"] = ret["weights"] + ret["grads"] + ret["adam"] + ret["activations"]
   return ret
 
@@ -61,8 +63,9 @@ def memory_table(presets=("7B", "13B", "33B", "65B"), n_devices: int = 8, batch:
       except ValueError as e:
         rows.append(f"| {name} | {mode} | {n_devices} | {e} |||||")
         continue
-      rows.append(f"| {name} | {mode} | {n_devices} | {m['weights']/gib:.1f} | {m['grads']/gib:.1f} | {m['adam']/gib:.1f} | "
-                  f"{m['activations_per_token']/mib:.2f} | {m['activations']/gib:.1f} | {m['total']/gib:.1f} |")
+      rows.append(f"| {name} | {mode} | {n_devices} | {m['weights']/gib:.1f} | {m['grads']/gib:.1f} | "
+                  f"{m['adam']/gib:.1f} | {m['activations_per_token']/mib:.2f} | {m['activations']/gib:.1f} | "
+                  f"{m['total']/gib:.1f} |")
   dt = dtype if isinstance(dtype, str) else repr(dtype).removeprefix("dtypes.")
   return "\n".join([f"Memory per device (GiB), {dt} weights, AdamW, {seq_len}-token sequences"
                     + (", activation checkpointing" if checkpoint_activations else "") + ":", *rows])
@@ -77,9 +80,11 @@ def available_memory() -> int | None:
   except (ValueError, OSError, AttributeError): return None
 
 def for_run(args: ModelArgs, cfg) -> dict[str, int]:
-  """memory_per_device for the run train.py's configuration `cfg` describes; with LoRA only the adapters get gradients and Adam state."""
-  return memory_per_device(args, len(cfg.devices), cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations,
-                                    trainable=None if cfg.lora_rank is None else lora.num_params(args, cfg.lora_rank, cfg.lora_targets))
+  """memory_per_device for the run train.py's configuration `cfg` describes; with LoRA only the adapters get
+  gradients and Adam state."""
+  return memory_per_device(
+    args, len(cfg.devices), cfg.parallel, cfg.batch_size, cfg.seq_len, cfg.dtype, cfg.checkpoint_activations,
+    trainable=None if cfg.lora_rank is None else lora.num_params(args, cfg.lora_rank, cfg.lora_targets))
 
 def check_host(args: ModelArgs, cfg) -> None:
   """Refuse a run whose estimate (memory_per_device) exceeds the free host memory, before allocating it.
@@ -87,5 +92,6 @@ def check_host(args: ModelArgs, cfg) -> None:
   if Device.canonicalize(cfg.devices[0]).split(":")[0] != "CPU" or (avail := available_memory()) is None: return
   need = for_run(args, cfg)["total"] * len(cfg.devices)   # virtual CPU devices share the host's memory
   if need > avail:
-    raise MemoryCheckError(f"a micro-batch of {cfg.batch_size}x{cfg.seq_len} tokens needs about {need / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB "
-                     "is free: lower --batch-size or --seq-len (and raise --grad-accum to keep the tokens per step)")
+    raise MemoryCheckError(f"a micro-batch of {cfg.batch_size}x{cfg.seq_len} tokens needs about {need / 2**30:.1f} GiB "
+                           f"but {avail / 2**30:.1f} GiB is free: lower --batch-size or --seq-len "
+                           "(and raise --grad-accum to keep the tokens per step)")

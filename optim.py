@@ -1,6 +1,6 @@
-# §2.3 of the paper, the optimiser: AdamW (β1 = 0.9, β2 = 0.95, weight decay 0.1), a cosine learning-rate schedule with
-# warmup whose final value is 10% of the peak, gradient clipping at 1.0; float32 master copies for 16-bit weights, and
-# the optimiser's state as named tensors for a checkpoint.
+# §2.3 of the paper, the optimiser: AdamW (β1 = 0.9, β2 = 0.95, weight decay 0.1), a cosine learning-rate schedule
+# with warmup whose final value is 10% of the peak, gradient clipping at 1.0; float32 master copies for 16-bit weights,
+# and the optimiser's state as named tensors for a checkpoint.
 from __future__ import annotations
 import math
 from tinygrad import Tensor, dtypes
@@ -25,7 +25,8 @@ def param_groups(model: llama.Transformer) -> tuple[dict[str, Tensor], dict[str,
   """(decayed, not decayed) trainable tensors by name. Weight decay goes on the weight matrices of the linear layers
   (and LoRA's A and B) only; norm gains and the token embedding are not decayed (as in nanoGPT / llama2.c)."""
   decay, keep = {}, {}
-  for name, t in trainable(model).items(): (decay if t.ndim == 2 and name != "tok_embeddings.weight" else keep)[name] = t
+  for name, t in trainable(model).items():
+    (decay if t.ndim == 2 and name != "tok_embeddings.weight" else keep)[name] = t
   return decay, keep
 
 def make_optimizer(model: llama.Transformer, lr: float, weight_decay: float) -> tuple[OptimizerGroup, list[Tensor]]:
@@ -48,8 +49,8 @@ def set_lr(opt: OptimizerGroup, lr: Tensor) -> None:
   for o in optimizers(opt): o.lr.assign(lr.to(o.lr.device))
 
 def clip_grad_norm(params: list[Tensor], max_norm: float) -> Tensor:
-  """Scale every gradient by min(1, max_norm/‖g‖) where ‖g‖ is the norm of all gradients together (§2.3 "gradient
-  clipping of 1.0"); returns ‖g‖ before clipping. tinygrad has no helper for this."""
+  """Scale every gradient by min(1, max_norm/‖g‖) where ‖g‖ is the norm of all gradients together
+  (§2.3 "gradient clipping of 1.0"); returns ‖g‖ before clipping. tinygrad has no helper for this."""
   norm = Tensor.stack(*[p.grad.float().square().sum() for p in params]).sum().sqrt()
   scale = (max_norm / (norm + 1e-6)).minimum(1.0)
   for p in params: p.grad = (p.grad * scale).cast(p.grad.dtype)

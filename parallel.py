@@ -10,7 +10,8 @@
 #  tp (tensor parallel, Megatron-LM style, as fairscale did for Meta): wq wk wv w1 w3 are split by output rows, so each
 #     device computes its own attention heads and its own SwiGLU hidden units from the full (copied) input; wo and w2
 #     are split by input columns, so each device multiplies its own heads / units and one all-reduce sums the parts.
-#     Norm gains and the RoPE table are copied; the KV cache is split by kv-heads (llama.Transformer.init_cache follows wk).
+#     Norm gains and the RoPE table are copied; the KV cache is split by kv-heads (llama.Transformer.init_cache
+#     follows wk).
 from __future__ import annotations
 from tinygrad import Device, Tensor
 from tinygrad.nn.state import get_state_dict
@@ -24,8 +25,8 @@ class ParallelError(ValueError):
 # tensor parallel: the axis each state-dict entry is split along; weights are (out, in) as nn.Linear stores them.
 # Entries not listed (norm gains, the RoPE table) are copied to every device.
 # The embedding and the output layer are split by vocab rows (fairscale split the embedding by columns instead):
-#  - tinygrad's lookup is one-hot(tokens)·W summed over the vocab axis (nn._embedding_fwd), so with W split by rows each
-#    device adds up the rows it holds and one all-reduce of (batch, seq, dim) gives every device the full, copied
+#  - tinygrad's lookup is one-hot(tokens)·W summed over the vocab axis (nn._embedding_fwd), so with W split by rows
+#    each device adds up the rows it holds and one all-reduce of (batch, seq, dim) gives every device the full, copied
 #    hidden state that the copied norms and the column-parallel wq/wk/wv expect. Split by columns, the residual stream
 #    would itself be split by dim and every norm and matmul would have to gather it back.
 #  - the output layer split by rows gives logits split by vocab: the loss (logsumexp over the vocab) all-reduces only a
@@ -40,7 +41,8 @@ def parse_devices(spec: str | None) -> tuple[str, ...]:
   if not spec: return (Device.DEFAULT,)
   devices = tuple(d.strip() for d in spec.split(","))
   if not all(devices): raise ValueError(f"--devices {spec!r} has an empty entry")
-  if len({Device.canonicalize(d) for d in devices}) != len(devices): raise ValueError(f"--devices {spec!r} names a device twice")
+  if len({Device.canonicalize(d) for d in devices}) != len(devices):
+    raise ValueError(f"--devices {spec!r} names a device twice")
   for d in devices:
     try: Device[d]
     except Exception as e: raise ValueError(f"device {d} is not available here ({type(e).__name__}: {e})") from e
@@ -51,21 +53,25 @@ def check_parallel(args: ModelArgs, n_devices: int, mode: str, batch: int | None
   (and, given `batch`, unless dp can split that batch evenly). Tensor parallel splits heads, kv-heads, FFN hidden units
   and the vocabulary evenly (Tensor.shard has no uneven shards). dp+tp needs a 2-D device mesh and an all-reduce over
   one mesh dimension, which tinygrad 0.14 lacks (the README's multi-device section says what is missing)."""
-  if mode not in PARALLEL_MODES: raise ParallelError(f"parallel mode must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
+  if mode not in PARALLEL_MODES:
+    raise ParallelError(f"parallel mode must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
   if n_devices < 1: raise ParallelError("at least one device is needed")
   if mode == "dp+tp":
-    raise ParallelError("--parallel dp+tp is not supported: tinygrad 0.14 shards a tensor over one flat tuple of devices and all-reduces "
-                     "over all of them, with no 2-D device mesh or subgroup all-reduce; use dp or tp")
+    raise ParallelError("--parallel dp+tp is not supported: tinygrad 0.14 shards a tensor over one flat tuple of "
+                        "devices and all-reduces over all of them, with no 2-D device mesh or subgroup all-reduce; "
+                        "use dp or tp")
   if batch is not None: check_batch(batch, n_devices, mode)
   if mode == "tp":
-    for what, count in (("n_heads", args.n_heads), ("n_kv_heads", args.n_kv_heads), ("the FFN hidden size", args.ffn_hidden),
-                        ("vocab_size", args.vocab_size)):
+    for what, count in (("n_heads", args.n_heads), ("n_kv_heads", args.n_kv_heads),
+                        ("the FFN hidden size", args.ffn_hidden), ("vocab_size", args.vocab_size)):
       if count % n_devices:
-        raise ParallelError(f"tensor parallel over {n_devices} devices needs {what} ({count}) to be divisible by {n_devices}")
+        raise ParallelError(f"tensor parallel over {n_devices} devices needs {what} ({count}) "
+                            f"to be divisible by {n_devices}")
 
 def check_batch(batch: int, n_devices: int, mode: str) -> None:
   if mode == "dp" and batch % n_devices:
-    raise ParallelError(f"data parallel over {n_devices} devices needs the batch size ({batch}) to be divisible by {n_devices}")
+    raise ParallelError(f"data parallel over {n_devices} devices needs the batch size ({batch}) "
+                        f"to be divisible by {n_devices}")
 
 def shard_axis(name: str, mode: str) -> int | None:
   """The axis along which the state-dict entry `name` ('layers.3.attention.wq.weight', 'freqs', ...) is split in
@@ -84,6 +90,10 @@ def model_devices(model: Transformer) -> tuple[str, ...]:
   """The devices `model`'s weights live on, as a tuple (one entry on a single device)."""
   return d if isinstance(d := model.tok_embeddings.weight.device, tuple) else (d,)
 
+def model_backend(model: Transformer) -> str:
+  """The backend the model runs on ("CPU", "CUDA", "METAL", ...), of its first device."""
+  return Device.canonicalize(model_devices(model)[0]).split(":")[0]
+
 def shard_model(model: Transformer, devices: tuple[str, ...], mode: str = "tp") -> Transformer:
   """Move every tensor of `model` (weights, RoPE table, KV cache if any) onto `devices` for `mode` ('dp' or 'tp'), in
   place and one tensor at a time: each is realised on its new devices before the next moves, so its old buffer can
@@ -92,7 +102,8 @@ def shard_model(model: Transformer, devices: tuple[str, ...], mode: str = "tp") 
   devices = tuple(devices)
   check_parallel(model.args, len(devices), mode)
   for name, t in get_state_dict(model).items():
-    if isinstance(t.device, tuple): raise ValueError(f"{name} is already on several devices {t.device}: shard a model once")
+    if isinstance(t.device, tuple):
+      raise ValueError(f"{name} is already on several devices {t.device}: shard a model once")
     t.replace(place(name, t, devices, mode).realize())
   return model
 

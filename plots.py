@@ -20,7 +20,8 @@ def loss_curve(log: list[dict], title: str, path: pathlib.Path) -> None:
   """Training loss per step and validation loss where it was measured."""
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.plot([e["step"] for e in log if "loss" in e], [e["loss"] for e in log if "loss" in e], label="train", lw=0.8)
-  ax.plot([e["step"] for e in log if "val_loss" in e], [e["val_loss"] for e in log if "val_loss" in e], "o-", label="validation")
+  val = [e for e in log if "val_loss" in e]
+  ax.plot([e["step"] for e in val], [e["val_loss"] for e in val], "o-", label="validation")
   ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)
   ax.legend()
   save(fig, path)

@@ -15,7 +15,8 @@ def counted(y: Tensor) -> Tensor:
   """How many targets of y the loss counts (at least 1, so a batch without any gives 0, not NaN)."""
   return (y != data.IGNORE).sum().maximum(1).float()
 
-def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip: float, checkpoint_activations: bool = False) -> TinyJit:
+def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip: float,
+                    checkpoint_activations: bool = False) -> TinyJit:
   @TinyJit
   def train_step(x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
     """One update from grad_accum micro-batches x, y: (K, B, T); the loss is the mean over every counted target of the

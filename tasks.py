@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 class EvalError(ValueError):
-  """Bad input (a missing file, a record not in the task's format, a label out of range); the message is one sentence."""
+  """Bad input (a missing file, a record not in the task's format, a label out of range); the message is one
+  sentence."""
 
 # ***** items, and the readers of each publisher's format *****
 
@@ -49,7 +50,8 @@ def read_piqa(row):   # ybisk/piqa: goal, sol1, sol2; the label (0/1) comes from
   return [choice_item(f"Question: {row['goal']}\nAnswer:", [row["sol1"], row["sol2"]], row["label"])]
 
 def read_siqa(row):   # Social IQa: context, question, answerA-C; labels 1-3 in the separate labels file
-  return [choice_item(f"Q: {row['context']} {row['question']}\nA:", [row["answerA"], row["answerB"], row["answerC"]], int(row["label"]) - 1)]
+  return [choice_item(f"Q: {row['context']} {row['question']}\nA:", [row["answerA"], row["answerB"], row["answerC"]],
+                      int(row["label"]) - 1)]
 
 def read_winogrande(row):
   # partial evaluation (Trinh & Le 2018): each option fills the blank, the text after it is the completion scored
@@ -62,7 +64,8 @@ def stem_and_choices(row) -> tuple[str, list[str], int]:
   """ARC and OpenBookQA as AllenAI publishes them (question.stem, question.choices[{text,label}], answerKey), or the
   Hugging Face layout (question or question_stem, choices{text,label}, answerKey)."""
   q = row["question_stem"] if "question_stem" in row else row["question"]
-  if isinstance(q, dict): stem, texts, labels = q["stem"], [c["text"] for c in q["choices"]], [c["label"] for c in q["choices"]]
+  if isinstance(q, dict):
+    stem, texts, labels = q["stem"], [c["text"] for c in q["choices"]], [c["label"] for c in q["choices"]]
   else: stem, texts, labels = q, list(row["choices"]["text"]), list(row["choices"]["label"])
   return stem, texts, letter(row["answerKey"], labels)
 
@@ -80,15 +83,19 @@ def read_boolq(row):   # google boolq jsonl: question, passage, answer (true/fal
   return [choice_item(f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:", ["no", "yes"], int(answer))]
 
 def read_race(row):
-  # the publisher's files hold one article with its questions, options and answer letters; the Hugging Face rows one question
-  qs = zip(row["questions"], row["options"], row["answers"], strict=True) if "questions" in row else [(row["question"], row["options"], row["answer"])]
-  return [choice_item(f"Article: {row['article']}\n\nQuestion: {q}\nAnswer:", opts, letter(a, list("ABCDEFGH"[:len(opts)]))) for q, opts, a in qs]
+  # the publisher's files hold one article with its questions, options and answer letters;
+  # the Hugging Face rows one question
+  if "questions" in row: qs = zip(row["questions"], row["options"], row["answers"], strict=True)
+  else: qs = [(row["question"], row["options"], row["answer"])]
+  return [choice_item(f"Article: {row['article']}\n\nQuestion: {q}\nAnswer:", opts,
+                      letter(a, list("ABCDEFGH"[:len(opts)]))) for q, opts, a in qs]
 
 def read_mmlu(row):
   # hendrycks/test CSV rows: question, four options, answer letter; §3.6: the letters are the completions
   if len(row) != 6: raise EvalError(f"it has {len(row)} columns, not 6 (question, A, B, C, D, answer)")
   q, *opts, ans = row
-  return [choice_item(q + "".join(f"\n{k}. {o}" for k, o in zip("ABCD", opts)) + "\nAnswer:", list("ABCD"), letter(ans, list("ABCD")))]
+  prompt = q + "".join(f"\n{k}. {o}" for k, o in zip("ABCD", opts)) + "\nAnswer:"
+  return [choice_item(prompt, list("ABCD"), letter(ans, list("ABCD")))]
 
 def read_choice(row):   # the generic format: {"context": str, "choices": [str, ...], "label": int}
   context, choices = row["context"], row["choices"]
@@ -159,10 +166,12 @@ TASKS: dict[str, Task] = {
   "winogrande": Task(read_winogrande, "acc_char", "§3.1"), "arc_easy": Task(read_arc, "acc_char", "§3.1"),
   "arc_challenge": Task(read_arc, "acc_char", "§3.1"), "openbookqa": Task(read_openbookqa, "acc_answer", "§3.1"),
   "race": Task(read_race, "acc_char", "§3.5"), "choice": Task(read_choice, "acc_char", "§3.1"),
-  "mmlu": Task(read_mmlu, "acc", "§3.6", header="The following are multiple choice questions (with answers) about {subject}.\n\n",
-               shots=5, csv=True),
-  "naturalquestions": Task(read_qa, "exact_match", "§3.2", **QA), "triviaqa": Task(read_qa, "exact_match", "§3.2", **QA),
-  "gsm8k": Task(read_gsm8k, "exact_match", "§3.4", kind="generate", stop=("\n\n", "Question:"), max_new=256, match=number_match),
+  "mmlu": Task(read_mmlu, "acc", "§3.6", shots=5, csv=True,
+               header="The following are multiple choice questions (with answers) about {subject}.\n\n"),
+  "naturalquestions": Task(read_qa, "exact_match", "§3.2", **QA),
+  "triviaqa": Task(read_qa, "exact_match", "§3.2", **QA),
+  "gsm8k": Task(read_gsm8k, "exact_match", "§3.4", kind="generate", stop=("\n\n", "Question:"), max_new=256,
+                match=number_match),
   "perplexity": Task(None, "bits_per_byte", "Figure 1", kind="perplexity"),
 }
 
@@ -185,7 +194,8 @@ def records(path: pathlib.Path, as_csv: bool):
     except json.JSONDecodeError: whole = None
     if isinstance(whole, list) or (isinstance(whole, dict) and isinstance(whole.get("Data"), list)):
       for i, r in enumerate(whole["Data"] if isinstance(whole, dict) else whole, 1): yield f"{f} record {i}", subject, r
-    elif isinstance(whole, dict) and len(text.strip().splitlines()) > 1: yield str(f), subject, whole   # one pretty-printed record
+    elif isinstance(whole, dict) and len(text.strip().splitlines()) > 1:   # one pretty-printed record
+      yield str(f), subject, whole
     else:
       for i, line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
@@ -226,7 +236,9 @@ def with_shots(task: Task, items: list[Item], train: list[Item] | None, k: int) 
   for it in items:
     if id(it) in used: continue
     shots = pool.get(it.subject, [])[:k]
-    if len(shots) < k: raise EvalError(f"{k}-shot prompts need {k} examples{f' of {it.subject}' if it.subject else ''}, there are {len(shots)}")
+    if len(shots) < k:
+      of_subject = f" of {it.subject}" if it.subject else ""
+      raise EvalError(f"{k}-shot prompts need {k} examples{of_subject}, there are {len(shots)}")
     prefix = task.header.format(subject=it.subject.replace("_", " ")) + "".join(s.shot + task.sep for s in shots)
     ctx = prefix + it.context if isinstance(it.context, str) else [prefix + c for c in it.context]
     out.append(Item(ctx, it.choices, it.label, it.shot, it.subject))

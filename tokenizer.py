@@ -8,7 +8,8 @@ import gguf
 from files import atomic_write
 
 class TokenizerError(ValueError):
-  """A tokenizer file that is missing, corrupt or of a kind load_tokenizer does not know; the message is one sentence."""
+  """A tokenizer file that is missing, corrupt or of a kind load_tokenizer does not know; the message is one
+  sentence."""
 
 UNK_SURFACE = " \u2047 ".encode()           # what sentencepiece prints for <unk>: " ⁇ "
 # token types as GGUF (and sentencepiece's ModelProto) number them
@@ -62,7 +63,8 @@ class Tokenizer:
     return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
   def _piece(self, tid: int) -> bytes:
-    if not 0 <= tid < len(self.pieces): raise ValueError(f"token id {tid} is outside the vocabulary of {len(self.pieces)}")
+    if not 0 <= tid < len(self.pieces):
+      raise ValueError(f"token id {tid} is outside the vocabulary of {len(self.pieces)}")
     return self.pieces[tid]
 
   # sentencepiece strips the leading space of a normal piece only; a byte token or <unk> first keeps its space
@@ -131,9 +133,10 @@ class ScoredVocabTokenizer(Tokenizer):
   GGUF 'llama' vocabularies. Encoding is sentencepiece's BPE: start from single characters, repeatedly merge the
   adjacent pair whose concatenation is the highest-scoring piece (leftmost on ties), then spell pieces that are not
   in the vocabulary as byte tokens <0xNN> (byte fallback) or <unk>."""
-  def __init__(self, pieces: list[str], scores: list[float], types: list[int], bos_id: int, eos_id: int, unk_id: int = 0,
-               add_prefix: bool = True, add_bos: bool = True, chat_template: str | None = None):
-    if not len(pieces) == len(scores) == len(types): raise TokenizerError("tokenizer pieces, scores and token types differ in length")
+  def __init__(self, pieces: list[str], scores: list[float], types: list[int], bos_id: int, eos_id: int,
+               unk_id: int = 0, add_prefix: bool = True, add_bos: bool = True, chat_template: str | None = None):
+    if not len(pieces) == len(scores) == len(types):
+      raise TokenizerError("tokenizer pieces, scores and token types differ in length")
     self.texts, self.scores, self.types = pieces, scores, types
     self.bos_id, self.eos_id, self.unk_id, self.strip_prefix = bos_id, eos_id, unk_id, add_prefix
     self.add_bos, self.chat_template = add_bos, chat_template
@@ -145,26 +148,31 @@ class ScoredVocabTokenizer(Tokenizer):
     self.special_tokens = {p: i for i, (p, t) in enumerate(zip(pieces, types)) if t in (UNKNOWN, CONTROL, USER_DEFINED)}
 
   def save(self, path) -> None:
-    """A GGUF vocabulary as GGUF metadata; otherwise (llama2.c `tokenizer.bin`) the vocabulary as a sentencepiece BPE `.model` (sentencepiece_model.proto: pieces with score and type,
-    TrainerSpec, NormalizerSpec), so a llama2.c or GGUF vocabulary can travel in our own checkpoint format."""
+    """A GGUF vocabulary as GGUF metadata; otherwise (llama2.c `tokenizer.bin`) the vocabulary as a sentencepiece BPE
+    `.model` (sentencepiece_model.proto: pieces with score and type, TrainerSpec, NormalizerSpec), so a llama2.c or
+    GGUF vocabulary can travel in our own checkpoint format."""
     if self.gguf_kv is not None: return super().save(path)
     sp_text = [t.replace(" ", "\u2581") for t in self.texts]
-    pieces = b"".join(_pb(1, _pb(1, t) + _pb(2, float(s)) + _pb(3, ty)) for t, s, ty in zip(sp_text, self.scores, self.types))
-    trainer = (_pb(3, 2) + _pb(4, len(sp_text)) + _pb(35, bool(self.byte_ids)) +    # model_type BPE, vocab_size, byte_fallback
-               _pb(40, self.unk_id) + _pb(41, self.bos_id) + _pb(42, self.eos_id) +  # unk/bos/eos ids and their pieces
+    pieces = b"".join(_pb(1, _pb(1, t) + _pb(2, float(s)) + _pb(3, ty))
+                      for t, s, ty in zip(sp_text, self.scores, self.types))
+    # model_type BPE, vocab_size, byte_fallback; unk/bos/eos ids and their pieces
+    trainer = (_pb(3, 2) + _pb(4, len(sp_text)) + _pb(35, bool(self.byte_ids)) +
+               _pb(40, self.unk_id) + _pb(41, self.bos_id) + _pb(42, self.eos_id) +
                _pb(45, sp_text[self.unk_id]) + _pb(46, sp_text[self.bos_id]) + _pb(47, sp_text[self.eos_id]))
     # identity normaliser that keeps every space, the dummy prefix as this vocabulary had it
     normalizer = _pb(1, "identity") + _pb(3, self.strip_prefix) + _pb(4, False) + _pb(5, True)
     proto = pieces + _pb(2, trainer) + _pb(3, normalizer)
     try: spm.SentencePieceProcessor(model_proto=proto)
-    except Exception as e: raise TokenizerError(f"this vocabulary cannot be written as a sentencepiece model: {e}") from None
+    except Exception as e:
+      raise TokenizerError(f"this vocabulary cannot be written as a sentencepiece model: {e}") from None
     atomic_write(path, proto)
 
   def _merge(self, text: str) -> list[int]:
     sym, n = list(text), len(text)
     nxt, prv, heap = list(range(1, n + 1)), list(range(-1, n - 1)), []
     def push(i: int, j: int):
-      if (tid := self.merge_ids.get(sym[i] + sym[j])) is not None: heapq.heappush(heap, (-self.scores[tid], i, j, len(sym[i]) + len(sym[j])))
+      if (tid := self.merge_ids.get(sym[i] + sym[j])) is not None:
+        heapq.heappush(heap, (-self.scores[tid], i, j, len(sym[i]) + len(sym[j])))
     for i in range(n - 1): push(i, i + 1)
     while heap:
       _, i, j, size = heapq.heappop(heap)
@@ -183,7 +191,8 @@ class ScoredVocabTokenizer(Tokenizer):
     return out
 
   # the dummy prefix goes in front of the whole text only, not after every special token, so decode can undo it
-  def _encode(self, text: str, at_start: bool) -> list[int]: return self._merge((" " if self.strip_prefix and at_start and text else "") + text)
+  def _encode(self, text: str, at_start: bool) -> list[int]:
+    return self._merge((" " if self.strip_prefix and at_start and text else "") + text)
 
 def _pb(field: int, value) -> bytes:
   """One protobuf field (all sentencepiece's ModelProto needs): str/bytes length-delimited, float as fixed32,
@@ -201,21 +210,23 @@ def _pb(field: int, value) -> bytes:
 
 def _read_llama2c_tokenizer(data: bytes) -> ScoredVocabTokenizer:
   """llama2.c `tokenizer.bin`: uint32 max_token_length, then per id a float32 score, a uint32 length and the UTF-8
-  piece with '▁' already turned into ' '. The file stores no types: llama2.c fixes unk=0, bos=1, eos=2 and byte
-  tokens are the pieces spelled <0xNN>. TokenizerError (a phrase to follow the file name) where `data` stops being one."""
+  piece with '▁' already turned into ' '. The file stores no types: llama2.c fixes unk=0, bos=1, eos=2 and byte tokens
+  are the pieces spelled <0xNN>. TokenizerError (a phrase to follow the file name) where `data` stops being one."""
   if len(data) < 4: raise TokenizerError(f"is too short for a llama2.c tokenizer.bin ({len(data)} bytes)")
   (max_len,), pos, texts, scores = struct.unpack_from("<I", data), 4, [], []
   while pos < len(data):
     if pos + 8 > len(data): raise TokenizerError(f"is truncated inside the record of token {len(texts)}")
     score, n = struct.unpack_from("<fI", data, pos)
-    if n > max_len: raise TokenizerError(f"gives token {len(texts)} {n:,} bytes, more than its max_token_length {max_len}")
+    if n > max_len:
+      raise TokenizerError(f"gives token {len(texts)} {n:,} bytes, more than its max_token_length {max_len}")
     if pos + 8 + n > len(data): raise TokenizerError(f"is truncated inside token {len(texts)}")
     try: texts.append(data[pos + 8:pos + 8 + n].decode())
     except UnicodeDecodeError: raise TokenizerError(f"has a token {len(texts)} that is not UTF-8") from None
     scores.append(score)
     pos += 8 + n
   if len(texts) < 3: raise TokenizerError(f"holds {len(texts)} tokens, fewer than llama2.c's <unk>, <s>, </s>")
-  types = [UNKNOWN if i == 0 else CONTROL if i in (1, 2) else BYTE if _BYTE_PIECE.fullmatch(t) else NORMAL for i, t in enumerate(texts)]
+  types = [UNKNOWN if i == 0 else CONTROL if i in (1, 2) else BYTE if _BYTE_PIECE.fullmatch(t) else NORMAL
+           for i, t in enumerate(texts)]
   texts[:3] = ["<unk>", "<s>", "</s>"]            # stored as "<unk>", "\n<s>\n", "\n</s>\n"
   return ScoredVocabTokenizer(texts, scores, types, bos_id=1, eos_id=2)
 
@@ -237,7 +248,8 @@ def load_tokenizer(path) -> Tokenizer:
   try: return _read_llama2c_tokenizer(data)
   except TokenizerError as e: llama2c = e
   try: tok = SentencePieceTokenizer(data)
-  except RuntimeError as e: sp = " ".join(str(e).split())[:200]   # the library's parse error, which may quote the file's bytes
+  except RuntimeError as e:   # the library's parse error, which may quote the file's bytes
+    sp = " ".join(str(e).split())[:200]
   except UnicodeDecodeError: sp = "a damaged piece"   # a parse error whose message quotes bytes that are not UTF-8
   else:
     if tok.vocab_size: return tok
@@ -245,7 +257,8 @@ def load_tokenizer(path) -> Tokenizer:
   # say why it failed as what it looks like: a ModelProto starts with field 1 (its pieces), tag 0x0A; a tokenizer.bin
   # with a small max_token_length that its first token keeps to
   if data[:1] == b"\n": raise TokenizerError(f"{path} is not a valid sentencepiece .model ({sp})")
-  if len(data) >= 12 and (max_len := struct.unpack_from("<I", data)[0]) < 1 << 10 and struct.unpack_from("<I", data, 8)[0] <= max_len:
+  if len(data) >= 12 and (max_len := struct.unpack_from("<I", data)[0]) < 1 << 10 and \
+     struct.unpack_from("<I", data, 8)[0] <= max_len:
     raise TokenizerError(f"{path} {llama2c} (read as a llama2.c tokenizer.bin)")
   raise TokenizerError(f"{path} is neither a sentencepiece .model, a llama2.c tokenizer.bin nor a GGUF file")
 
@@ -261,19 +274,22 @@ def _unicode_classes() -> tuple[str, str, str]:
       if r and r[-1][1] == cp - 1: r[-1] = (r[-1][0], cp)
       else: r.append((cp, cp))
   body = lambda rs: "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in rs)
-  white = "\\t\\n\\x0b\\x0c\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"   # not \\x1c-\\x1f like re's \\s
+  # not \\x1c-\\x1f like re's \\s
+  white = "\\t\\n\\x0b\\x0c\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
   return body(runs["L"]), body(runs["N"]), white
 
 @functools.cache
 def _pretokenizer(pre: str) -> tuple[re.Pattern | None, re.Pattern]:
-  """(digit splitter or None, word regex) for a GGUF `tokenizer.ggml.pre` name, as the Hugging Face tokenizers define them."""
+  """(digit splitter or None, word regex) for a GGUF `tokenizer.ggml.pre` name, as the Hugging Face tokenizers
+  define them."""
   L, N, W = _unicode_classes()
   gpt2 = f"'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^{W}{L}{N}]+|[{W}]+(?![^{W}])|[{W}]+"
   llama3 = (f"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n{L}{N}]?[{L}]+|[{N}]{{1,3}}| ?[^{W}{L}{N}]+[\\r\\n]*|[{W}]*[\\r\\n]+"
             f"|[{W}]+(?![^{W}])|[{W}]+")
   if pre in ("gpt2", "mpt", "olmo", "jais"): return None, re.compile(gpt2)
   # StarCoder-style vocabularies (SmolLM among them) first cut every digit out on its own, then apply GPT-2's regex
-  if pre in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"): return re.compile(f"([{N}])"), re.compile(gpt2)
+  if pre in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"):
+    return re.compile(f"([{N}])"), re.compile(gpt2)
   if pre in ("llama-bpe", "llama3", "llama-v3"): return None, re.compile(llama3)
   raise TokenizerError(f"unsupported GGUF pre-tokenizer {pre!r} for a gpt2 vocabulary")
 
@@ -330,16 +346,21 @@ class ByteBPETokenizer(Tokenizer):
     words = self._split_words((" " if self.strip_prefix and at_start and text else "") + text)
     return [tid for w in words for tid in self._bpe("".join(self.byte_char[b] for b in w.encode()))]
 
-_GGUF_CHECKS = {"id": ("a token id", lambda v, n: type(v) is int and 0 <= v < n), "bool": ("true or false", lambda v, n: type(v) is bool),
-                "str": ("a string", lambda v, n: type(v) is str), "strs": ("an array of strings", lambda v, n: isinstance(v, list) and all(type(x) is str for x in v)),
-                "ints": ("one integer per token", lambda v, n: isinstance(v, list) and len(v) == n and all(type(x) is int for x in v)),
-                "floats": ("one number per token", lambda v, n: isinstance(v, list) and len(v) == n and all(type(x) in (int, float) for x in v))}
+_GGUF_CHECKS = {
+  "id": ("a token id", lambda v, n: type(v) is int and 0 <= v < n),
+  "bool": ("true or false", lambda v, n: type(v) is bool), "str": ("a string", lambda v, n: type(v) is str),
+  "strs": ("an array of strings", lambda v, n: isinstance(v, list) and all(type(x) is str for x in v)),
+  "ints": ("one integer per token",
+           lambda v, n: isinstance(v, list) and len(v) == n and all(type(x) is int for x in v)),
+  "floats": ("one number per token",
+             lambda v, n: isinstance(v, list) and len(v) == n and all(type(x) in (int, float) for x in v))}
 
 def _gguf_get(kv: dict, key: str, kind: str, n: int, default):
   """kv['tokenizer.' + key] (or default), checked to be a `kind` of _GGUF_CHECKS for a vocabulary of n tokens."""
   if (v := kv.get(f"tokenizer.{key}", default)) is None and default is None: return None
   what, ok = _GGUF_CHECKS[kind]
-  if not ok(v, n): raise TokenizerError(f"GGUF tokenizer.{key} is {v!r:.60}, not {what}{' in the vocabulary' if kind == 'id' else ''}")
+  if not ok(v, n):
+    raise TokenizerError(f"GGUF tokenizer.{key} is {v!r:.60}, not {what}{' in the vocabulary' if kind == 'id' else ''}")
   return v
 
 def tokenizer_from_gguf(kv: dict) -> Tokenizer:
@@ -349,17 +370,21 @@ def tokenizer_from_gguf(kv: dict) -> Tokenizer:
   model, toks = kv.get("tokenizer.ggml.model"), kv.get("tokenizer.ggml.tokens")
   if not isinstance(toks, list) or not toks or not all(isinstance(t, str) for t in toks):
     raise TokenizerError("GGUF metadata has no tokenizer.ggml.tokens vocabulary")
-  if model not in ("llama", "gpt2"): raise TokenizerError(f"unsupported GGUF tokenizer model {model!r:.40} (expected 'llama' or 'gpt2')")
+  if model not in ("llama", "gpt2"):
+    raise TokenizerError(f"unsupported GGUF tokenizer model {model!r:.40} (expected 'llama' or 'gpt2')")
   get = lambda key, kind, default: _gguf_get(kv, key, kind, len(toks), default)
   types = get("ggml.token_type", "ints", [NORMAL] * len(toks))
   common = dict(bos_id=get("ggml.bos_token_id", "id", 1), eos_id=get("ggml.eos_token_id", "id", 2),
                 chat_template=get("chat_template", "str", None))
   if model == "llama":
-    tok = ScoredVocabTokenizer([t.replace("\u2581", " ") for t in toks], get("ggml.scores", "floats", [0.0] * len(toks)), types,
-                                unk_id=get("ggml.unknown_token_id", "id", 0), add_prefix=get("ggml.add_space_prefix", "bool", True),
-                                add_bos=get("ggml.add_bos_token", "bool", True), **common)
+    tok = ScoredVocabTokenizer([t.replace("\u2581", " ") for t in toks],
+                               get("ggml.scores", "floats", [0.0] * len(toks)), types,
+                               unk_id=get("ggml.unknown_token_id", "id", 0),
+                               add_prefix=get("ggml.add_space_prefix", "bool", True),
+                               add_bos=get("ggml.add_bos_token", "bool", True), **common)
   else:
     tok = ByteBPETokenizer(toks, types, get("ggml.merges", "strs", []), get("ggml.pre", "str", "gpt2"),
-                            add_prefix=get("ggml.add_space_prefix", "bool", False), add_bos=get("ggml.add_bos_token", "bool", False), **common)
+                           add_prefix=get("ggml.add_space_prefix", "bool", False),
+                           add_bos=get("ggml.add_bos_token", "bool", False), **common)
   tok.gguf_kv = {k: v for k, v in kv.items() if k.startswith("tokenizer.")}
   return tok

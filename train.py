@@ -372,7 +372,7 @@ def train(cfg: TrainConfig) -> int:
   eval_step = make_eval_step(model)
   loss = val_loss = float("nan")
   try:
-    with Context(USE_ATOMICS=use_atomics(cfg.devices, cfg.parallel)), tqdm(total=cfg.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
+    with Context(USE_ATOMICS=use_atomics(cfg.devices, cfg.parallel), BEAM=cfg.beam), tqdm(total=cfg.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
       t_last = time.perf_counter()
       while state["step"] < cfg.max_steps and not stop:
         step, lr = state["step"], lr_at(state["step"], cfg.lr, cfg.warmup_steps, cfg.lr_decay_steps, cfg.min_lr_ratio)
@@ -409,7 +409,7 @@ def train(cfg: TrainConfig) -> int:
 def main(argv=None) -> int:
   try:
     cfg = parse_args(argv)
-    with Context(BEAM=cfg.beam): return train(cfg)
+    return train(cfg)
   except (ValueError, OSError) as e:   # TrainError, DataError, CheckpointError, ParallelError: one line, no traceback
     print(f"train.py: error: {e}", file=sys.stderr)
     return 1
