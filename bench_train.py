@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
-import llama, train
+import llama, parallel
 from optim import make_optimizer
 from steps import make_train_step
 try: import torch, transformers
@@ -34,20 +34,29 @@ def flops_per_token(args: llama.ModelArgs, seq_len: int) -> int:
   lookup = 0 if args.tie_embeddings else args.vocab_size * args.dim
   return 6 * (args.num_params() - lookup) + 12 * args.n_layers * args.dim * seq_len
 
-def ours(t: train.TrainConfig, args: llama.ModelArgs):
-  """train.py's model, placement (--dtype, --devices) and compiled step; returns a function doing one step."""
+def model_args(a: argparse.Namespace) -> llama.ModelArgs:
+  """The preset with the flags' overrides, as train.py reads them (a new head count alone means plain multi-head)."""
+  cfg = llama.PRESETS[a.preset].to_dict()
+  if a.n_heads is not None and a.n_kv_heads is None: cfg["n_kv_heads"] = None
+  fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "vocab_size")
+  cfg.update({k: v for k in fields if (v := getattr(a, k)) is not None})
+  cfg["max_seq_len"] = max(cfg["max_seq_len"], a.seq_len)
+  return llama.ModelArgs.from_dict(cfg)
+
+def ours(a: argparse.Namespace, args: llama.ModelArgs):
+  """A model of `args` in --dtype on the default device, optim's AdamW and steps' compiled step, as train.py makes
+  them; returns a function doing one step."""
   Tensor.manual_seed(0)
   model = llama.Transformer(args)
-  train.place_model(model, t)
-  opt, params = make_optimizer(model, t.lr, t.weight_decay)
-  step = make_train_step(model, opt, params, t.grad_clip)
-  rng, lr = np.random.default_rng(0), Tensor([t.lr], dtype=dtypes.float32).realize()
-  def batch() -> Tensor:
-    ids = rng.integers(0, args.vocab_size, (1, t.batch_size, t.seq_len), dtype=np.int32)   # (accum, batch, seq)
-    return train.to_device(ids, t.devices, t.parallel, batch_axis=1)
+  for w in llama.learned(model).values(): w.replace(w.cast(getattr(dtypes, a.dtype)).contiguous()).realize()
+  opt, params = make_optimizer(model, a.lr, a.weight_decay)
+  step = make_train_step(model, opt, params, a.grad_clip)
+  rng, lr = np.random.default_rng(0), Tensor([a.lr], dtype=dtypes.float32).realize()
+  # the embedding's backward as a scatter where tinygrad 0.14 has that kernel (CPU, AMD), as train.py does
+  atomics = int(parallel.model_backend(model) in ("CPU", "AMD"))
   def run():
-    x, y = batch(), batch()
-    with Context(USE_ATOMICS=train.use_atomics(t.devices, t.parallel), BEAM=t.beam): step(x, y, lr)[0].item()
+    x, y = (Tensor(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32)) for _ in range(2))
+    with Context(USE_ATOMICS=atomics, BEAM=a.beam): step(x, y, lr)[0].item()
   return run
 
 # ***** PyTorch, in a process of its own *****
@@ -56,7 +65,7 @@ def ours(t: train.TrainConfig, args: llama.ModelArgs):
 
 TORCH = {}   # in the worker process: what torch_setup made
 
-def torch_setup(args: llama.ModelArgs, t: train.TrainConfig, device: str):
+def torch_setup(args: llama.ModelArgs, a: argparse.Namespace, device: str):
   """The same model as transformers' LlamaForCausalLM and the same optimiser settings; TORCH['step'] does one step."""
   torch.manual_seed(0)
   cfg = transformers.LlamaConfig(hidden_size=args.dim, intermediate_size=args.ffn_hidden,
@@ -69,22 +78,22 @@ def torch_setup(args: llama.ModelArgs, t: train.TrainConfig, device: str):
   # weight decay as optim.param_groups: on the linear layers' matrices, not on norms or the token embedding
   decayed = lambda name, p: p.ndim == 2 and "embed_tokens" not in name
   groups = [{"params": [p for n, p in model.named_parameters() if decayed(n, p) == d],
-             "weight_decay": t.weight_decay if d else 0.0} for d in (True, False)]
-  opt = torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
-  half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(t.dtype)
+             "weight_decay": a.weight_decay if d else 0.0} for d in (True, False)]
+  opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+  half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(a.dtype)
   g = torch.Generator(device).manual_seed(0)
   def step():
-    x, y = (torch.randint(0, args.vocab_size, (t.batch_size, t.seq_len), generator=g, device=device) for _ in range(2))
+    x, y = (torch.randint(0, args.vocab_size, (a.batch_size, a.seq_len), generator=g, device=device) for _ in range(2))
     with torch.autocast(torch.device(device).type, dtype=half, enabled=half is not None):
       logits = model(input_ids=x).logits
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
     opt.step()
     loss.item()
   where = torch.cuda.get_device_name() if device == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"
-  precision = f", {t.dtype} autocast" if half else ""
+  precision = f", {a.dtype} autocast" if half else ""
   TORCH.update(step=step, name=f"transformers {transformers.__version__} eager{precision}, fused AdamW "
                                f"(torch {torch.__version__} on {where})")
 
@@ -93,34 +102,40 @@ def torch_timed() -> Step: return timed(TORCH["step"])
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description="Tokens/s of one training step: steps.make_train_step against transformers.")
-  p.add_argument("--vocab-size", type=int, help="default: the preset's")
-  p.add_argument("--steps", type=int, default=5, help="timed steps of each (after 2 warm-up steps), interleaved")
-  p.add_argument("--torch", action="store_true", help="also time transformers in PyTorch (optional extras)")
-  p.add_argument("--time-limit", type=float, default=0,
+  m = p.add_argument_group("model and batch (train.py's flags)")
+  m.add_argument("--preset", choices=llama.PRESETS, default="small", help="default small; the flags below override it")
+  for f in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "vocab_size"):
+    m.add_argument("--" + f.replace("_", "-"), type=int, help="default: the preset's")
+  m.add_argument("--batch-size", type=int, default=8)
+  m.add_argument("--seq-len", type=int, default=128)
+  m.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+  m.add_argument("--lr", type=float, default=3e-3)
+  m.add_argument("--weight-decay", type=float, default=0.1)
+  m.add_argument("--grad-clip", type=float, default=1.0)
+  m.add_argument("--beam", type=int, default=0, help="tinygrad BEAM search width for our kernels (0: its heuristics)")
+  b = p.add_argument_group("the benchmark")
+  b.add_argument("--steps", type=int, default=5, help="timed steps of each (after 2 warm-up steps), interleaved")
+  b.add_argument("--torch", action="store_true", help="also time transformers in PyTorch (optional extras)")
+  b.add_argument("--time-limit", type=float, default=0,
                  help="start no timed step after this many seconds since the start (one always runs); 0: none")
-  p.add_argument("--peak-tflops", type=float, default=989.0,
+  b.add_argument("--peak-tflops", type=float, default=989.0,
                  help="the GPU's peak for the share shown on a GPU (default 989: H100/H200 SXM, dense bf16, datasheet)")
-  try:
-    a, rest = p.parse_known_args(argv)
-    t = train.parse_args(rest)   # every train.py flag (preset, sizes, batch, optimiser, --dtype, --beam) means the same
-    args = train.model_args(t, a.vocab_size or train.preset(t).vocab_size)
-  except ValueError as e:
-    print(f"bench_train.py: error: {e}", file=sys.stderr)
-    return 1
+  a = p.parse_args(argv)
+  if min(a.batch_size, a.seq_len, a.steps) < 1: p.error("--batch-size, --seq-len and --steps must be at least 1")
+  try: args = model_args(a)
+  except ValueError as e: p.error(str(e))
   if a.torch and transformers is None:
-    print("bench_train.py: error: --torch needs torch and transformers: pip install -r requirements-extras.txt",
-          file=sys.stderr)
-    return 1
-  t_start, tokens, fpt = time.perf_counter(), t.batch_size * t.seq_len, flops_per_token(args, t.seq_len)
+    p.error("--torch needs torch and transformers: pip install -r requirements-extras.txt")
+  t_start, tokens, fpt = time.perf_counter(), a.batch_size * a.seq_len, flops_per_token(args, a.seq_len)
   what = (f"train step, {args.num_params() / 1e6:.3g}M params (dim {args.dim}, {args.n_layers} layers, "
-          f"{args.n_heads} heads, vocab {args.vocab_size}) {t.dtype}, batch {t.batch_size}x{t.seq_len}")
+          f"{args.n_heads} heads, vocab {args.vocab_size}) {a.dtype}, batch {a.batch_size}x{a.seq_len}")
   print(f"{what}: {fpt / 1e6:.0f} model MFLOP per token; tinygrad on {Device.DEFAULT}", flush=True)
-  step, anchor = ours(t, args), None
+  step, anchor = ours(a, args), None
   runs = {"ours": lambda: timed(step)}
   with contextlib.ExitStack() as stack:
     try:
       if a.torch:
-        setup = (args, t, "cpu" if Device.DEFAULT == "CPU" else "cuda")
+        setup = (args, a, "cpu" if Device.DEFAULT == "CPU" else "cuda")
         pool = stack.enter_context(ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), torch_setup, setup))
         anchor = pool.submit(torch_name).result()
         runs[anchor] = lambda: pool.submit(torch_timed).result()
