@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
 from tinygrad.helpers import tqdm
+try: from pydoc_data.topics import topics as PYDOC_TOPICS   # help()'s reference text; some distributions drop it
+except ImportError: PYDOC_TOPICS = {}
 import chat
 from files import atomic_write
 from tokenizer import Tokenizer, load_tokenizer
@@ -33,9 +35,7 @@ def default_corpus() -> list[Document]:
   stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
   skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "encodings", "pydoc_data", "__pycache__"}
   files = sorted(p for p in stdlib.rglob("*.py") if p.is_file() and not skip & set(p.relative_to(stdlib).parts[:-1]))
-  try: from pydoc_data.topics import topics
-  except ImportError: topics = {}
-  return [(f"pydoc:{k}", v) for k, v in sorted(topics.items())] + files
+  return [(f"pydoc:{k}", v) for k, v in sorted(PYDOC_TOPICS.items())] + files
 
 def _is_text(path: pathlib.Path) -> bool:
   with open(path, "rb") as f: return b"\0" not in f.read(4096)
@@ -51,7 +51,8 @@ def _download(url: str) -> pathlib.Path:
     with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f: shutil.copyfileobj(r, f)
   except (urllib.error.URLError, OSError, ValueError) as e:
     tmp.unlink(missing_ok=True)
-    raise DataError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? fetch it by hand and pass the file") from None
+    raise DataError(
+      f"cannot download {url} ({getattr(e, 'reason', e)}); offline? fetch it by hand and pass the file") from None
   os.replace(tmp, dest)
   return dest
 
@@ -64,7 +65,10 @@ def corpus_documents(inputs: Iterable[str]) -> list[Document]:
     p = pathlib.Path(item)
     if p.is_file(): docs.append(p)
     elif p.is_dir():
-      found = [f for f in sorted(p.rglob("*")) if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts) and _is_text(f)]
+      found = [
+        f for f in sorted(p.rglob("*"))
+        if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts) and _is_text(f)
+      ]
       if not found: raise DataError(f"directory {p} holds no text files")
       docs += found
     else: raise DataError(f"input {item} is neither a file, a directory nor an http(s) URL")
@@ -90,7 +94,8 @@ def doc_chunks(doc: Document, size: int = CHUNK_BYTES) -> Iterator[bytes]:
 
 def _lines(docs: list[Document]) -> Iterator[str]:
   for doc in docs:
-    for chunk in doc_chunks(doc): yield from (line for line in chunk.decode("utf-8", "replace").split("\n") if line.strip())
+    for chunk in doc_chunks(doc):
+      yield from (line for line in chunk.decode("utf-8", "replace").split("\n") if line.strip())
 
 def train_tokenizer(text_iter_or_files, vocab_size: int, out_prefix) -> str:
   """Train a sentencepiece tokenizer as §2.1 describes LLaMA's: byte-pair encoding, "we split all numbers into
@@ -111,7 +116,9 @@ def train_tokenizer(text_iter_or_files, vocab_size: int, out_prefix) -> str:
       add_dummy_prefix=True, allow_whitespace_only_pieces=True, character_coverage=0.99995, max_sentence_length=4192,
       input_sentence_size=2_000_000, shuffle_input_sentence=True, hard_vocab_limit=False,
       unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=os.cpu_count() or 1, minloglevel=2)
-  except RuntimeError as e: raise DataError(f"sentencepiece could not train a {vocab_size}-token tokenizer: {str(e).strip().splitlines()[-1]}") from None
+  except RuntimeError as e:
+    raise DataError(
+      f"sentencepiece could not train a {vocab_size}-token tokenizer: {str(e).strip().splitlines()[-1]}") from None
   path = str(out_prefix) + ".model"
   atomic_write(path, model.getvalue())
   return path
@@ -148,7 +155,8 @@ def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: 
   if pool is None: _init_worker(tokenizer_path)
   n = 0
   try:
-    with open(dest, "wb") as f, tqdm(desc="encoding", total=sum(_size(d) for d in docs), unit="B", unit_scale=True, rate=10) as bar:
+    with open(dest, "wb") as f, tqdm(desc="encoding", total=sum(_size(d) for d in docs), unit="B", unit_scale=True,
+                                     rate=10) as bar:
       for ids, nbytes in (pool.imap(_encode_chunk, jobs()) if pool else map(_encode_chunk, jobs())):
         in_flight.release()
         f.write(ids.tobytes())
@@ -183,9 +191,11 @@ def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=Non
   os.truncate(tmp, (n - n_val) * np.dtype(dtype).itemsize)
   os.replace(tmp, out / "train.bin")
   os.replace(out / ".val.tmp", out / "val.bin")
-  meta = {"vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "dtype": dtype,
-          "tokenizer": pathlib.Path(tok_path).name, "train_tokens": n - n_val, "val_tokens": n_val, "documents": len(docs),
-          "bytes": sum(_size(d) for d in docs), "source": list(inputs) or ["python standard library (docs + source)"]}
+  meta = {
+    "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "dtype": dtype,
+    "tokenizer": pathlib.Path(tok_path).name, "train_tokens": n - n_val, "val_tokens": n_val, "documents": len(docs),
+    "bytes": sum(_size(d) for d in docs), "source": list(inputs) or ["python standard library (docs + source)"]
+  }
   atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
   return meta
 
@@ -214,7 +224,8 @@ def conversations(doc: Document) -> Iterator[list[dict]]:
       raise DataError(f'{name} line {n}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
     roles = [m["role"] for m in msgs]
     turns = roles[1:] if roles[0] == "system" else roles
-    if "assistant" not in turns: raise DataError(f"{name} line {n}: the conversation has no assistant turn, so nothing to learn")
+    if "assistant" not in turns:
+      raise DataError(f"{name} line {n}: the conversation has no assistant turn, so nothing to learn")
     if len(turns) % 2 or turns != ["user", "assistant"] * (len(turns) // 2):
       raise DataError(f"{name} line {n}: after an optional system message, user and assistant turns must alternate, "
                       f"from the user's to the assistant's (roles here: {', '.join(roles)})")
@@ -224,7 +235,8 @@ def prepare_chat(inputs: list[str], out="data", tokenizer=None) -> dict:
   """A chat dataset in `out` from JSON-lines files of conversations: the tokenizer (as prepare saves it), per split
   {split}.bin tokens, {split}_mask.bin (uint8 loss mask) and {split}_starts.bin (uint64 offset of each conversation,
   and the end), then meta.json. The conversations are shuffled; the last 10% (at least one) are the validation split."""
-  if tokenizer is None: raise DataError("--chat needs --tokenizer: the model's, whose chat template renders the conversations")
+  if tokenizer is None:
+    raise DataError("--chat needs --tokenizer: the model's, whose chat template renders the conversations")
   if not inputs: raise DataError("--chat needs INPUT files of JSON lines")
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +244,8 @@ def prepare_chat(inputs: list[str], out="data", tokenizer=None) -> dict:
   tok = load_tokenizer(tok_path)
   fmt = chat.chat_format(tok)
   convs = [c for doc in corpus_documents(inputs) for c in conversations(doc)]
-  if len(convs) < 2: raise DataError(f"--chat needs at least 2 conversations (one goes to the validation split), found {len(convs)}")
+  if len(convs) < 2:
+    raise DataError(f"--chat needs at least 2 conversations (one goes to the validation split), found {len(convs)}")
   random.Random(0).shuffle(convs)
   n_val, dtype = max(1, int(len(convs) * VAL_FRACTION)), "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
   counts = {}
@@ -247,9 +260,12 @@ def prepare_chat(inputs: list[str], out="data", tokenizer=None) -> dict:
     np.array(starts, dtype=np.uint64).tofile(out / f".{split}_starts.tmp")
     for k in ("", "_mask", "_starts"): os.replace(out / f".{split}{k}.tmp", out / f"{split}{k}.bin")
     counts[split] = (len(part), starts[-1])
-  meta = {"format": "chat", "chat_format": fmt.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-          "dtype": dtype, "tokenizer": pathlib.Path(tok_path).name, "train_tokens": counts["train"][1], "val_tokens": counts["val"][1],
-          "documents": len(convs), "train_documents": counts["train"][0], "val_documents": counts["val"][0], "source": list(inputs)}
+  meta = {
+    "format": "chat", "chat_format": fmt.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+    "dtype": dtype, "tokenizer": pathlib.Path(tok_path).name, "train_tokens": counts["train"][1],
+    "val_tokens": counts["val"][1], "documents": len(convs), "train_documents": counts["train"][0],
+    "val_documents": counts["val"][0], "source": list(inputs)
+  }
   atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
   return meta
 
@@ -280,8 +296,10 @@ class ChatSplit:
 def read_meta(data_dir) -> dict:
   """meta.json of a prepared dataset; DataError naming the problem when the directory is missing or unprepared."""
   d = pathlib.Path(data_dir)
-  if not d.is_dir(): raise DataError(f"data directory {d} does not exist (make one with: python data.py INPUT --out {d})")
-  if not (d / "meta.json").is_file(): raise DataError(f"data directory {d} holds no dataset (meta.json missing; run: python data.py INPUT --out {d})")
+  if not d.is_dir():
+    raise DataError(f"data directory {d} does not exist (make one with: python data.py INPUT --out {d})")
+  if not (d / "meta.json").is_file():
+    raise DataError(f"data directory {d} holds no dataset (meta.json missing; run: python data.py INPUT --out {d})")
   return json.loads((d / "meta.json").read_text())
 
 def load_split(data_dir, split: str) -> np.memmap | ChatSplit:
@@ -294,10 +312,13 @@ def load_split(data_dir, split: str) -> np.memmap | ChatSplit:
   tokens = memmap(f"{split}.bin", meta["dtype"])
   if meta.get("format") != "chat": return tokens
   chat = ChatSplit(tokens, memmap(f"{split}_mask.bin", np.uint8), memmap(f"{split}_starts.bin", np.uint64))
-  if len(chat.mask) != len(tokens) or int(chat.starts[-1]) != len(tokens): raise DataError(f"{d}: the {split} files of the chat dataset disagree in length")
+  if len(chat.mask) != len(tokens) or int(chat.starts[-1]) != len(tokens):
+    raise DataError(f"{d}: the {split} files of the chat dataset disagree in length")
   return chat
 
-def get_batch(tokens: np.ndarray | ChatSplit, batch_size: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+
+def get_batch(tokens: np.ndarray | ChatSplit, batch_size: int, seq_len: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """batch_size random windows of seq_len+1 consecutive tokens (nanoGPT's get_batch): inputs are the first seq_len,
   targets the same window shifted by one; for chat data one conversation per row (ChatSplit.rows). The windows
   depend only on rng's state, so a seed fixes them."""
@@ -309,15 +330,22 @@ def get_batch(tokens: np.ndarray | ChatSplit, batch_size: int, seq_len: int, rng
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description="Train a §2.1 tokenizer on a corpus and encode it into train.bin / val.bin.")
-  p.add_argument("inputs", nargs="*", metavar="INPUT", help="text files, directories of text files or URLs (default: the Python standard library's docs and source)")
+  p.add_argument(
+    "inputs", nargs="*", metavar="INPUT",
+    help="text files, directories of text files or URLs (default: the Python standard library's docs and source)")
   p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary when training one (default 2048)")
   p.add_argument("--out", default="data", help="dataset directory (default data/)")
-  p.add_argument("--tokenizer", help="reuse this tokenizer (.model, llama2.c tokenizer.bin, or a GGUF file's vocabulary) instead of training one")
-  p.add_argument("--chat", action="store_true", help='INPUTs are JSON lines {"messages": [{"role": "system"|"user"|"assistant", '
-                 '"content": ...}, ...]}, rendered with --tokenizer\'s chat template; the loss is on the assistant\'s tokens only')
+  p.add_argument(
+    "--tokenizer",
+    help="reuse this tokenizer (.model, llama2.c tokenizer.bin, or a GGUF file's vocabulary) instead of training one")
+  p.add_argument(
+    "--chat", action="store_true", help='INPUTs are JSON lines {"messages": [{"role": "system"|"user"|"assistant", '
+    '"content": ...}, ...]}, rendered with --tokenizer\'s chat template; the loss is on the assistant\'s tokens only')
   p.add_argument("--workers", type=int, default=None, help="encoding processes (default: one per CPU)")
   a = p.parse_args(argv)
-  try: meta = prepare_chat(a.inputs, a.out, a.tokenizer) if a.chat else prepare(a.inputs, a.out, a.vocab_size, a.tokenizer, a.workers)
+  try:
+    meta = prepare_chat(a.inputs, a.out, a.tokenizer) if a.chat else prepare(a.inputs, a.out, a.vocab_size, a.tokenizer,
+                                                                             a.workers)
   except (ValueError, OSError) as e:
     print(f"data.py: error: {e}", file=sys.stderr)
     return 1

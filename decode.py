@@ -45,7 +45,8 @@ class Sampling:
 
   def knobs(self) -> Tensor:
     """The values as one device buffer, an input of the compiled step: one compilation serves every value."""
-    return Tensor([1 / self.temperature if self.temperature else 0.0, self.top_p, float(self.top_k)], dtype=dtypes.float32).realize()
+    return Tensor([1 / self.temperature if self.temperature else 0.0, self.top_p,
+                   float(self.top_k)], dtype=dtypes.float32).realize()
 
 def sample(logits: Tensor, knobs: Tensor, s: Sampling, uniform: Tensor | None = None) -> Tensor:
   """logits (B, V) → one token id per row, (B, 1) int32, drawn on the device. `s` picks the graph
@@ -118,7 +119,8 @@ class Generator:
     # (a symbolic index into the output is not replayed correctly by TinyJit in tinygrad 0.14)
     logits = self.model(parallel.shard_batch(tokens, self.devices, "tp"), start_pos).to(self.devices[0])
     logits = (logits * select.reshape(1, -1, 1)).sum(1)
-    return sample(logits, knobs, self.sampling, None if self.sampling.temperature == 0 else self.rng.uniform(*logits.shape)).realize()
+    return sample(logits, knobs, self.sampling,
+                  None if self.sampling.temperature == 0 else self.rng.uniform(*logits.shape)).realize()
 
   def reset(self): self.rewind(0)
 
@@ -149,8 +151,9 @@ class Generator:
       select = [0.0] * self.chunk
       select[len(part) - 1] = 1.0
       with Context(BEAM=self.beam):
-        self.pending = self.prefill_step(Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32, device=self.devices[0]),
-                                         self.v_pos.bind(self.pos), Tensor(select, device=self.devices[0]), self.knobs)
+        self.pending = self.prefill_step(
+          Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32, device=self.devices[0]),
+          self.v_pos.bind(self.pos), Tensor(select, device=self.devices[0]), self.knobs)
       self.pos += len(part)
     return self.pending.item()
 
@@ -158,7 +161,8 @@ class Generator:
     """Put the pending token into the cache and sample the one after it. The pending token never leaves the
     device: the step reads the previous step's output buffer directly."""
     if self.pos >= self.max_context: raise ValueError(f"the context of {self.max_context} tokens is full")
-    with Context(BEAM=self.beam): self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
+    with Context(BEAM=self.beam):
+      self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
     self.pos, self.steps = self.pos + 1, self.steps + 1
     return self.pending.item()
 
@@ -178,10 +182,13 @@ class Stats:
     decode = f"{self.decode_steps / self.decode_time:.1f} tok/s" if self.decode_steps else "n/a"
     if self.compile_time: decode += f" (+{self.compile_time:.1f} s compiling the step)"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
-    return (f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new | time to first token {self.ttft:.2f} s | "
-            f"prefill {self.prompt_tokens / self.prefill_time:.1f} tok/s | decode {decode} | peak memory {peak:.0f} MiB")
+    return (
+      f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new | time to first token {self.ttft:.2f} s | "
+      f"prefill {self.prompt_tokens / self.prefill_time:.1f} tok/s | decode {decode} | peak memory {peak:.0f} MiB")
 
-def generate(gen: Generator, ids: list[int], max_new: int, eos_id: int | None, stats: Stats, on_token=None) -> list[int]:
+
+def generate(gen: Generator, ids: list[int], max_new: int, eos_id: int | None, stats: Stats,
+             on_token=None) -> list[int]:
   """Feed ids, then decode until EOS, max_new tokens or a full context; returns the new ids (EOS excluded)
   and says in stats.stop why it ended. on_token(id) is called with each new id as soon as it exists."""
   out: list[int] = []
@@ -198,7 +205,8 @@ def generate(gen: Generator, ids: list[int], max_new: int, eos_id: int | None, s
     if gen.pos >= gen.max_context: stats.stop = f"context limit of {gen.max_context} tokens"; break
     warm, t1 = gen.steps >= 2, time.perf_counter()
     tok = gen.next()
-    if warm: stats.decode_steps, stats.decode_time = stats.decode_steps + 1, stats.decode_time + time.perf_counter() - t1
+    if warm:
+      stats.decode_steps, stats.decode_time = stats.decode_steps + 1, stats.decode_time + time.perf_counter() - t1
     else: stats.compile_time += time.perf_counter() - t1
   stats.new_tokens += len(out)
   return out

@@ -35,7 +35,8 @@ def encode_pair(tok, context: str, completion: str, max_len: int) -> tuple[tuple
   ctx = tok.encode(context)
   cont = tok.encode(context + completion)[len(ctx):]
   ctx = (start_tokens(tok) + ctx) or [tok.eos_id]
-  if len(cont) >= max_len: raise EvalError(f"a completion of {len(cont)} tokens does not fit the context of {max_len} tokens")
+  if len(cont) >= max_len:
+    raise EvalError(f"a completion of {len(cont)} tokens does not fit the context of {max_len} tokens")
   return tuple(ctx[-(max_len - len(cont)):]), tuple(cont)
 
 # ***** log-likelihoods through the KV cache *****
@@ -59,7 +60,8 @@ class Scorer:
     self.spread, self.steps = capture_at_once(self._spread), {}
     self.held: list[int] = []   # the tokens at positions 0.. of every row of the cache
 
-  def _prefill(self, tokens: Tensor, start_pos: UOp) -> Tensor: return self.model(tokens, start_pos)[:, -1, :1].realize()
+  def _prefill(self, tokens: Tensor, start_pos: UOp) -> Tensor:
+    return self.model(tokens, start_pos)[:, -1, :1].realize()
 
   def _spread(self):
     caches = [layer.attention.cache_kv for layer in self.model.layers]
@@ -130,8 +132,11 @@ def stderr_of_mean(x) -> float:
 def predictions(choices: list[dict]) -> dict[str, int]:
   """The choice each score picks: the raw log-likelihood, per character (Gao et al. 2021), and relative to the
   completion's likelihood after "Answer:" (Brown et al. 2020); the first of equal scores wins."""
-  return {"acc": int(np.argmax([c["ll"] for c in choices])), "acc_char": int(np.argmax([c["ll"] / max(c["chars"], 1) for c in choices])),
-          "acc_answer": int(np.argmax([c["ll"] - c["ll_answer"] for c in choices]))}
+  return {
+    "acc": int(np.argmax([c["ll"] for c in choices])),
+    "acc_char": int(np.argmax([c["ll"] / max(c["chars"], 1) for c in choices])),
+    "acc_answer": int(np.argmax([c["ll"] - c["ll_answer"] for c in choices]))
+  }
 
 def run_choice(model, tok, task: Task, items: list[Item], max_len: int, rows: int) -> tuple[dict, list[dict]]:
   contexts = [it.context if isinstance(it.context, list) else [it.context] * len(it.choices) for it in items]
@@ -141,7 +146,8 @@ def run_choice(model, tok, task: Task, items: list[Item], max_len: int, rows: in
   ll: dict[tuple, float] = {}
   # the "Answer:" baseline first: one context for every item, so its completions fill whole batches
   pending = [r for rs in base for r in rs]
-  with tqdm(total=len(set(pending)), desc=f"{ANSWER} baseline", unit="choice") as bar: score_pairs(scorer, pending, ll, bar)
+  with tqdm(total=len(set(pending)), desc=f"{ANSWER} baseline", unit="choice") as bar:
+    score_pairs(scorer, pending, ll, bar)
   with tqdm(total=len(items), desc=task.section, unit="item") as bar:
     for rs in cond:
       score_pairs(scorer, rs, ll)
@@ -149,7 +155,8 @@ def run_choice(model, tok, task: Task, items: list[Item], max_len: int, rows: in
   hits: dict[str, list[bool]] = {"acc": [], "acc_char": [], "acc_answer": []}
   out = []
   for i, (it, rs, bs) in enumerate(zip(items, cond, base)):
-    rec = [{"ll": ll[r], "tokens": len(r[1]), "chars": len(ch), "ll_answer": ll[b]} for r, b, ch in zip(rs, bs, it.choices)]
+    rec = [{"ll": ll[r], "tokens": len(r[1]), "chars": len(ch), "ll_answer": ll[b]}
+           for r, b, ch in zip(rs, bs, it.choices)]
     preds = predictions(rec)
     for k, p in preds.items(): hits[k].append(p == it.label)
     out.append({"index": i, "label": it.label, "pred": preds[task.metric], "preds": preds, "choices": rec,
@@ -166,7 +173,8 @@ def run_generate(model, tok, task: Task, items: list[Item], max_len: int, max_ne
   """Greedy decoding until the task's stop string, EOS or max_new tokens; the answer is the text before the stop
   (§3.2: "stopping at the first line break, final dot or comma"), scored by exact match after normalisation."""
   prompts = [(start_tokens(tok) + tok.encode(it.context))[-(max_len - max_new):] for it in items]
-  gen = Generator(kernels.use_decode_kernels(model), min(max_len, round_up(max(map(len, prompts)) + max_new)), Sampling(0.0, 1.0, 0))
+  gen = Generator(kernels.use_decode_kernels(model), min(max_len, round_up(max(map(len, prompts)) + max_new)),
+                  Sampling(0.0, 1.0, 0))
   out, prev = [], []
   for i, (it, ids) in enumerate(zip(tqdm(items, desc=task.section, unit="item"), prompts)):
     # the cache still holds the previous prompt: a shared prefix (the k-shot examples) is not prefilled again
@@ -179,7 +187,10 @@ def run_generate(model, tok, task: Task, items: list[Item], max_len: int, max_ne
       tid = gen.next()
     text += dec.flush()
     answer = text[:min([text.find(s) for s in task.stop if s in text], default=len(text))].strip()
-    out.append({"index": i, "generated": text, "answer": answer, "answers": it.choices, "match": bool(task.match(answer, it.choices))})
+    out.append({
+      "index": i, "generated": text, "answer": answer, "answers": it.choices,
+      "match": bool(task.match(answer, it.choices))
+    })
     prev = ids
   hits = [r["match"] for r in out]
   return {"exact_match": (float(np.mean(hits)), stderr_of_mean(hits))}, out
@@ -222,7 +233,8 @@ def score(model, tok, task: Task, args, data, max_len: int) -> tuple[dict, list[
     return run_perplexity(model, tok, data, min(window, max_len), stride)
   elif task.kind == "generate":
     max_new = args.max_new_tokens or task.max_new
-    if max_new >= max_len: raise EvalError(f"--max-new-tokens {max_new} leaves no room for a prompt in the context of {max_len} tokens")
+    if max_new >= max_len:
+      raise EvalError(f"--max-new-tokens {max_new} leaves no room for a prompt in the context of {max_len} tokens")
     return run_generate(model, tok, task, data, max_len, max_new)
   return run_choice(model, tok, task, data, max_len, args.batch_size)
 
@@ -231,25 +243,33 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("model", nargs="?", help=f"checkpoint path; default: the one train.py wrote to {runs.DEFAULT_OUT}/")
   p.add_argument("--task", required=True, choices=sorted(TASKS))
   p.add_argument("--data", required=True, help="the benchmark's file (or a directory of them, e.g. MMLU's data/test)")
-  p.add_argument("--train", default=None, help="k-shot examples from this file or directory (the task's training split); "
-                 "default: the first k items of --data, which are then not scored")
-  p.add_argument("--labels", default=None, help="a labels file, one label per line (PIQA's valid-labels.lst, SIQA's dev-labels.lst)")
+  p.add_argument(
+    "--train", default=None, help="k-shot examples from this file or directory (the task's training split); "
+    "default: the first k items of --data, which are then not scored")
+  p.add_argument("--labels", default=None,
+                 help="a labels file, one label per line (PIQA's valid-labels.lst, SIQA's dev-labels.lst)")
   p.add_argument("--shots", type=int, default=None, help="k-shot prompts (default: the paper's, 5 for MMLU, else 0)")
   p.add_argument("--limit", type=int, default=None, help="score only the first N items")
   p.add_argument("--batch-size", type=int, default=8, help="completions scored side by side")
   p.add_argument("--max-context", type=int, default=None, help="tokens of context (default: the model's)")
-  p.add_argument("--max-new-tokens", type=int, default=None, help="free-form answers: at most this many tokens (default: 32, GSM8k 256)")
-  p.add_argument("--stride", type=int, default=None, help="perplexity: tokens scored per window (default: half the window)")
+  p.add_argument("--max-new-tokens", type=int, default=None,
+                 help="free-form answers: at most this many tokens (default: 32, GSM8k 256)")
+  p.add_argument("--stride", type=int, default=None,
+                 help="perplexity: tokens scored per window (default: half the window)")
   p.add_argument("--tokenizer", default=None, help="tokenizer file, when none is beside the checkpoint")
   p.add_argument("--output", default=None, help="write the scores and every item's details to this JSON file")
-  p.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache")
+  p.add_argument(
+    "--beam", type=int, default=0, help=
+    "BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache"
+  )
   return p.parse_args(argv)
 
 def evaluate(args) -> int:
   task = TASKS[args.task]
   k = task.shots if args.shots is None else args.shots
-  for flag, v, lo in (("--shots", k, 0), ("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1), ("--stride", args.stride, 1),
-                      ("--max-new-tokens", args.max_new_tokens, 1), ("--max-context", args.max_context, 2)):
+  for flag, v, lo in (("--shots", k, 0), ("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                      ("--stride", args.stride, 1), ("--max-new-tokens", args.max_new_tokens,
+                                                     1), ("--max-context", args.max_context, 2)):
     if v is not None and v < lo: raise EvalError(f"{flag} must be at least {lo}, got {v}")
   # the data is read and checked before the model is loaded: a bad file fails at once
   if task.kind == "perplexity":
@@ -263,14 +283,18 @@ def evaluate(args) -> int:
     if not items: raise EvalError(f"no items are left to score after the {k} shots taken from {args.data}")
   model_path = args.model if args.model is not None else runs.DEFAULT_OUT
   if args.model is None and not runs.DEFAULT_OUT.exists():
-    raise EvalError(f"no MODEL given and no checkpoint in {runs.DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
+    raise EvalError(
+      f"no MODEL given and no checkpoint in {runs.DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
   model, tok = checkpoint.load(model_path, tokenizer=args.tokenizer)
   if tok is None: raise EvalError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_len = min(args.max_context or model.args.max_seq_len, model.args.max_seq_len)
   t0 = time.perf_counter()
-  with Context(BEAM=args.beam): metrics, out = score(model, tok, task, args, items if task.kind != "perplexity" else text, max_len)
+  with Context(BEAM=args.beam):
+    metrics, out = score(model, tok, task, args, items if task.kind != "perplexity" else text, max_len)
   dt = time.perf_counter() - t0
-  print(f"{len(out)} {'windows' if task.kind == 'perplexity' else 'items'} in {dt:.1f} s ({len(out) / dt:.2f}/s, compilation included)", file=sys.stderr)
+  print(
+    f"{len(out)} {'windows' if task.kind == 'perplexity' else 'items'} in {dt:.1f} s ({len(out) / dt:.2f}/s, compilation included)",
+    file=sys.stderr)
   n = int(metrics["tokens"][0]) if task.kind == "perplexity" else len(out)
   print_table(args.task, task, metrics, n)
   if args.output:

@@ -49,7 +49,8 @@ def run_chat(gen: Generator, tok, args) -> Stats:
     if gen.pending is not None:
       last = gen.pending.item()
       ids = ([last] if last != tok.eos_id else []) + [tok.eos_id] + chat.encode_pieces(tok, fmt.after_eos()) + ids
-    if gen.pos + len(ids) >= gen.max_context: raise ValueError(f"the conversation no longer fits the context of {gen.max_context} tokens")
+    if gen.pos + len(ids) >= gen.max_context:
+      raise ValueError(f"the conversation no longer fits the context of {gen.max_context} tokens")
     show = Printer(tok)
     generate(gen, ids, args.max_new_tokens, tok.eos_id, stats, show)
     show.close()
@@ -65,18 +66,24 @@ def run_benchmark(gen: Generator, model, tok, args, prompt_ids: list[int], runs:
     stats = Stats()
     generate(gen, prompt_ids, args.max_new_tokens, None, stats)   # no EOS stop: every run decodes the same count
     if r == 0: cold = stats; continue
-    ttft.append(stats.ttft); prefill.append(stats.prompt_tokens / stats.prefill_time); decode.append(stats.decode_steps / stats.decode_time)
+    ttft.append(stats.ttft)
+    prefill.append(stats.prompt_tokens / stats.prefill_time)
+    decode.append(stats.decode_steps / stats.decode_time)
   nbytes, tps = weight_bytes(model), statistics.median(decode)
-  print(f"benchmark: {len(prompt_ids)} prompt tokens, {args.max_new_tokens} new, median of {runs} warm runs", file=sys.stderr)
-  print(f"  cold run: time to first token {cold.ttft:.2f} s (incl. compiling the prefill), {cold.compile_time:.1f} s compiling the decode step",
+  print(f"benchmark: {len(prompt_ids)} prompt tokens, {args.max_new_tokens} new, median of {runs} warm runs",
         file=sys.stderr)
-  print(f"  warm: time to first token {statistics.median(ttft):.3f} s | prefill {statistics.median(prefill):.1f} tok/s | "
-        f"decode {tps:.1f} tok/s | weights {nbytes / 1e6:.1f} MB/token -> {nbytes * tps / 1e9:.2f} GB/s", file=sys.stderr)
+  print(
+    f"  cold run: time to first token {cold.ttft:.2f} s (incl. compiling the prefill), {cold.compile_time:.1f} s compiling the decode step",
+    file=sys.stderr)
+  print(
+    f"  warm: time to first token {statistics.median(ttft):.3f} s | prefill {statistics.median(prefill):.1f} tok/s | "
+    f"decode {tps:.1f} tok/s | weights {nbytes / 1e6:.1f} MB/token -> {nbytes * tps / 1e9:.2f} GB/s", file=sys.stderr)
 
 BENCH_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description="Sample from a LLaMA checkpoint (GGUF, llama2.c .bin, Meta, Hugging Face or our own directory).")
+  p = argparse.ArgumentParser(
+    description="Sample from a LLaMA checkpoint (GGUF, llama2.c .bin, Meta, Hugging Face or our own directory).")
   p.add_argument("model", nargs="?", help=f"checkpoint path; default: the newest one train.py wrote to {DEFAULT_OUT}/")
   p.add_argument("-p", "--prompt", default="", help="text to continue (plain mode)")
   p.add_argument("-n", "--max-new-tokens", type=int, default=256)
@@ -88,16 +95,20 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--system", default=None, help="system prompt for --chat")
   p.add_argument("--tokenizer", default=None, help="tokenizer file (.model or llama2.c tokenizer.bin) to use or add")
   p.add_argument("--max-context", type=int, default=None, help="tokens of context (default: the model's, at most 2048)")
-  p.add_argument("--benchmark", action="store_true", help="time a fixed prompt: median prefill and decode tok/s, bandwidth")
-  p.add_argument("--devices", default=None, help="e.g. CUDA:0,CUDA:1: split the model across them, tensor parallel (§2.4); "
-                 "default: tinygrad's default device")
+  p.add_argument("--benchmark", action="store_true",
+                 help="time a fixed prompt: median prefill and decode tok/s, bandwidth")
+  p.add_argument(
+    "--devices", default=None, help="e.g. CUDA:0,CUDA:1: split the model across them, tensor parallel (§2.4); "
+    "default: tinygrad's default device")
   p.add_argument("--serve", action="store_true", help="serve an OpenAI-compatible HTTP API (/v1) and a chat page (/); "
                  "-t, --top-p, --top-k, --seed and -n become the requests' defaults")
   p.add_argument("--host", default="127.0.0.1", help="--serve: the address to listen on")
   p.add_argument("--port", type=int, default=8000, help="--serve: the port (0: any free one)")
   p.add_argument("--api-key", default=None, help="--serve: every /v1 request must send 'Authorization: Bearer KEY'")
-  p.add_argument("--beam", type=int, default=0, help="BEAM search width for the kernel options of the compiled steps (0: tinygrad's heuristics); the first run "
-                 "searches, later runs read the cache")
+  p.add_argument(
+    "--beam", type=int, default=0,
+    help="BEAM search width for the kernel options of the compiled steps (0: tinygrad's heuristics); the first run "
+    "searches, later runs read the cache")
   return p.parse_args(argv)
 
 def main(argv=None):
@@ -111,7 +122,8 @@ def run(args):
   if not 0 <= args.port < 65536: raise ValueError(f"--port must be in 0..65535, got {args.port}")
   if args.model is None:
     if not DEFAULT_OUT.exists():
-      raise ValueError(f"no MODEL given and no checkpoint in {DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
+      raise ValueError(
+        f"no MODEL given and no checkpoint in {DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
     args.model = str(DEFAULT_OUT)
   devices = parallel.parse_devices(args.devices)
   t0 = time.perf_counter()
@@ -125,7 +137,8 @@ def run(args):
   if not args.chat and not args.serve:
     prompt = BENCH_PROMPT if args.benchmark and not args.prompt else args.prompt
     ids = tok.encode(prompt, bos=getattr(tok, "add_bos", True)) if prompt else [tok.bos_id]
-    if len(ids) >= ctx: raise ValueError(f"the prompt is {len(ids)} tokens, too long for the context of {ctx} (--max-context)")
+    if len(ids) >= ctx:
+      raise ValueError(f"the prompt is {len(ids)} tokens, too long for the context of {ctx} (--max-context)")
   print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
         f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights"
         + (f" split over {len(devices)} devices (tensor parallel)" if len(devices) > 1 else ""), file=sys.stderr)

@@ -12,7 +12,9 @@ DEFAULT_OUT = pathlib.Path("out")   # where train.py writes, and generate.py and
 class RunError(ValueError):
   """A run directory that cannot be used as asked; the message is one line for the user."""
 
-def save_checkpoint(out: pathlib.Path, model, tokenizer, optimizer_state: dict[str, Tensor], state: dict, merge: bool = True) -> None:
+
+def save_checkpoint(out: pathlib.Path, model, tokenizer, optimizer_state: dict[str, Tensor], state: dict,
+                    merge: bool = True) -> None:
   """Build the whole checkpoint in a directory beside `out`, carry over the files of `out` that are not part of it
   (log.jsonl, loss.png), then swap directories: a crash leaves either the old or the new checkpoint. A LoRA model
   saves its adapters (adapters.safetensors; --resume takes the base from --init-from again), and with `merge` also
@@ -33,7 +35,9 @@ def save_checkpoint(out: pathlib.Path, model, tokenizer, optimizer_state: dict[s
   (tmp / "train_state.json").write_text(json.dumps(state, indent=1) + "\n")
   publish_dir(tmp, out, drop=stale)   # the old out/ stays whole until the swap
 
-RUN_FILES = ("train_state.json", "config.json", "model.safetensors", "adapters.safetensors", "optimizer.safetensors", "log.jsonl")
+
+RUN_FILES = ("train_state.json", "config.json", "model.safetensors", "adapters.safetensors", "optimizer.safetensors",
+             "log.jsonl")
 
 def holds_run(out: pathlib.Path) -> bool:
   """Whether `out` holds (part of) a training run or a model, which a new run must not silently replace."""
@@ -50,11 +54,14 @@ def remove(out: pathlib.Path) -> None:
 def read_state(out: pathlib.Path) -> dict:
   """train_state.json of the run in `out` (after putting back a directory a crash left set aside)."""
   recover_dir(out)   # a crash between the two renames of a save
-  if not (out / "train_state.json").is_file(): raise RunError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
+  if not (out / "train_state.json").is_file():
+    raise RunError(f"--resume: no training checkpoint in {out} (train_state.json missing)")
   try: return json.loads((out / "train_state.json").read_text())
   except ValueError as e: raise RunError(f"--resume: {out / 'train_state.json'} is corrupt ({e})") from None
 
-def read_optimizer(out: pathlib.Path) -> dict[str, Tensor]: return checkpoint.read_safetensors(out / "optimizer.safetensors")
+
+def read_optimizer(out: pathlib.Path) -> dict[str, Tensor]:
+  return checkpoint.read_safetensors(out / "optimizer.safetensors")
 
 def restore(mine: dict[str, Tensor], saved: dict[str, Tensor], what: str) -> None:
   """Assign the saved tensors to this run's ones of the same names (the optimiser state, LoRA adapters)."""
@@ -75,4 +82,5 @@ def read_log(out: pathlib.Path) -> list[dict]:
 
 def keep_log(out: pathlib.Path, last_step: int) -> None:
   """The log up to `last_step` only (a resumed run drops the steps past its checkpoint)."""
-  atomic_write(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in read_log(out) if e["step"] <= last_step).encode())
+  atomic_write(out / "log.jsonl",
+               "".join(json.dumps(e) + "\n" for e in read_log(out) if e["step"] <= last_step).encode())

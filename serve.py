@@ -15,19 +15,25 @@ PAGE = pathlib.Path(__file__).with_name("chat.html")
 
 class ApiError(Exception):
   """A refused request: its HTTP status and an OpenAI-style error body."""
-  def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+
+  def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None):
     super().__init__(message)
     self.status, self.kind, self.param, self.code = status, kind, param, code
 
-  def body(self) -> dict: return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+  def body(self) -> dict:
+    return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
 
 # ***** requests *****
 
 NUMBER, INTEGER = (int, float), (int,)
-FIELDS = {"model": (str,), "prompt": (str, list), "messages": (list,), "max_tokens": INTEGER, "max_completion_tokens": INTEGER,
-          "temperature": NUMBER, "top_p": NUMBER, "top_k": INTEGER, "stop": (str, list), "seed": INTEGER, "stream": (bool,),
-          "stream_options": (dict,), "user": (str,)}
-NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": 0, "presence_penalty": 0, "frequency_penalty": 0}   # accepted, nothing else
+FIELDS = {
+  "model": (str, ), "prompt": (str, list), "messages": (list, ), "max_tokens": INTEGER,
+  "max_completion_tokens": INTEGER, "temperature": NUMBER, "top_p": NUMBER, "top_k": INTEGER, "stop": (str, list),
+  "seed": INTEGER, "stream": (bool, ), "stream_options": (dict, ), "user": (str, )
+}
+NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": 0, "presence_penalty": 0,
+           "frequency_penalty": 0}  # accepted, nothing else
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "an array", dict: "an object"}
 
 def get(body: dict, name: str):
@@ -56,21 +62,26 @@ def parse(body, tok, ctx: int, defaults: Sampling, seed: int | None, max_tokens:
   """The Job a completions (is_chat=False) or chat completions request body asks for; ApiError(400) when it is wrong."""
   if not isinstance(body, dict): raise ApiError(400, "the request body must be a JSON object")
   for name, neutral in NEUTRAL.items():
-    if body.get(name) not in (None, neutral): raise ApiError(400, f"'{name}' is not supported: only {json.dumps(neutral)}", param=name)
+    if body.get(name) not in (None, neutral):
+      raise ApiError(400, f"'{name}' is not supported: only {json.dumps(neutral)}", param=name)
   try:
     ids = chat_ids(tok, get(body, "messages")) if is_chat else prompt_ids(tok, body)
     t, p, k = get(body, "temperature"), get(body, "top_p"), get(body, "top_k")
     s = Sampling(defaults.temperature if t is None else float(t), defaults.top_p if p is None else float(p),
                    defaults.top_k if k is None else k).check()
   except ValueError as e: raise ApiError(400, str(e)) from None   # a chat format or tokenizer refusal, a sampling value
-  if not s.temperature <= 2: raise ApiError(400, f"temperature must be in [0, 2], got {s.temperature}", param="temperature")
+  if not s.temperature <= 2:
+    raise ApiError(400, f"temperature must be in [0, 2], got {s.temperature}", param="temperature")
   if s.top_k >= tok.vocab_size: s = dataclasses.replace(s, top_k=0)   # keeps every token: the same as off
   room = ctx - len(ids)
-  if room < 1: raise ApiError(400, f"the prompt is {len(ids)} tokens, and the context holds {ctx}", code="context_length_exceeded")
-  n = get(body, "max_completion_tokens") if is_chat and body.get("max_completion_tokens") is not None else get(body, "max_tokens")
+  if room < 1:
+    raise ApiError(400, f"the prompt is {len(ids)} tokens, and the context holds {ctx}", code="context_length_exceeded")
+  n = get(body, "max_completion_tokens") if is_chat and body.get("max_completion_tokens") is not None else get(
+    body, "max_tokens")
   if n is not None and not 1 <= n <= room:
-    raise ApiError(400, f"max_tokens must be in 1..{room}: the context holds {ctx} tokens and the prompt takes {len(ids)}, "
-                   f"got {n}", param="max_tokens", code="context_length_exceeded" if n > room else None)
+    raise ApiError(
+      400, f"max_tokens must be in 1..{room}: the context holds {ctx} tokens and the prompt takes {len(ids)}, "
+      f"got {n}", param="max_tokens", code="context_length_exceeded" if n > room else None)
   stops = get(body, "stop")
   stops = [stops] if isinstance(stops, str) else stops or []
   if len(stops) > 4 or not all(isinstance(x, str) and x for x in stops):
@@ -78,7 +89,8 @@ def parse(body, tok, ctx: int, defaults: Sampling, seed: int | None, max_tokens:
   opts, seed_in = get(body, "stream_options") or {}, get(body, "seed")
   decoder = tok.decoder()
   if not is_chat:
-    for i in ids: decoder.add(i)       # the continuation's first piece keeps its leading space, as generate.py prints it
+    for i in ids:
+      decoder.add(i)  # the continuation's first piece keeps its leading space, as generate.py prints it
   return Job(ids, n or min(max_tokens, room), s, seed if seed_in is None else seed_in, stops, decoder,
              bool(get(body, "stream")), opts.get("include_usage") is True)
 
@@ -88,8 +100,10 @@ def prompt_ids(tok, body: dict) -> list[int]:
   if prompt is None: raise ApiError(400, "'prompt' is required", param="prompt")
   if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str): prompt = prompt[0]
   if isinstance(prompt, str): return tok.encode(prompt, bos=tok.add_bos) if prompt else [tok.bos_id]
-  if prompt and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < tok.vocab_size for i in prompt): return prompt
-  raise ApiError(400, f"'prompt' must be a string or a non-empty array of token ids below {tok.vocab_size}", param="prompt")
+  if prompt and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < tok.vocab_size for i in prompt):
+    return prompt
+  raise ApiError(400, f"'prompt' must be a string or a non-empty array of token ids below {tok.vocab_size}",
+                 param="prompt")
 
 def chat_ids(tok, messages: list | None) -> list[int]:
   """The conversation rendered with the checkpoint's chat template as generate.py --chat feeds it, ending in the
@@ -98,16 +112,19 @@ def chat_ids(tok, messages: list | None) -> list[int]:
   turns = []
   for i, m in enumerate(messages):
     role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
-    if isinstance(content, list) and all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str) for c in content):
+    if isinstance(content, list) and all(
+        isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str) for c in content):
       content = "".join(c["text"] for c in content)
     if role not in ("system", "developer", "user", "assistant") or not isinstance(content, str):
-      raise ApiError(400, f"messages[{i}] needs a 'role' (system, developer, user or assistant) and a text 'content'", param="messages")
+      raise ApiError(400, f"messages[{i}] needs a 'role' (system, developer, user or assistant) and a text 'content'",
+                     param="messages")
     turns.append({"role": "system" if role == "developer" else role, "content": content})
   system = turns[0]["content"] if turns[0]["role"] == "system" else None
   talk = turns[system is not None:]
   if [t["role"] for t in talk] != ["user", "assistant"] * (len(talk) // 2) + ["user"]:
-    raise ApiError(400, "after an optional system message, user and assistant messages must alternate, from a user's to a user's",
-                   param="messages")
+    raise ApiError(
+      400, "after an optional system message, user and assistant messages must alternate, from a user's to a user's",
+      param="messages")
   fmt = chat_format(tok)
   history, _ = render_chat(tok, fmt, turns[:-1]) if len(talk) > 1 else ([], [])
   return history + encode_pieces(tok, fmt.turn(talk[-1]["content"], system if len(talk) == 1 else None, len(talk) == 1))
@@ -155,7 +172,8 @@ class Engine:
       except queue.Empty: continue
       if job.cancelled.is_set(): continue          # its client left while it waited
       try: self.run(job)
-      except Exception as e: job.events.put(("error", f"{type(e).__name__}: {e}"))   # this job fails; the cache stays usable
+      except Exception as e:
+        job.events.put(("error", f"{type(e).__name__}: {e}"))  # this job fails; the cache stays usable
 
   def run(self, job: Job):
     gen, stats, new, stop = self.gen, Stats(), [], StopText(job.stops)
@@ -187,14 +205,16 @@ class Server(http.server.ThreadingHTTPServer):
   """The HTTP front: parses and checks each request on its connection's thread and queues it for the engine."""
   daemon_threads = True
 
-  def __init__(self, address, engine: Engine, name: str, sampling: Sampling, seed: int | None, max_tokens: int, api_key: str | None):
+  def __init__(self, address, engine: Engine, name: str, sampling: Sampling, seed: int | None, max_tokens: int,
+               api_key: str | None):
     self.engine, self.name, self.sampling, self.seed, self.max_tokens, self.api_key = engine, name, sampling, seed, max_tokens, api_key
     self.created = int(time.time())
     super().__init__(address, Handler)
 
   def url(self) -> str: return "http://{}:{}/".format(*self.server_address[:2])
 
-  def model_card(self) -> dict: return {"id": self.name, "object": "model", "created": self.created, "owned_by": "local"}
+  def model_card(self) -> dict:
+    return {"id": self.name, "object": "model", "created": self.created, "owned_by": "local"}
 
 class Handler(http.server.BaseHTTPRequestHandler):
   protocol_version = "HTTP/1.1"     # keep-alive; streams use chunked transfer encoding
@@ -234,8 +254,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   def authorize(self, path: str):
     key = self.server.api_key
-    if key and path.startswith("/v1") and not hmac.compare_digest(self.headers.get("Authorization", "").encode(), f"Bearer {key}".encode()):
-      raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer KEY'", code="invalid_api_key")
+    if key and path.startswith("/v1") and not hmac.compare_digest(
+        self.headers.get("Authorization", "").encode(), f"Bearer {key}".encode()):
+      raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer KEY'",
+                     code="invalid_api_key")
 
   def read_json(self):
     try: n = int(self.headers["Content-Length"])
@@ -261,7 +283,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
       yield ev
       if ev[0] == "done": return
 
-  def envelope(self, chat: bool, choices: list, stream: bool, rid: str, created: int, usage: dict | None = None) -> dict:
+  def envelope(self, chat: bool, choices: list, stream: bool, rid: str, created: int,
+               usage: dict | None = None) -> dict:
     obj = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": self.server.name, "choices": choices,
             **({"usage": usage} if usage is not None else {})}
@@ -272,7 +295,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
       if ev[0] == "text": text += ev[1]
     _, finish, usage = ev
     choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
-    self.send_json(200, self.envelope(chat, [{**choice, "logprobs": None, "finish_reason": finish}], False, new_id(chat), int(time.time()), usage))
+    self.send_json(
+      200,
+      self.envelope(chat, [{**choice, "logprobs": None, "finish_reason": finish}], False, new_id(chat),
+                    int(time.time()), usage))
 
   def stream(self, job: Job, chat: bool):
     """Server-sent events: one chunk per piece of text as soon as the tokenizer completes it, then data: [DONE]."""
@@ -282,7 +308,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
       choice = {"index": 0, "delta": delta} if chat else {"index": 0, "text": text or ""}
       return self.envelope(chat, [{**choice, "logprobs": None, "finish_reason": finish}], True, rid, created)
     self.send_response(200)
-    for k, v in (("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("Transfer-Encoding", "chunked")): self.send_header(k, v)
+    for k, v in (("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("Transfer-Encoding",
+                                                                                        "chunked")):
+      self.send_header(k, v)
     self.end_headers()
     if chat: self.send_event(chunk("", role=True))
     try:
@@ -297,7 +325,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
   def send_event(self, obj: dict): self.send_chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
   def send_chunk(self, data: bytes): self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
-  def send_json(self, status: int, obj: dict): self.send_bytes(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
+  def send_json(self, status: int, obj: dict):
+    self.send_bytes(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
 
   def send_bytes(self, status: int, body: bytes, kind: str):
     self.send_response(status)
@@ -314,8 +343,8 @@ def make_server(gen: Generator, tok, args: argparse.Namespace, report=None) -> S
   request defaults are the command line's; the model's name is its file's or directory's (args.model)."""
   path = pathlib.Path(args.model)
   name = path.stem if path.is_file() else path.name
-  return Server((args.host, args.port), Engine(gen, tok, report), name, Sampling(args.temperature, args.top_p, args.top_k),
-                args.seed, args.max_new_tokens, args.api_key)
+  return Server((args.host, args.port), Engine(gen, tok, report), name,
+                Sampling(args.temperature, args.top_p, args.top_k), args.seed, args.max_new_tokens, args.api_key)
 
 def serve(gen: Generator, tok, args: argparse.Namespace):
   server = make_server(gen, tok, args)

@@ -11,6 +11,7 @@ import checkpoint, data, generate, llama, lora, train, steps, runs, memory
 import reference as ref
 import tokenizer as tk
 import chat
+import sentencepiece as spm
 
 SMALL = ["--batch-size", "4", "--seq-len", "32", "--eval-every", "1000", "--eval-steps", "1", "--sample-tokens", "0"]
 SEED = 1337   # TrainConfig's default: the first batch is data.get_batch with default_rng(SEED)
@@ -67,7 +68,6 @@ def test_data_with_llama2c_and_gguf_tokenizers(fixtures, text_data, tmp_path):
   assert data.read_meta(text_data)["tokenizer"] == "tokenizer.model"
   meta = data.prepare([str(tmp_path / "a.txt")], tmp_path / "bin", tokenizer=fixtures / "stories260K" / "tok512.bin", workers=1)
   ids = np.concatenate([data.load_split(tmp_path / "bin", s) for s in ("train", "val")]).tolist()
-  import sentencepiece as spm
   assert ids == [1] + spm.SentencePieceProcessor(model_file=str(fixtures / "stories260K" / "tok512.model")).encode(text)
   assert meta["vocab_size"] == 512
   # a GGUF model file: only its vocabulary is kept (tokenizer.gguf, with the chat template); SmolLM2 adds no BOS

@@ -11,6 +11,7 @@ import llama
 import reference as ref
 import checkpoint
 from writers import GGUF_NAMES, model_from, small_args, write_gguf, write_hf, write_llama2c, write_meta
+import sentencepiece
 
 def weights_of(model: llama.Transformer) -> dict[str, np.ndarray]:
   return {k: v.numpy() for k, v in nn.state.get_state_dict(model).items() if k != "freqs" and "cache_kv" not in k}
@@ -237,7 +238,6 @@ Lily was sad and didn't know what to do. She said, "I'm sorry, Lily. I didn't kn
 Lily didn't want to help her mom, so she"""
 
 def test_stories260K_greedy_200_tokens_print_llama2c_reference(stories, fixtures):
-  import sentencepiece
   ids = greedy(stories, [1], 200)
   assert ids[:11] == [403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
   sp = sentencepiece.SentencePieceProcessor(model_file=str(fixtures / "stories260K" / "tok512.model"))

@@ -6,6 +6,8 @@ from hypothesis import given, settings, strategies as st
 import data
 import checkpoint
 import tokenizer as tk
+from tinygrad import Tensor
+from tinygrad.llm.gguf import gguf_load
 
 SENTENCES = ["Once upon a time", "Hello, world!", "  two leading spaces and\ttabs\n\nnew lines ", "The year 2023: 3.14159",
              "naïve café, Ünïcödé, 日本語のテキスト, emoji 🦙🙂", "", "x", " ", "a  b   c", "Lily's mom said, \"let's go\"."]
@@ -109,8 +111,6 @@ def test_bad_files(tmp_path, fixtures):
 
 @pytest.fixture(scope="module")
 def smollm_kv(fixtures):
-  from tinygrad import Tensor
-  from tinygrad.llm.gguf import gguf_load
   kv, _ = gguf_load(Tensor(pathlib.Path(fixtures / "smollm2-135m-instruct-q4_1.gguf")))
   return kv
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from tinygrad import Context, GlobalCounters, Tensor, dtypes
 from tinygrad.nn.state import safe_load
-import data, generate, llama, train, optim, steps, runs
+import data, generate, llama, plots, train, optim, steps, runs
 import checkpoint, parallel
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -171,8 +171,7 @@ def test_bad_input(extra, message, dataset, short_data, tmp_path, capsys):
   assert message in err and len(err.splitlines()) == 1 and err.startswith("train.py: error:")
 
 def test_plot(dataset, tmp_path, capsys):
-  try: import matplotlib  # noqa: F401  (an optional extra)
-  except ImportError:
+  if not plots.available():   # matplotlib is an optional extra
     assert run(*TINY, "--data", dataset, "--out", tmp_path, "--plot") == 1
     assert "pip install matplotlib" in capsys.readouterr().err
   else:

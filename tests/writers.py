@@ -5,6 +5,7 @@ import collections, io, json, pathlib, pickle, struct, zipfile
 import numpy as np
 from tinygrad import Tensor, nn
 import llama
+from safetensors.numpy import save_file
 
 def small_args(**kw) -> llama.ModelArgs:
   base = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=48, norm_eps=1e-5, max_seq_len=32)
@@ -87,7 +88,6 @@ def hf_permute(w: np.ndarray, heads: int) -> np.ndarray:
 def save_safetensors(tensors: dict[str, np.ndarray], path: pathlib.Path):
   """The safetensors package's numpy writer, or by hand when uint16 arrays stand for bfloat16 bits (numpy has no bf16):
   8-byte header length, JSON header, raw little-endian data."""
-  from safetensors.numpy import save_file
   if not any(v.dtype == np.uint16 for v in tensors.values()): return save_file(tensors, str(path))
   header, data = {}, b""
   for k, v in tensors.items():
