@@ -35,13 +35,9 @@ def flops_per_token(args: llama.ModelArgs, seq_len: int) -> int:
   return 6 * (args.num_params() - lookup) + 12 * args.n_layers * args.dim * seq_len
 
 def model_args(a: argparse.Namespace) -> llama.ModelArgs:
-  """The preset with the flags' overrides, as train.py reads them (a new head count alone means plain multi-head)."""
-  cfg = llama.PRESETS[a.preset].to_dict()
-  if a.n_heads is not None and a.n_kv_heads is None: cfg["n_kv_heads"] = None
-  fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "vocab_size")
-  cfg.update({k: v for k in fields if (v := getattr(a, k)) is not None})
-  cfg["max_seq_len"] = max(cfg["max_seq_len"], a.seq_len)
-  return llama.ModelArgs.from_dict(cfg)
+  """The preset with the flags' overrides, as train.py reads them."""
+  fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of")
+  return llama.preset_args(a.preset, a.seq_len, a.vocab_size, **{k: getattr(a, k) for k in fields})
 
 def ours(a: argparse.Namespace, args: llama.ModelArgs):
   """A model of `args` in --dtype on the default device, optim's AdamW and steps' compiled step, as train.py makes
@@ -53,7 +49,7 @@ def ours(a: argparse.Namespace, args: llama.ModelArgs):
   step = make_train_step(model, opt, params, a.grad_clip)
   rng, lr = np.random.default_rng(0), Tensor([a.lr], dtype=dtypes.float32).realize()
   # the embedding's backward as a scatter where tinygrad 0.14 has that kernel (CPU, AMD), as train.py does
-  atomics = int(parallel.model_backend(model) in ("CPU", "AMD"))
+  atomics = parallel.use_atomics(parallel.model_devices(model), "dp")
   def run():
     x, y = (Tensor(rng.integers(0, args.vocab_size, (1, a.batch_size, a.seq_len), dtype=np.int32)) for _ in range(2))
     with Context(USE_ATOMICS=atomics, BEAM=a.beam): step(x, y, lr)[0].item()

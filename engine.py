@@ -34,11 +34,11 @@ def compiled_kernels() -> int:
   replay compiles nothing new reads it before and after."""
   return len(runtime_cache)
 
-def optimizers(opt: OptimizerGroup | AdamW) -> list[AdamW]:
+def optimizers(opt: OptimizerGroup) -> list[AdamW]:
   """The AdamW optimisers of a group (OptimizerGroup.optimizers: 0.14.0)."""
-  return list(opt.optimizers) if isinstance(opt, OptimizerGroup) else [opt]
+  return list(opt.optimizers)
 
-def adam_state(opt: OptimizerGroup | AdamW) -> dict[str, Tensor]:
+def adam_state(opt: OptimizerGroup) -> dict[str, Tensor]:
   """AdamW's moments and bias-correction powers, by optimiser and position: what a resumed run must restore to continue
   exactly. AdamW's b1_t, b2_t, m, v attributes: 0.14.0."""
   out: dict[str, Tensor] = {}

@@ -274,13 +274,13 @@ def evaluate(args) -> int:
   # the data is read and checked before the model is loaded: a bad file fails at once
   if task.kind == "perplexity":
     if not pathlib.Path(args.data).is_file(): raise EvalError(f"{args.data} does not exist")
-    text = pathlib.Path(args.data).read_text(encoding="utf-8")
-    if not text: raise EvalError(f"{args.data} is empty")
+    todo = pathlib.Path(args.data).read_text(encoding="utf-8")   # the text
+    if not todo: raise EvalError(f"{args.data} is empty")
   else:
     items = load_items(args.task, args.data, args.labels)
     train = load_items(args.task, args.train) if args.train is not None and k else None
-    items = with_shots(task, items, train, k)[:args.limit]
-    if not items: raise EvalError(f"no items are left to score after the {k} shots taken from {args.data}")
+    todo = with_shots(task, items, train, k)[:args.limit]   # the items
+    if not todo: raise EvalError(f"no items are left to score after the {k} shots taken from {args.data}")
   model_path = args.model if args.model is not None else runs.DEFAULT_OUT
   if args.model is None and not runs.DEFAULT_OUT.exists():
     raise EvalError(
@@ -290,7 +290,7 @@ def evaluate(args) -> int:
   max_len = min(args.max_context or model.args.max_seq_len, model.args.max_seq_len)
   t0 = time.perf_counter()
   with Context(BEAM=args.beam):
-    metrics, out = score(model, tok, task, args, items if task.kind != "perplexity" else text, max_len)
+    metrics, out = score(model, tok, task, args, todo, max_len)
   dt = time.perf_counter() - t0
   print(
     f"{len(out)} {'windows' if task.kind == 'perplexity' else 'items'} in {dt:.1f} s ({len(out) / dt:.2f}/s, compilation included)",

@@ -76,6 +76,16 @@ PRESETS: dict[str, ModelArgs] = {
   "15M":   ModelArgs(dim=288, n_layers=6, n_heads=6, vocab_size=32000, **_SMALL),
 }
 
+def preset_args(name: str, seq_len: int, vocab_size: int | None = None, **overrides) -> ModelArgs:
+  """A preset with fields replaced where an override is not None (a new head count alone means plain multi-head
+  attention), a context of at least seq_len tokens, and `vocab_size` (None: the preset's)."""
+  if name not in PRESETS: raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+  args = PRESETS[name].to_dict()
+  if overrides.get("n_heads") is not None and overrides.get("n_kv_heads") is None: args["n_kv_heads"] = None
+  args.update({k: v for k, v in overrides.items() if v is not None})
+  args.update(max_seq_len=max(args["max_seq_len"], seq_len), vocab_size=vocab_size or args["vocab_size"])
+  return ModelArgs.from_dict(args)
+
 # ***** §2.2 Pre-normalization [GPT3]: RMSNorm on the input of each sub-layer *****
 # tinygrad's nn.RMSNorm is exactly Meta's: x * rsqrt(mean(x²) + eps), computed in float32, times a learned gain.
 RMSNorm = nn.RMSNorm

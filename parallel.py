@@ -13,6 +13,7 @@
 #     Norm gains and the RoPE table are copied; the KV cache is split by kv-heads (llama.Transformer.init_cache
 #     follows wk).
 from __future__ import annotations
+import numpy as np
 from tinygrad import Device, Tensor
 from tinygrad.nn.state import get_state_dict
 from llama import ModelArgs, Transformer
@@ -115,3 +116,15 @@ def shard_batch(x: Tensor, devices: tuple[str, ...], mode: str = "dp", batch_axi
     check_batch(x.shape[batch_axis], len(devices), mode)
     return x.shard(devices, batch_axis)
   return x.shard(devices)
+
+def to_device(arr: np.ndarray, devices: tuple[str, ...] = (), mode: str = "dp", batch_axis: int = 0) -> Tensor:
+  """Tokens onto `devices`: split along the batch axis under dp (axis 1 of micro-batches stacked (accum, B, T)),
+  copied under tp; no devices: the default device."""
+  return (shard_batch(Tensor(arr), devices, mode, batch_axis) if devices else Tensor(arr)).realize()
+
+def use_atomics(devices: tuple[str, ...], mode: str) -> int:
+  """USE_ATOMICS=1 makes the embedding's backward scatter into the table instead of a B·T×V one-hot matmul, where it
+  is right: tinygrad 0.14 has that kernel for CPU and AMD only (others raise NotImplementedError), and with the batch
+  split across devices (dp) each device scatters only its own tokens and nothing all-reduces the results."""
+  backends = {Device.canonicalize(d).split(":")[0] for d in devices}
+  return int(backends <= {"CPU", "AMD"} and (len(devices) == 1 or mode == "tp"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse, math, pathlib, signal, sys, time
 from dataclasses import asdict, dataclass
 import numpy as np
-from tinygrad import Context, Device, Tensor, dtypes
+from tinygrad import Context, Tensor, dtypes
 from tinygrad.helpers import tqdm
 from tinygrad.nn.optim import OptimizerGroup
 import checkpoint, data, llama, lora, memory, parallel, plots, runs
@@ -153,19 +153,11 @@ def parse_args(argv=None) -> TrainConfig:
   g.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache")
   return configure(TrainConfig(**vars(p.parse_args(argv))))
 
-def preset(cfg: TrainConfig) -> llama.ModelArgs:
-  if cfg.preset not in llama.PRESETS: raise TrainError(f"unknown preset {cfg.preset!r} (known: {', '.join(llama.PRESETS)})")
-  return llama.PRESETS[cfg.preset]
-
 def model_args(cfg: TrainConfig, vocab_size: int) -> llama.ModelArgs:
   """The preset with the command line's overrides; the vocabulary is the dataset's tokenizer's."""
-  args = preset(cfg).to_dict()
-  if cfg.n_heads is not None and cfg.n_kv_heads is None: args["n_kv_heads"] = None   # a new head count: plain MHA unless told
-  args.update({k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of") if getattr(cfg, k) is not None})
-  args.update(vocab_size=vocab_size, max_seq_len=max(args["max_seq_len"], cfg.seq_len))
-  return llama.ModelArgs.from_dict(args)
+  return llama.preset_args(cfg.preset, cfg.seq_len, vocab_size, **{k: getattr(cfg, k) for k in MODEL_FIELDS})
 
-# ***** devices (§2.4): parallel.shard_model places the weights for --parallel, parallel.shard_batch each batch *****
+# ***** the model to train, placed on --devices (§2.4): from scratch, or --init-from a checkpoint (full or LoRA) *****
 
 def place_model(model: llama.Transformer, cfg: TrainConfig) -> None:
   """Cast the learned tensors to --dtype, then move the model onto --devices (split or copied as --parallel says).
@@ -173,20 +165,6 @@ def place_model(model: llama.Transformer, cfg: TrainConfig) -> None:
   if (dtype := getattr(dtypes, cfg.dtype)) != dtypes.float32:
     for t in llama.learned(model).values(): t.replace(t.cast(dtype).contiguous()).realize()
   parallel.shard_model(model, cfg.devices, cfg.parallel)
-
-def to_device(arr: np.ndarray, devices: tuple[str, ...] = (), mode: str = "dp", batch_axis: int = 0) -> Tensor:
-  """Tokens onto `devices`: split along the batch axis under dp (axis 1 of micro-batches stacked (accum, B, T)),
-  copied under tp; no devices: the default device."""
-  return (parallel.shard_batch(Tensor(arr), devices, mode, batch_axis) if devices else Tensor(arr)).realize()
-
-def use_atomics(devices: tuple[str, ...], mode: str) -> int:
-  """USE_ATOMICS=1 makes the embedding's backward scatter into the table instead of a B·T×V one-hot matmul, where it
-  is right: tinygrad 0.14 has that kernel for CPU and AMD only (others raise NotImplementedError), and with the batch
-  split across devices (dp) each device scatters only its own tokens and nothing all-reduces the results."""
-  backends = {Device.canonicalize(d).split(":")[0] for d in devices}
-  return int(backends <= {"CPU", "AMD"} and (len(devices) == 1 or mode == "tp"))
-
-# ***** the model to train: from scratch, or --init-from a checkpoint (every weight, or LoRA adapters) *****
 
 def pretrained(cfg: TrainConfig) -> tuple[llama.Transformer, Tokenizer | None]:
   """--init-from: the checkpoint's model (config and weights, no re-initialisation) and tokenizer (--tokenizer's where
@@ -220,7 +198,7 @@ def evaluate(eval_step, val: np.ndarray, cfg: TrainConfig) -> float:
   """Mean validation loss over eval_steps batches; the same batches every time (a fixed seed), so the curve
   compares like with like."""
   rng = np.random.default_rng(cfg.seed + 1)
-  return float(np.mean([eval_step(*(to_device(b, cfg.devices, cfg.parallel) for b in data.get_batch(val, cfg.batch_size, cfg.seq_len, rng))).item()
+  return float(np.mean([eval_step(*(parallel.to_device(b, cfg.devices, cfg.parallel) for b in data.get_batch(val, cfg.batch_size, cfg.seq_len, rng))).item()
                         for _ in range(cfg.eval_steps)]))
 
 def print_sample(model, tokenizer, cfg: TrainConfig) -> None:
@@ -237,7 +215,7 @@ def dry_run(cfg: TrainConfig) -> int:
   which checkpoint.load reads together with the weights (into host memory); with --lora-rank only the adapters have
   gradients and Adam state."""
   if cfg.init_from is not None: args = checkpoint.load(cfg.init_from, device="CPU")[0].args
-  else: args = model_args(cfg, data.read_meta(cfg.data)["vocab_size"] if cfg.data else preset(cfg).vocab_size)
+  else: args = model_args(cfg, data.read_meta(cfg.data)["vocab_size"] if cfg.data else llama.preset_args(cfg.preset, cfg.seq_len).vocab_size)
   if cfg.lora_rank is not None: lora.check(args, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
   n, gib = len(cfg.devices), 1 << 30
   m = memory.for_run(args, cfg)
@@ -303,7 +281,7 @@ def load_data(cfg: TrainConfig):
     cfg.data = "data"
     if not (pathlib.Path(cfg.data) / "meta.json").is_file():
       print(f"no dataset in {cfg.data}/: building it from the default corpus (the Python standard library's docs and source)")
-      data.prepare([], cfg.data, vocab_size=preset(cfg).vocab_size)
+      data.prepare([], cfg.data, vocab_size=llama.preset_args(cfg.preset, cfg.seq_len).vocab_size)
   meta = data.read_meta(cfg.data)
   train_tokens, val_tokens = data.load_split(cfg.data, "train"), data.load_split(cfg.data, "val")
   if meta.get("format") != "chat" and cfg.seq_len + 1 > min(len(train_tokens), len(val_tokens)):   # chat rows are padded
@@ -311,7 +289,6 @@ def load_data(cfg: TrainConfig):
   return train_tokens, val_tokens, load_tokenizer(pathlib.Path(cfg.data) / meta["tokenizer"])
 
 def setup(cfg: TrainConfig) -> Run:
-  configure(cfg)
   out = pathlib.Path(cfg.out)
   if cfg.plot and not plots.available(): raise TrainError("--plot needs matplotlib: pip install matplotlib")   # before, not after
   if not cfg.resume and runs.holds_run(out):
@@ -372,12 +349,12 @@ def train(cfg: TrainConfig) -> int:
   eval_step = make_eval_step(model)
   loss = val_loss = float("nan")
   try:
-    with Context(USE_ATOMICS=use_atomics(cfg.devices, cfg.parallel), BEAM=cfg.beam), tqdm(total=cfg.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
+    with Context(USE_ATOMICS=parallel.use_atomics(cfg.devices, cfg.parallel), BEAM=cfg.beam), tqdm(total=cfg.max_steps - state["step"], desc=f"step {state['step']}", unit="step") as bar:
       t_last = time.perf_counter()
       while state["step"] < cfg.max_steps and not stop:
         step, lr = state["step"], lr_at(state["step"], cfg.lr, cfg.warmup_steps, cfg.lr_decay_steps, cfg.min_lr_ratio)
         batches = [data.get_batch(run.train_tokens, cfg.batch_size, cfg.seq_len, run.rng) for _ in range(cfg.grad_accum)]
-        x, y = (to_device(np.stack([b[i] for b in batches]), cfg.devices, cfg.parallel, batch_axis=1) for i in (0, 1))
+        x, y = (parallel.to_device(np.stack([b[i] for b in batches]), cfg.devices, cfg.parallel, batch_axis=1) for i in (0, 1))
         loss, norm = train_step(x, y, Tensor([lr], dtype=dtypes.float32))
         loss, norm = loss.item(), norm.item()
         now = time.perf_counter()

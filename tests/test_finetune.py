@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tinygrad import Tensor
 from tinygrad.nn.state import safe_load
-import checkpoint, data, generate, llama, lora, train, steps, runs, memory
+import checkpoint, data, generate, llama, lora, parallel, train, steps, runs, memory
 import reference as ref
 import tokenizer as tk
 import chat
@@ -138,7 +138,7 @@ def test_lora_trains_only_the_adapters(s260, text_data):
   assert set(base) == set(llama.learned(plain))
   before = {k: t.numpy().copy() for k, t in adapters.items()}
   step = steps.make_train_step(r.model, r.opt, r.params, cfg.grad_clip)
-  xk, yk, lr = train.to_device(xs[None], cfg.devices), train.to_device(ys[None], cfg.devices), Tensor([1e-2]).realize()
+  xk, yk, lr = parallel.to_device(xs[None], cfg.devices), parallel.to_device(ys[None], cfg.devices), Tensor([1e-2]).realize()
   for _ in range(3): step(xk, yk, lr)
   for k, t in lora.base(r.model).items(): np.testing.assert_array_equal(t.numpy(), base[k], err_msg=k)   # frozen, bit for bit
   assert all((t.numpy() != before[k]).any() for k, t in adapters.items())                               # every A and B moved

@@ -62,7 +62,6 @@ def test_tinygrad_internals_only_in_engine(f):
 
 @pytest.mark.parametrize("f", FILES, ids=lambda f: f.name)
 def test_file_lengths(f):
-  if f.name == "train.py": pytest.xfail("train.py is still past 400 lines (issue 18 left open): the loop is not split yet")
   lines = f.read_text().splitlines()
   if not f.name.startswith("bench_"): assert len(lines) <= 400, f"{f.name} has {len(lines)} lines: two concerns?"
   assert lines[0].startswith(("#", '"""')), f"{f.name} does not open with a comment saying what it holds"

@@ -87,7 +87,7 @@ def test_overfits_one_batch(dataset):
   opt, params = optim.make_optimizer(model, a.lr, a.weight_decay)
   step = steps.make_train_step(model, opt, params, a.grad_clip)
   x, y = data.get_batch(data.load_split(dataset, "train"), 4, 32, np.random.default_rng(0))
-  x, y = train.to_device(x[None], a.devices, a.parallel, batch_axis=1), train.to_device(y[None], a.devices, a.parallel, batch_axis=1)
+  x, y = parallel.to_device(x[None], a.devices, a.parallel, batch_axis=1), parallel.to_device(y[None], a.devices, a.parallel, batch_axis=1)
   lr = Tensor([3e-3], dtype=dtypes.float32).realize()
   with Context(USE_ATOMICS=1): hist = [step(x, y, lr)[0].item() for _ in range(250)]
   assert hist[0] > 5.5 and hist[-1] < 0.1, hist[::25]
