@@ -181,10 +181,12 @@ class Stats:
     if not self.prompt_tokens: return "nothing was generated"
     decode = f"{self.decode_steps / self.decode_time:.1f} tok/s" if self.decode_steps else "n/a"
     if self.compile_time: decode += f" (+{self.compile_time:.1f} s compiling the step)"
+    # a one-token prompt's "rate" would be the time of one step, compilation included: not a rate
+    prefill = f"{self.prompt_tokens / self.prefill_time:.1f} tok/s" if self.prompt_tokens > 1 else "1 token"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
     return (
       f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new | time to first token {self.ttft:.2f} s | "
-      f"prefill {self.prompt_tokens / self.prefill_time:.1f} tok/s | decode {decode} | peak memory {peak:.0f} MiB")
+      f"prefill {prefill} | decode {decode} | peak memory {peak:.0f} MiB")
 
 
 def generate(gen: Generator, ids: list[int], max_new: int, eos_id: int | None, stats: Stats,

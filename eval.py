@@ -15,6 +15,7 @@ import numpy as np
 from tinygrad import Context, Tensor, UOp, dtypes
 from tinygrad.helpers import tqdm
 import checkpoint, kernels, llama, runs
+from cli import one_line_errors
 from decode import Generator, Sampling, common_prefix
 from engine import capture_at_once
 from files import atomic_write
@@ -221,7 +222,8 @@ def print_table(name: str, task: Task, metrics: dict, n: int):
   print(f"{'task':<16} {'metric':<24} {'score':>10} {'n':>7} {'stderr':>8}")
   for k, (v, se) in metrics.items():
     mark = " *" if k == task.metric else ""
-    print(f"{name:<16} {k + mark:<24} {v:>10.4f} {n:>7} {'' if se is None else f'{se:.4f}':>8}")
+    value = f"{v:,.0f}" if float(v).is_integer() else f"{v:.4f}"   # counts (tokens) as integers
+    print(f"{name:<16} {k + mark:<24} {value:>10} {n:>7} {'' if se is None else f'{se:.4f}':>8}")
   print(f"* the score the paper reports ({task.section})")
 
 def score(model, tok, task: Task, args, data, max_len: int) -> tuple[dict, list[dict]]:
@@ -258,10 +260,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="perplexity: tokens scored per window (default: half the window)")
   p.add_argument("--tokenizer", default=None, help="tokenizer file, when none is beside the checkpoint")
   p.add_argument("--output", default=None, help="write the scores and every item's details to this JSON file")
-  p.add_argument(
-    "--beam", type=int, default=0, help=
-    "BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, later runs read the cache"
-  )
+  p.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its "
+                 "heuristics); the first run searches, later runs read the cache")
   return p.parse_args(argv)
 
 def evaluate(args) -> int:
@@ -292,9 +292,8 @@ def evaluate(args) -> int:
   with Context(BEAM=args.beam):
     metrics, out = score(model, tok, task, args, todo, max_len)
   dt = time.perf_counter() - t0
-  print(
-    f"{len(out)} {'windows' if task.kind == 'perplexity' else 'items'} in {dt:.1f} s ({len(out) / dt:.2f}/s, compilation included)",
-    file=sys.stderr)
+  unit = "windows" if task.kind == "perplexity" else "items"
+  print(f"{len(out)} {unit} in {dt:.1f} s ({len(out) / dt:.2f}/s, compilation included)", file=sys.stderr)
   n = int(metrics["tokens"][0]) if task.kind == "perplexity" else len(out)
   print_table(args.task, task, metrics, n)
   if args.output:
@@ -305,15 +304,7 @@ def evaluate(args) -> int:
     atomic_write(args.output, (json.dumps(result, indent=1) + "\n").encode())
   return 0
 
-def main(argv=None) -> int:
-  try:
-    a = parse_args(argv)
-    return evaluate(a)
-  except (ValueError, OSError) as e:   # EvalError, CheckpointError, TokenizerError: one line, no traceback
-    print(f"eval.py: error: {e}", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print("eval.py: interrupted", file=sys.stderr)
-    return 130
+def main(argv=None) -> int:   # EvalError, CheckpointError, TokenizerError are ValueErrors: one line, no traceback
+  return one_line_errors("eval.py", lambda: evaluate(parse_args(argv)))
 
 if __name__ == "__main__": sys.exit(main())

@@ -1,7 +1,7 @@
 # Writing so that a crash or a kill never leaves half a file: every file and checkpoint directory is built under a
 # temporary name beside its destination and renamed into place (a rename is atomic on POSIX file systems).
 from __future__ import annotations
-import os, pathlib, shutil, tempfile
+import contextlib, os, pathlib, shutil, tempfile
 
 def _umask() -> int:
   mask = os.umask(0)
@@ -18,6 +18,18 @@ def atomic_write(path, data: bytes) -> None:
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
+    raise
+
+@contextlib.contextmanager
+def new_dir(path):
+  """Make the directory `path` (and missing parents) for the block; if the block fails, the directories it made
+  are removed again with what was written into them, so a failed command leaves no empty or partial directory."""
+  path = pathlib.Path(path)
+  made = [d for d in (path, *path.parents) if not d.exists()]
+  path.mkdir(parents=True, exist_ok=True)
+  try: yield path
+  except BaseException:
+    if made: shutil.rmtree(made[-1], ignore_errors=True)   # the outermost one it made
     raise
 
 def staging_dir(path) -> pathlib.Path:

@@ -11,14 +11,11 @@ Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top
 from __future__ import annotations
 import argparse, statistics, sys, time
 import chat, checkpoint, kernels, parallel, serve
+from cli import one_line_errors
 from runs import DEFAULT_OUT
 from decode import Generator, Sampling, Stats, generate, weight_bytes
 
 # ***** command line *****
-
-def _fail(msg: str):
-  print(f"generate.py: {msg}", file=sys.stderr)
-  sys.exit(1)
 
 class Printer:
   """Streams new ids to stdout as text, flushed at once (multi-byte characters and leading spaces right)."""
@@ -44,6 +41,7 @@ def run_chat(gen: Generator, tok, args) -> Stats:
     line = sys.stdin.readline()
     if not line: break
     if not line.strip(): continue
+    if not interactive: print(f"> {line.strip()}", flush=True)   # piped: the transcript shows whose turn it is
     ids = chat.encode_pieces(tok, fmt.turn(line.rstrip("\n"), args.system if first else None, first))
     # the previous answer's last sampled token (EOS, or where -n cut it) is not in the cache yet: close the turn
     if gen.pending is not None:
@@ -72,9 +70,8 @@ def run_benchmark(gen: Generator, model, tok, args, prompt_ids: list[int], runs:
   nbytes, tps = weight_bytes(model), statistics.median(decode)
   print(f"benchmark: {len(prompt_ids)} prompt tokens, {args.max_new_tokens} new, median of {runs} warm runs",
         file=sys.stderr)
-  print(
-    f"  cold run: time to first token {cold.ttft:.2f} s (incl. compiling the prefill), {cold.compile_time:.1f} s compiling the decode step",
-    file=sys.stderr)
+  print(f"  cold run: time to first token {cold.ttft:.2f} s (incl. compiling the prefill), "
+        f"{cold.compile_time:.1f} s compiling the decode step", file=sys.stderr)
   print(
     f"  warm: time to first token {statistics.median(ttft):.3f} s | prefill {statistics.median(prefill):.1f} tok/s | "
     f"decode {tps:.1f} tok/s | weights {nbytes / 1e6:.1f} MB/token -> {nbytes * tps / 1e9:.2f} GB/s", file=sys.stderr)
@@ -111,9 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     "searches, later runs read the cache")
   return p.parse_args(argv)
 
-def main(argv=None):
-  args = parse_args(argv)
-  return run(args)
+def main(argv=None) -> int:   # checkpoint.CheckpointError, TokenizerError are ValueErrors: one line, no traceback
+  return one_line_errors("generate.py", lambda: run(parse_args(argv)))
 
 def run(args):
   sampling = Sampling(args.temperature, args.top_p, args.top_k).check()
@@ -151,7 +147,4 @@ def run(args):
     print(f"[stopped: {stats.stop}]", file=sys.stderr)
   print(stats.line(), file=sys.stderr)
 
-if __name__ == "__main__":
-  try: main()
-  except (ValueError, OSError) as e: _fail(str(e))   # checkpoint.CheckpointError, TokenizerError are ValueErrors
-  except KeyboardInterrupt: _fail("interrupted")
+if __name__ == "__main__": sys.exit(main())

@@ -1,5 +1,6 @@
 # An OpenAI-compatible HTTP server for one model on the standard library's http.server: GET /v1/models, POST
-# /v1/completions and /v1/chat/completions (whole or streamed as server-sent events), and the chat page (chat.html) at /.
+# /v1/completions and /v1/chat/completions (whole or streamed as server-sent events), and the chat page (chat.html)
+# at /.
 # Connections are served on threads; one KV cache: the thread that loaded the model runs the requests one at a time, in
 # arrival order, and prefills only the part of each prompt that follows the tokens it shares with the cache (a chat
 # that goes on re-reads none of its earlier turns).
@@ -46,7 +47,8 @@ def get(body: dict, name: str):
 
 @dataclass
 class Job:
-  """One generation on the worker. events gets ("text", delta)..., then ("done", finish_reason, usage) or ("error", message)."""
+  """One generation on the worker. events gets ("text", delta)..., then ("done", finish_reason, usage) or
+  ("error", message)."""
   ids: list[int]
   max_tokens: int
   sampling: Sampling
@@ -95,7 +97,8 @@ def parse(body, tok, ctx: int, defaults: Sampling, seed: int | None, max_tokens:
              bool(get(body, "stream")), opts.get("include_usage") is True)
 
 def prompt_ids(tok, body: dict) -> list[int]:
-  """A completion prompt: text (BOS first where the model wants it, BOS alone for ""), one text in an array, or token ids."""
+  """A completion prompt: text (BOS first where the model wants it, BOS alone for ""), one text in an array, or
+  token ids."""
   prompt = get(body, "prompt")
   if prompt is None: raise ApiError(400, "'prompt' is required", param="prompt")
   if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str): prompt = prompt[0]
@@ -207,7 +210,8 @@ class Server(http.server.ThreadingHTTPServer):
 
   def __init__(self, address, engine: Engine, name: str, sampling: Sampling, seed: int | None, max_tokens: int,
                api_key: str | None):
-    self.engine, self.name, self.sampling, self.seed, self.max_tokens, self.api_key = engine, name, sampling, seed, max_tokens, api_key
+    self.engine, self.name, self.sampling = engine, name, sampling
+    self.seed, self.max_tokens, self.api_key = seed, max_tokens, api_key
     self.created = int(time.time())
     super().__init__(address, Handler)
 

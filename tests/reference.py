@@ -92,10 +92,12 @@ def weight_shapes(args) -> dict[str, tuple[int, ...]]:
   shapes = {"tok_embeddings.weight": (V, dim)}
   for i in range(L):
     p = f"layers.{i}."
-    shapes.update({p+"attention.wq.weight": (dim, dim), p+"attention.wk.weight": (kv, dim), p+"attention.wv.weight": (kv, dim),
-                   p+"attention.wo.weight": (dim, dim), p+"feed_forward.w1.weight": (hidden, dim),
-                   p+"feed_forward.w2.weight": (dim, hidden), p+"feed_forward.w3.weight": (hidden, dim),
-                   p+"attention_norm.weight": (dim,), p+"ffn_norm.weight": (dim,)})
+    shapes.update({
+      p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv, dim), p + "attention.wv.weight": (kv, dim),
+      p + "attention.wo.weight": (dim, dim), p + "feed_forward.w1.weight": (hidden, dim),
+      p + "feed_forward.w2.weight": (dim, hidden), p + "feed_forward.w3.weight": (hidden, dim),
+      p + "attention_norm.weight": (dim,), p + "ffn_norm.weight": (dim,)
+    })
   shapes["norm.weight"] = (dim,)
   if not _get(args, "tie_embeddings", False): shapes["output.weight"] = (V, dim)
   return shapes
@@ -114,10 +116,11 @@ def forward(weights: dict[str, np.ndarray], args, tokens) -> np.ndarray:
   h = w("tok_embeddings.weight")[tokens]                                               # (B, T, dim)
   for i in range(n_layers):
     p = f"layers.{i}."
-    h = h + attention(rmsnorm(h, w(p+"attention_norm.weight"), eps), w(p+"attention.wq.weight"), w(p+"attention.wk.weight"),
-                      w(p+"attention.wv.weight"), w(p+"attention.wo.weight"), H, kvh, theta)
-    h = h + swiglu(rmsnorm(h, w(p+"ffn_norm.weight"), eps), w(p+"feed_forward.w1.weight"), w(p+"feed_forward.w2.weight"),
-                   w(p+"feed_forward.w3.weight"))
+    h = h + attention(rmsnorm(h, w(p + "attention_norm.weight"), eps), w(p + "attention.wq.weight"),
+                      w(p + "attention.wk.weight"), w(p + "attention.wv.weight"), w(p + "attention.wo.weight"), H, kvh,
+                      theta)
+    h = h + swiglu(rmsnorm(h, w(p + "ffn_norm.weight"), eps), w(p + "feed_forward.w1.weight"),
+                   w(p + "feed_forward.w2.weight"), w(p + "feed_forward.w3.weight"))
   h = rmsnorm(h, w("norm.weight"), eps)
   logits = h @ w("output.weight" if "output.weight" in weights else "tok_embeddings.weight").T
   return logits[0] if squeeze else logits
@@ -126,5 +129,8 @@ def random_weights(args, seed: int, scale: float = 1.0) -> dict[str, np.ndarray]
   """float32 weights of every shape in weight_shapes(args): matrices normal(0, scale/sqrt(fan_in)) so activations
   stay O(1) at any width, norm gains around 1 (non-trivial, so a test notices a gain applied wrongly)."""
   rng = np.random.default_rng(seed)
-  return {k: (1 + 0.3 * rng.standard_normal(s) if len(s) == 1 else scale / np.sqrt(s[1]) * rng.standard_normal(s)).astype(np.float32)
-          for k, s in weight_shapes(args).items()}
+  return {
+    k: (1 + 0.3 * rng.standard_normal(s) if len(s) == 1 else scale / np.sqrt(s[1]) * rng.standard_normal(s)).astype(
+      np.float32)
+    for k, s in weight_shapes(args).items()
+  }

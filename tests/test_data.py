@@ -9,13 +9,6 @@ import tokenizer as tk
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-@pytest.fixture(scope="session")
-def shakespeare(fixtures, tmp_path_factory) -> pathlib.Path:
-  """tinyshakespeare prepared with a trained 512-token tokenizer (two encoding workers)."""
-  out = tmp_path_factory.mktemp("shakespeare")
-  data.prepare([str(fixtures / "tinyshakespeare.txt")], out, vocab_size=512, workers=2)
-  return out
-
 @pytest.fixture(scope="module")
 def tok(shakespeare): return tk.load_tokenizer(shakespeare / "tokenizer.model")
 
@@ -23,7 +16,11 @@ def tok(shakespeare): return tk.load_tokenizer(shakespeare / "tokenizer.model")
 def numbers_tok(tmp_path_factory):
   """A tokenizer trained on text full of numbers: without split_digits BPE would learn multi-digit pieces."""
   rng = np.random.default_rng(0)
-  lines = [f"item {rng.integers(0, 10**6)} costs {rng.integers(0, 1000)}.{rng.integers(10, 99)} in year 19{rng.integers(10, 99)}" for _ in range(3000)]
+  lines = [
+    f"item {rng.integers(0, 10**6)} costs {rng.integers(0, 1000)}.{rng.integers(10, 99)} "
+    f"in year 19{rng.integers(10, 99)}"
+    for _ in range(3000)
+  ]
   return tk.load_tokenizer(data.train_tokenizer(["\n".join(lines)], 300, tmp_path_factory.mktemp("num") / "num"))
 
 # ***** tokenizer (§2.1) *****
@@ -31,7 +28,8 @@ def numbers_tok(tmp_path_factory):
 # U+2581 '▁' is sentencepiece's own marker for a space, so that one character comes back as ' ' (so it does with
 # Llama's tokenizer); every other character, including unseen ones, control bytes and NUL, survives
 @settings(max_examples=200)
-@given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581")))   # Cs: lone surrogates are not text
+@given(st.text(st.characters(blacklist_categories=("Cs",),
+                             blacklist_characters="\u2581"))) # Cs: lone surrogates are not text
 def test_round_trip_unicode(tok, s):
   assert tok.decode(tok.encode(s)) == s
 
@@ -46,7 +44,8 @@ def test_digits_always_split(numbers_tok, n, prefix):
   assert any(numbers_tok.types[i] == tk.NORMAL for i in ids if numbers_tok.decode([i]).strip().isdigit())
 
 @settings(max_examples=50)
-@given(st.text(st.characters(min_codepoint=0x3400, max_codepoint=0x4DBF), min_size=1, max_size=8))   # CJK, absent from Shakespeare
+@given(st.text(st.characters(min_codepoint=0x3400, max_codepoint=0x4DBF), min_size=1,
+               max_size=8)) # CJK, absent from Shakespeare
 def test_unknown_characters_fall_back_to_bytes(tok, s):
   ids = tok.encode(s)
   body = [i for i in ids if tok.types[i] == tk.BYTE]
@@ -102,14 +101,30 @@ def test_parallel_encoding_matches_serial(tmp_path, shakespeare, fixtures):
   one = data.prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "one", tokenizer=tokfile, workers=1)
   two = data.prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "two", tokenizer=tokfile, workers=2)
   assert one == two
-  for split in ("train", "val"): assert (tmp_path / "one" / f"{split}.bin").read_bytes() == (tmp_path / "two" / f"{split}.bin").read_bytes()
+  for split in ("train", "val"):
+    assert (tmp_path / "one" / f"{split}.bin").read_bytes() == (tmp_path / "two" / f"{split}.bin").read_bytes()
 
-def test_default_corpus_is_the_stdlib():
+def test_default_corpus_is_the_stdlibs_english_prose():
   docs = data.default_corpus()
-  files = [d for d in docs if isinstance(d, pathlib.Path)]
-  assert any(isinstance(d, tuple) and d[0].startswith("pydoc:") for d in docs)   # the reference docs help() shows
-  assert any(f.name == "argparse.py" for f in files) and len(files) > 300
-  assert not any({"test", "tests", "site-packages"} & set(f.parts) for f in files)
+  names = [name for name, _ in docs]
+  assert any(n.startswith("pydoc:") for n in names)   # the reference docs help() shows
+  assert "docstrings:argparse.py" in names and len(names) > 300
+  assert not any({"test", "tests", "site-packages"} & set(pathlib.Path(n.split(":", 1)[1]).parts) for n in names)
+  argparse_doc = dict(docs)["docstrings:argparse.py"]
+  assert argparse_doc.startswith("Command-line parsing library")
+  assert "def " not in argparse_doc and ">>>" not in argparse_doc
+
+def test_docstrings_are_taken_in_file_order_without_examples(tmp_path):
+  src = tmp_path / "m.py"
+  src.write_text('"""A module about the sea, long enough to be kept as a paragraph of English prose here."""\n'
+                 'def f():\n  """Short."""\n'
+                 'class C:\n  """The class docstring: several words that make a sentence of more than eighty'
+                 ' characters.\n\n  >>> C()\n  C\n  """\n')
+  assert data.docstrings(src) == (
+    "A module about the sea, long enough to be kept as a paragraph of English prose here.\n\n"
+    "The class docstring: several words that make a sentence of more than eighty characters.")
+  (tmp_path / "bad.py").write_text("def (:\n")
+  assert data.docstrings(tmp_path / "bad.py") == ""
 
 def test_url_input_is_downloaded_once(tmp_path, monkeypatch, shakespeare):
   monkeypatch.setattr(data, "DOWNLOAD_CACHE", tmp_path / "cache")
@@ -122,7 +137,8 @@ def test_url_input_is_downloaded_once(tmp_path, monkeypatch, shakespeare):
   url = f"http://127.0.0.1:{server.server_port}/page.txt"
   try: first = data.prepare([url], tmp_path / "a", tokenizer=shakespeare / "tokenizer.model", workers=1)
   finally: server.shutdown(); server.server_close()
-  second = data.prepare([url], tmp_path / "b", tokenizer=shakespeare / "tokenizer.model", workers=1)   # server gone: cache
+  second = data.prepare([url], tmp_path / "b", tokenizer=shakespeare / "tokenizer.model",
+                        workers=1) # server gone: cache
   assert first["train_tokens"] == second["train_tokens"] > 0
 
 def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
@@ -130,15 +146,22 @@ def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
   with pytest.raises(data.DataError, match="cannot download http://127.0.0.1:9/x.txt"):
     data.prepare(["http://127.0.0.1:9/x.txt"], tmp_path / "out")
 
+def not_a_tokenizer(p: pathlib.Path) -> list[str]:
+  (p / "notes.txt").write_text("some text to encode\n" * 20)
+  return [str(p / "notes.txt"), "--tokenizer", str(REPO / "README.md")]
+
 @pytest.mark.parametrize("make_input, message", [
-  (lambda p: str(p / "missing.txt"), "neither a file"),
-  (lambda p: (p / "empty").mkdir() or str(p / "empty"), "no text files"),
+  (lambda p: [str(p / "missing.txt")], "neither a file"),
+  (lambda p: (p / "empty").mkdir() or [str(p / "empty")], "no text files"),
+  (not_a_tokenizer, "README.md"),
 ])
 def test_cli_bad_input(tmp_path, make_input, message):
-  r = subprocess.run([sys.executable, str(REPO / "data.py"), make_input(tmp_path), "--out", str(tmp_path / "o")],
+  """One line on stderr, a non-zero exit, and no --out directory left behind (not even an empty one)."""
+  r = subprocess.run([sys.executable, str(REPO / "data.py"), *make_input(tmp_path), "--out", str(tmp_path / "o" / "d")],
                      capture_output=True, text=True, cwd=tmp_path)
   assert r.returncode != 0 and message in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+  assert not (tmp_path / "o").exists()
 
 def test_read_meta_errors(tmp_path):
   with pytest.raises(data.DataError, match="does not exist"): data.read_meta(tmp_path / "nope")
@@ -163,5 +186,6 @@ def test_get_batch_covers_the_data_and_refuses_short_data():
   rng = np.random.default_rng(0)
   starts = {int(data.get_batch(tokens, 1, 10, rng)[0][0, 0]) for _ in range(2000)}
   assert starts == set(range(90))                                      # every window start, up to the last full one
-  assert not (data.get_batch(tokens, 4, 10, np.random.default_rng(1))[0] == data.get_batch(tokens, 4, 10, np.random.default_rng(2))[0]).all()
+  assert not (data.get_batch(tokens, 4, 10, np.random.default_rng(1))[0] == data.get_batch(
+    tokens, 4, 10, np.random.default_rng(2))[0]).all()
   with pytest.raises(data.DataError, match="longer than the data"): data.get_batch(tokens, 1, 100, rng)

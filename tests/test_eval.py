@@ -18,7 +18,11 @@ ARGS = llama.ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=5
                        norm_eps=1e-5, rope_theta=500.0, tie_embeddings=True)
 
 def cli(*args, timeout=600) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, str(ROOT / "eval.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+  return subprocess.run([sys.executable, str(ROOT / "eval.py"), *map(str, args)],
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
+                        timeout=timeout)
 
 @pytest.fixture(scope="module")
 def tok(fixtures): return tokenizer.load_tokenizer(fixtures / "stories260K" / "tok512.model")
@@ -27,12 +31,15 @@ def tok(fixtures): return tokenizer.load_tokenizer(fixtures / "stories260K" / "t
 def tiny():
   weights = ref.random_weights(ARGS, seed=3)
   model = llama.Transformer(ARGS, init=False)
-  Tensor.realize(*nn.state.load_state_dict(model, {k: Tensor(v) for k, v in weights.items()}, strict=False, verbose=False, realize=False))
+  Tensor.realize(*nn.state.load_state_dict(
+    model, {k: Tensor(v)
+            for k, v in weights.items()}, strict=False, verbose=False, realize=False))
   return model, weights
 
 def ref_logprobs(weights, args, ids) -> np.ndarray:
   logits = ref.forward(weights, args, np.array(ids))
-  return logits - logits.max(-1, keepdims=True) - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+  return logits - logits.max(-1, keepdims=True) - np.log(
+    np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
 
 def ref_ll(weights, args, ctx, cont) -> float:
   lp = ref_logprobs(weights, args, list(ctx) + list(cont))
@@ -42,15 +49,19 @@ def close(a, b, tol=2e-4): return abs(a - b) <= tol * max(1.0, abs(b))
 
 # ***** log-likelihoods: the float64 reference, batching, KV-cache reuse *****
 
-LONG = " ".join(["Tom and Sue went to the park to play with a red ball and a big dog."] * 8)   # > 128 tokens: one big chunk
+LONG = " ".join(
+  ["Tom and Sue went to the park to play with a red ball and a big dog."] * 8) # > 128 tokens: one big chunk
 def items_for_reference():
   """Completions of at most 4 tokens (tok512), so every step has the same length bucket."""
-  return [T.choice_item("Once upon a time there was a", ["cat", "big dog", "girl", "cat"], 0),        # a repeated choice
-          T.choice_item("The sun is", ["hot", "cold", "up", "big"], 1),
-          T.choice_item("The sun is very", ["hot", "red", "sad", "big"], 2),                         # shares a prefix with the last
-          T.choice_item(["Tom gave the ball to Sam because Tom", "Tom gave the ball to Sam because Sam"], ["was big.", "was big."], 0),
-          T.choice_item(LONG + " Then they", ["ran", "played", "sat", "sang"], 3),
-          T.choice_item(LONG + " Then the dog", ["ran", "played", "sat", "barked"], 1)]
+  return [
+    T.choice_item("Once upon a time there was a", ["cat", "big dog", "girl", "cat"], 0), # a repeated choice
+    T.choice_item("The sun is", ["hot", "cold", "up", "big"], 1),
+    T.choice_item("The sun is very", ["hot", "red", "sad", "big"], 2), # shares a prefix with the last
+    T.choice_item(["Tom gave the ball to Sam because Tom", "Tom gave the ball to Sam because Sam"],
+                  ["was big.", "was big."], 0),
+    T.choice_item(LONG + " Then they", ["ran", "played", "sat", "sang"], 3),
+    T.choice_item(LONG + " Then the dog", ["ran", "played", "sat", "barked"], 1)
+  ]
 
 def test_loglikelihoods_match_reference_batched_alone_and_from_cached_prefixes(tiny, tok):
   """Every ll and ll_answer equals the float64 numpy forward of context+completion, in batches of 4 with prefixes
@@ -68,15 +79,18 @@ def test_loglikelihoods_match_reference_batched_alone_and_from_cached_prefixes(t
     alone.held = []   # forget the cache: the context is prefilled again
     assert close(float(alone.score(cond[0], [cond[1]])[0].sum()), want)
   for it, rec in zip(items, runs[0]):
-    assert [c["tokens"] for c in rec["choices"]] == [len(E.encode_pair(tok, it.context if isinstance(it.context, str) else it.context[j], ch, 256)[1])
-                                                     for j, ch in enumerate(it.choices)]
+    assert [c["tokens"] for c in rec["choices"]] == [
+      len(E.encode_pair(tok, it.context if isinstance(it.context, str) else it.context[j], ch, 256)[1])
+      for j, ch in enumerate(it.choices)
+    ]
     assert [c["chars"] for c in rec["choices"]] == [len(ch) for ch in it.choices]
   assert runs[0][4]["choices"][0]["ll"] != runs[0][5]["choices"][0]["ll"]   # a different last context token matters
 
 def test_encode_pair_is_lm_eval_harness_convention(tok):
   # trailing whitespace moves to the completion; completion = encode(ctx+completion)[len(encode(ctx)):]; BOS first
   ctx, cont = E.encode_pair(tok, "The sun is ", "hot", 256)
-  assert ctx == tuple([tok.bos_id] + tok.encode("The sun is")) and cont == tuple(tok.encode("The sun is hot")[len(tok.encode("The sun is")):])
+  assert ctx == tuple([tok.bos_id] + tok.encode("The sun is")) and cont == tuple(
+    tok.encode("The sun is hot")[len(tok.encode("The sun is")):])
   ctx, cont = E.encode_pair(tok, LONG, " end", 40)     # too long: the context loses its start
   assert len(ctx) + len(cont) == 40 and ctx[-3:] == tuple(tok.encode(LONG))[-3:]
 
@@ -89,7 +103,8 @@ def test_normalisations_pick_their_choice():
              {"ll": -6.0, "chars": 4, "ll_answer": -5.0},      # raw -6 (best); per char -1.5; vs Answer: -1
              {"ll": -9.0, "chars": 10, "ll_answer": -14.0}]    # vs Answer: +5 (best)
   assert E.predictions(choices) == {"acc": 1, "acc_char": 0, "acc_answer": 2}
-  assert T.TASKS["hellaswag"].metric == "acc_char" and T.TASKS["openbookqa"].metric == T.TASKS["boolq"].metric == "acc_answer"
+  assert T.TASKS[
+    "hellaswag"].metric == "acc_char" and T.TASKS["openbookqa"].metric == T.TASKS["boolq"].metric == "acc_answer"
 
 # ***** free-form answers *****
 
@@ -98,7 +113,8 @@ def test_exact_match_normalisation():
   assert T.exact_match("an Apple.", ["apple"]) and T.exact_match("Charles Darwin", ["Darwin", "charles  darwin"])
   assert T.normalize_answer("Theatre") == "theatre" and not T.exact_match("Paris, France", ["Paris"])
   assert T.number_match("so she has 1,234 apples.", ["1234"]) and T.number_match("48/2 = 24 #### 24", ["24"])
-  assert T.number_match("It costs $18.", ["18"]) and not T.number_match("#### 17", ["18"]) and not T.number_match("none", ["18"])
+  assert T.number_match("It costs $18.",
+                        ["18"]) and not T.number_match("#### 17", ["18"]) and not T.number_match("none", ["18"])
 
 def ref_greedy(weights, ids, n, eos) -> list[int]:
   ids, new = list(ids), []
@@ -117,7 +133,9 @@ def test_free_form_answers_are_reference_greedy_cut_at_the_stop(tiny, tok, tmp_p
     {"question": "where is Sue", "answer": ["the park"]}]))
   task = T.TASKS["naturalquestions"]
   items = T.with_shots(task, T.load_items("naturalquestions", tmp_path / "nq.jsonl"), None, 1)
-  assert [it.context for it in items] == [f"Answer these questions:\nQ: who is the cat?\nA: Tom\nQ: {q}?\nA:" for q in ("what is red", "where is Sue")]
+  assert [it.context for it in items] == [
+    f"Answer these questions:\nQ: who is the cat?\nA: Tom\nQ: {q}?\nA:" for q in ("what is red", "where is Sue")
+  ]
   want = []
   for it in items:
     text = tok.decode(ref_greedy(weights, [tok.bos_id] + tok.encode(it.context), 6, tok.eos_id))
@@ -145,7 +163,8 @@ def test_mmlu_k_shot_prompt_and_letter_choice(tiny, tok, tmp_path):
                               "virology test question 1?\nA. one\nB. two\nC. three\nD. four\nAnswer:")
   metrics, out = E.run_choice(model, tok, task, items, 256, 4)
   for it, rec in zip(items, out):
-    assert rec["pred"] == int(np.argmax([ref_ll(weights, ARGS, *E.encode_pair(tok, it.context, ch, 256)) for ch in it.choices]))
+    assert rec["pred"] == int(
+      np.argmax([ref_ll(weights, ARGS, *E.encode_pair(tok, it.context, ch, 256)) for ch in it.choices]))
   assert {"acc:high_school_physics", "acc:virology"} <= set(metrics)
 
 def test_perplexity_windows_score_every_token_once(tiny, tok):
@@ -160,7 +179,8 @@ def test_perplexity_windows_score_every_token_once(tiny, tok):
   for t in range(1, len(ids)):
     block_end = min(1 + ((t - 1) // stride + 1) * stride, len(ids))
     s = max(block_end - stride, 1)
-    lp[t] = ref_logprobs(weights, ARGS, ids[max(s - (window - stride), 0):block_end])[t - max(s - (window - stride), 0) - 1, ids[t]]
+    lp[t] = ref_logprobs(weights, ARGS,
+                         ids[max(s - (window - stride), 0):block_end])[t - max(s - (window - stride), 0) - 1, ids[t]]
   assert metrics["tokens"][0] == len(ids) - 1 == sum(r["tokens"] for r in out)
   assert close(sum(r["ll"] for r in out), sum(lp.values()))
   assert close(metrics["bits_per_byte"][0], -sum(lp.values()) / np.log(2) / len(text.encode()))
@@ -175,39 +195,65 @@ def test_readers(tmp_path):
   def one(task, rows, labels=None, name="d.jsonl"):
     items = T.load_items(task, write(tmp_path / name, rows), labels and write(tmp_path / "labels.lst", labels))
     return [(it.context, it.choices, it.label) for it in items]
-  assert one("hellaswag", [{"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
-              "ctx_b": "then", "ctx": "x", "endings": [", the man cleans it [title] Dry it.", " stops."], "label": 1, "split": "val"}]) == \
-    [("Removing ice from car: Then, the man writes over the snow. Then", [" , the man cleans it. Dry it.", " stops."], 1)]
+
+  hellaswag = {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
+               "ctx_b": "then", "ctx": "x", "endings": [", the man cleans it [title] Dry it.", " stops."], "label": 1,
+               "split": "val"}
+  assert one("hellaswag", [hellaswag]) == \
+    [("Removing ice from car: Then, the man writes over the snow. Then", [" , the man cleans it. Dry it.", " stops."],
+      1)]
   assert one("piqa", [{"goal": "Dry a shirt", "sol1": "use a fan", "sol2": "use water"}], ["0"]) == \
     [("Question: Dry a shirt\nAnswer:", [" use a fan", " use water"], 0)]
-  assert one("siqa", [{"context": "Kai ate.", "question": "Why?", "answerA": "hungry", "answerB": "sad", "answerC": "full"}], ["1"]) == \
+  siqa = {"context": "Kai ate.", "question": "Why?", "answerA": "hungry", "answerB": "sad", "answerC": "full"}
+  assert one("siqa", [siqa], ["1"]) == \
     [("Q: Kai ate. Why?\nA:", [" hungry", " sad", " full"], 0)]
   assert one("winogrande", [{"sentence": "The cup fell off the table because _ was tilted.", "option1": "the cup",
                              "option2": "the table", "answer": "2"}]) == \
-    [(["The cup fell off the table because the cup", "The cup fell off the table because the table"], [" was tilted.", " was tilted."], 1)]
-  arc = {"id": "x", "question": {"stem": "Which is a metal?", "choices": [{"text": "iron", "label": "A"}, {"text": "wood", "label": "B"}]}, "answerKey": "A"}
-  arc_hf = {"question": "Which is a metal?", "choices": {"text": ["wood", "iron"], "label": ["1", "2"]}, "answerKey": "2"}
+    [(["The cup fell off the table because the cup", "The cup fell off the table because the table"],
+      [" was tilted.", " was tilted."], 1)]
+  arc = {
+    "id": "x", "question": {
+      "stem": "Which is a metal?", "choices": [{"text": "iron", "label": "A"}, {"text": "wood", "label": "B"}]
+    }, "answerKey": "A"
+  }
+  arc_hf = {
+    "question": "Which is a metal?", "choices": {"text": ["wood", "iron"], "label": ["1", "2"]}, "answerKey": "2"
+  }
   assert one("arc_easy", [arc, arc_hf]) == [("Question: Which is a metal?\nAnswer:", [" iron", " wood"], 0),
                                             ("Question: Which is a metal?\nAnswer:", [" wood", " iron"], 1)]
   assert one("openbookqa", [arc]) == [("Which is a metal?", [" iron", " wood"], 0)]
-  assert one("boolq", [{"question": "is ice cold", "title": "Ice", "answer": True, "passage": "Ice is frozen water."}]) == \
+  boolq = {"question": "is ice cold", "title": "Ice", "answer": True, "passage": "Ice is frozen water."}
+  assert one("boolq", [boolq]) == \
     [("Ice is frozen water.\nQuestion: is ice cold?\nAnswer:", [" no", " yes"], 1)]
   race = {"id": "1.txt", "article": "Tom is ten.", "questions": ["How old is Tom?", "Who is ten?"],
           "options": [["9", "10", "11", "12"], ["Tom", "Sue", "Max", "Lily"]], "answers": ["B", "A"]}
-  assert one("race", [race], name="1.txt") == [("Article: Tom is ten.\n\nQuestion: How old is Tom?\nAnswer:", [" 9", " 10", " 11", " 12"], 1),
-                                               ("Article: Tom is ten.\n\nQuestion: Who is ten?\nAnswer:", [" Tom", " Sue", " Max", " Lily"], 0)]
-  assert one("naturalquestions", [{"question": "who wrote hamlet", "answer": ["Shakespeare", "William Shakespeare"]}]) == \
+  assert one(
+    "race", [race],
+    name="1.txt") == [("Article: Tom is ten.\n\nQuestion: How old is Tom?\nAnswer:", [" 9", " 10", " 11", " 12"], 1),
+                      ("Article: Tom is ten.\n\nQuestion: Who is ten?\nAnswer:", [" Tom", " Sue", " Max", " Lily"], 0)]
+  nq = {"question": "who wrote hamlet", "answer": ["Shakespeare", "William Shakespeare"]}
+  assert one("naturalquestions", [nq]) == \
     [("Q: who wrote hamlet?\nA:", ["Shakespeare", "William Shakespeare"], None)]
-  (tmp_path / "tqa.json").write_text(json.dumps({"Data": [{"Question": "Which planet is red?", "QuestionId": "q1",
-                                                            "Answer": {"Value": "Mars", "Aliases": ["Mars", "The Red Planet"]}}], "Version": 1.0}))
+  (tmp_path / "tqa.json").write_text(
+    json.dumps({
+      "Data": [{
+        "Question": "Which planet is red?", "QuestionId": "q1",
+        "Answer": {"Value": "Mars", "Aliases": ["Mars", "The Red Planet"]}
+      }], "Version": 1.0
+    }))
   assert [(it.context, it.choices) for it in T.load_items("triviaqa", tmp_path / "tqa.json")] == \
     [("Q: Which planet is red?\nA:", ["Mars", "Mars", "The Red Planet"])]
-  assert one("gsm8k", [{"question": "2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}]) == [("Question: 2+3?\nAnswer:", ["5"], None)]
-  assert one("choice", [{"context": "Ice is", "choices": ["cold", "hot"], "label": 0}]) == [("Ice is", [" cold", " hot"], 0)]
+  assert one("gsm8k",
+             [{"question": "2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}]) == [("Question: 2+3?\nAnswer:", ["5"], None)]
+  assert one("choice",
+             [{"context": "Ice is", "choices": ["cold", "hot"], "label": 0}]) == [("Ice is", [" cold", " hot"], 0)]
   (tmp_path / "anatomy_test.csv").write_text('"What is the ""largest"" organ?",skin,heart,"liver, big",lung,A\n')
   mmlu = T.load_items("mmlu", tmp_path / "anatomy_test.csv")
-  assert [(it.context, it.subject) for it in mmlu] == [('What is the "largest" organ?\nA. skin\nB. heart\nC. liver, big\nD. lung\nAnswer:', "anatomy")]
-  assert T.with_shots(T.TASKS["mmlu"], mmlu, None, 0)[0].context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\nWhat")
+  assert [(it.context, it.subject) for it in mmlu
+          ] == [('What is the "largest" organ?\nA. skin\nB. heart\nC. liver, big\nD. lung\nAnswer:', "anatomy")]
+  assert T.with_shots(
+    T.TASKS["mmlu"], mmlu, None,
+    0)[0].context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\nWhat")
 
 # ***** real models on a small item set *****
 
@@ -228,12 +274,14 @@ def easy(tmp_path_factory) -> pathlib.Path:
 
 def test_smollm2_is_clearly_above_chance(fixtures, easy, tmp_path):
   out = tmp_path / "smollm2.json"
-  r = cli(fixtures / "smollm2-135m-instruct-q4_1.gguf", "--task", "choice", "--data", easy, "--batch-size", 4, "--output", out)
+  r = cli(fixtures / "smollm2-135m-instruct-q4_1.gguf", "--task", "choice", "--data", easy, "--batch-size", 4,
+          "--output", out)
   assert r.returncode == 0, r.stderr
   res = json.loads(out.read_text())
   assert res["task"] == "choice" and res["n"] == len(EASY) and res["paper_metric"] == "acc_char"
   assert res["metrics"]["acc_char"] >= 0.75, res["metrics"]   # chance is 0.25; 6 of 8 or more: p < 0.005
-  assert set(res["items"][0]) >= {"index", "label", "pred", "choices"} and set(res["items"][0]["choices"][0]) == {"ll", "tokens", "chars", "ll_answer"}
+  assert set(res["items"][0]) >= {"index", "label", "pred", "choices"} and set(
+    res["items"][0]["choices"][0]) == {"ll", "tokens", "chars", "ll_answer"}
   assert re.search(rf"^choice\s+acc_char \*\s+\d\.\d{{4}}\s+{len(EASY)}\s+\d\.\d{{4}}$", r.stdout, re.M), r.stdout
 
 def test_stories260k_scores_equal_the_reference(fixtures, easy, tok):
@@ -250,14 +298,20 @@ def test_stories260k_scores_equal_the_reference(fixtures, easy, tok):
 # ***** bad input: one line, exit 1 *****
 
 def test_bad_input_gives_one_line(tmp_path, capsys):
-  cases = {"missing": (tmp_path / "nope.jsonl", "does not exist"),
-           "not json": (write(tmp_path / "a.jsonl", ['{"context": "x", "choices": ["a"], "label": 0}', "{oops"]), "line 2 is not JSON"),
-           "wrong format": (write(tmp_path / "b.jsonl", [{"question": "x"}]), "line 1 is not a choice record (no field 'context')"),
-           "empty": (write(tmp_path / "c.jsonl", []), "holds no choice items"),
-           "label out of range": (write(tmp_path / "d.jsonl", [{"context": "x", "choices": ["a", "b"], "label": 2}]), "label 2 is out of range for 2 choices")}
+  cases = {
+    "missing": (tmp_path / "nope.jsonl", "does not exist"), "not json": (write(
+      tmp_path / "a.jsonl",
+      ['{"context": "x", "choices": ["a"], "label": 0}', "{oops"]), "line 2 is not JSON"), "wrong format": (write(
+        tmp_path / "b.jsonl", [{"question": "x"}]), "line 1 is not a choice record (no field 'context')"),
+    "empty": (write(tmp_path / "c.jsonl", []), "holds no choice items"), "label out of range": (write(
+      tmp_path / "d.jsonl",
+      [{"context": "x", "choices": ["a", "b"], "label": 2}]), "label 2 is out of range for 2 choices")
+  }
   for name, (path, message) in cases.items():
     assert E.main(["/nonexistent-model", "--task", "choice", "--data", str(path)]) == 1, name
     err = capsys.readouterr().err
     assert err.startswith("eval.py: error: ") and message in err and err.count("\n") == 1, (name, err)
-  r = cli("--task", "winogrande", "--data", write(tmp_path / "w.jsonl", [{"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}]))
-  assert r.returncode == 1 and r.stderr == f"eval.py: error: {tmp_path / 'w.jsonl'} line 1: its sentence has no blank '_'\n"
+  r = cli("--task", "winogrande", "--data",
+          write(tmp_path / "w.jsonl", [{"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}]))
+  assert r.returncode == 1
+  assert r.stderr == f"eval.py: error: {tmp_path / 'w.jsonl'} line 1: its sentence has no blank '_'\n"

@@ -11,12 +11,21 @@ from tinygrad.device import Buffer
 import checkpoint, gguf, llama
 import reference as ref
 import tokenizer as tk
-from writers import TensorRef, Storage, TorchPickler, gguf_string, model_from, small_args, write_gguf, write_hf, write_llama2c, write_meta
+from writers import (TensorRef, Storage, TorchPickler, gguf_string, model_from, small_args, write_gguf, write_hf,
+                     write_llama2c, write_meta)
 
-ARGS = small_args(n_layers=1)      # one config for every format: the few cases that load reuse the same compiled kernels
+ARGS = small_args(n_layers=1)      # one config for every format: the few cases that load reuse the same kernels
 FORMATS = ["own", "llama2c-v0", "llama2c-v1", "meta", "hf", "gguf"]
 CASES = 200                        # corrupted cases per format (the issue asks for at least 200)
-FUZZ = settings(max_examples=CASES, suppress_health_check=list(HealthCheck), derandomize=True)
+
+def fuzzed(argname: str, values: list, cases: int = CASES):
+  """A property test drawing `cases` reproducible examples for each of values."""
+  def wrap(test):
+    drawn = given(data=st.data())(test)
+    return pytest.mark.parametrize(argname, values)(
+      settings(max_examples=cases, suppress_health_check=list(HealthCheck), derandomize=True)(drawn))
+  return wrap
+
 # absurd values for header fields: zero, sign flips, 32/64-bit edges, a 10^12-element claim
 ABSURD = [0, 1, 3, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 10**12, 2**63 - 1, 2**63, 2**64 - 1, -1, -2**31, -2**63]
 JSON_ABSURD = [*ABSURD, 1.5, "32", None, [], {}, True, float("nan"), float("inf"), [10**12, 10**12]]
@@ -68,7 +77,10 @@ def originals(tmp_path_factory) -> dict[str, pathlib.Path]:
   write_meta(root / "meta", w, ARGS, 2)
   write_hf(root / "hf", w, ARGS, 2)
   write_gguf(root / "m.gguf", w, ARGS, {"token_embd": 8, "attn_q": 3, "ffn_down": 8})   # Q8_0 and Q4_1 blocks
-  return {"own": root / "own", "llama2c-v0": root / "v0.bin", "llama2c-v1": root / "v1.bin", "meta": root / "meta", "hf": root / "hf", "gguf": root / "m.gguf"}
+  return {
+    "own": root / "own", "llama2c-v0": root / "v0.bin", "llama2c-v1": root / "v1.bin", "meta": root / "meta",
+    "hf": root / "hf", "gguf": root / "m.gguf"
+  }
 
 def files_of(ck: pathlib.Path) -> list[pathlib.Path]: return sorted(ck.iterdir()) if ck.is_dir() else [ck]
 
@@ -120,8 +132,10 @@ def watch():
     finally:
       signal.alarm(0)
       # far beyond the file's size: more than the dequantised model (4-bit to float32 is 7x) and a little
-      assert peak[0] - mem0 <= 8 * nbytes + (1 << 20), f"{peak[0] - mem0:,} bytes of tensors for a {nbytes:,}-byte checkpoint"
-      assert (grown := resident()[1] - rss0) <= 8 * nbytes + (64 << 20), f"the process grew by {grown:,} bytes for a {nbytes:,}-byte checkpoint"
+      assert peak[0] - mem0 <= 8 * nbytes + (
+        1 << 20), f"{peak[0] - mem0:,} bytes of tensors for a {nbytes:,}-byte checkpoint"
+      assert (grown := resident()[1] -
+              rss0) <= 8 * nbytes + (64 << 20), f"the process grew by {grown:,} bytes for a {nbytes:,}-byte checkpoint"
     return None
   old = signal.signal(signal.SIGALRM, timeout)
   Buffer.allocate = counting_allocate
@@ -136,8 +150,10 @@ def test_the_watch_catches_what_it_is_for(originals, watch):
   """The checks themselves: a loader that allocates far beyond the file, or raises from load()'s last resort, fails."""
   small = originals["llama2c-v1"]
   with pytest.raises(AssertionError, match="the process grew"): watch(lambda p: bytearray(256 << 20), small)
-  with pytest.raises(AssertionError, match="bytes of tensors"): watch(lambda p: Tensor.zeros(10**8).contiguous().realize(), small)
-  with pytest.raises(AssertionError, match="last resort caught"): watch(lambda p: checkpoint.load(p, dtype=dtypes.int32, device=object()), small)
+  with pytest.raises(AssertionError, match="bytes of tensors"):
+    watch(lambda p: Tensor.zeros(10**8).contiguous().realize(), small)
+  with pytest.raises(AssertionError, match="last resort caught"):
+    watch(lambda p: checkpoint.load(p, dtype=dtypes.int32, device=object()), small)
 
 # ***** corruptions *****
 
@@ -171,7 +187,10 @@ def rezip(f: pathlib.Path, replace: dict[str, bytes | None]):
 
 class OddTensorRef(TensorRef):
   """A tensor record with a chosen storage offset and strides."""
-  def __init__(self, storage: Storage, shape: tuple, offset: int, stride: tuple): super().__init__(storage, shape); self.offset, self.stride = offset, stride
+
+  def __init__(self, storage: Storage, shape: tuple, offset: int, stride: tuple):
+    super().__init__(storage, shape)
+    self.offset, self.stride = offset, stride
   def __reduce__(self):
     fn, (storage, _, shape, _, *rest) = super().__reduce__()
     return fn, (storage, self.offset, shape, self.stride, *rest)
@@ -184,7 +203,8 @@ def pickled(state) -> bytes:
 TORCH_STORAGE = {dtypes.float32: "FloatStorage", dtypes.float16: "HalfStorage"}
 
 def record_mutation(shard: pathlib.Path, tensor: int, what: str, value: int):
-  """Replace data.pkl by one whose `tensor`-th record has an absurd shape, storage size, offset, stride or storage key."""
+  """Replace data.pkl by one whose `tensor`-th record has an absurd shape, storage size, offset, stride or storage
+  key."""
   state = {}
   for i, (name, t) in enumerate(checkpoint.read_torch_zip(shard).items()):   # write_torch_zip keys storage i by str(i)
     storage, shape = Storage(str(i), TORCH_STORAGE[t.dtype], math.prod(t.shape)), t.shape
@@ -205,15 +225,22 @@ def binary_fields(f: pathlib.Path) -> dict[str, tuple[int, str]]:
   raw = f.read_bytes()
   if f.suffix == ".bin":
     if raw[:4] != struct.pack("<I", 0x616B3432): return {n: (4 * k, "i") for k, n in enumerate(LLAMA2C_CONFIG)}
-    return {"magic": (0, "I"), "version": (4, "i"), **{n: (8 + 4 * k, "i") for k, n in enumerate(LLAMA2C_CONFIG)}, "shared": (36, "B"), "padding": (40, "I")}
+    return {
+      "magic": (0, "I"), "version": (4, "i"), **{n: (8 + 4 * k, "i")
+                                                 for k, n in enumerate(LLAMA2C_CONFIG)}, "shared": (36, "B"),
+      "padding": (40, "I")
+    }
   header, out = gguf.read_header(f), {"version": (4, "I"), "n_tensors": (8, "Q"), "n_kv": (16, "Q")}
   for key in header.metadata:                # a key's length, its value's type code
     k = raw.index(gguf_string(key))
     out |= {f"{key}.length": (k, "Q"), f"{key}.type": (k + 8 + len(key.encode()), "I")}
   for t in header.tensors:                   # a tensor's name length, dimension count, first dimension, type, offset
     k = raw.index(gguf_string(t.name)) + 8 + len(t.name.encode())
-    out |= {f"{t.name}.length": (k - 8 - len(t.name.encode()), "Q"), f"{t.name}.n_dims": (k, "I"), f"{t.name}.dim0": (k + 4, "Q"),
-            f"{t.name}.type": (k + 4 + 8 * len(t.shape), "I"), f"{t.name}.offset": (k + 8 + 8 * len(t.shape), "Q")}
+    out |= {
+      f"{t.name}.length": (k - 8 - len(t.name.encode()), "Q"), f"{t.name}.n_dims": (k, "I"),
+      f"{t.name}.dim0": (k + 4, "Q"), f"{t.name}.type": (k + 4 + 8 * len(t.shape), "I"),
+      f"{t.name}.offset": (k + 8 + 8 * len(t.shape), "Q")
+    }
   return out
 
 def set_field(f: pathlib.Path, name: str, value: int): poke(f, *binary_fields(f)[name], value)
@@ -230,15 +257,18 @@ def field_mutations(ck: pathlib.Path) -> list[tuple]:
   for f in files_of(ck):
     if f.suffix == ".json":
       obj = json.loads(f.read_text())
-      keys = [("weight_map", k) for k in obj["weight_map"]] + [("weight_map",)] if "weight_map" in obj else [(k,) for k in obj]
+      keys = [("weight_map", k)
+              for k in obj["weight_map"]] + [("weight_map",)] if "weight_map" in obj else [(k,) for k in obj]
       out += [(lambda v, f=f, k=k: set_json(f, k, v), JSON_ABSURD) for k in keys]
     elif f.suffix == ".safetensors":
       out.append((lambda v, f=f: poke(f, 0, "Q", v), ABSURD))      # the header's length
       out += [(lambda v, f=f, n=n, field=field: set_entry(f, n, field, v if field == "dtype" else [v, v]), JSON_ABSURD)
               for n in safetensors_header(f)[0] for field in ("shape", "data_offsets", "dtype")]
     elif f.suffix == ".pth":
-      out += [(lambda v, f=f, t=t, what=what: record_mutation(f, t, what, v), ABSURD) for t in (0, 3) for what in ("shape", "numel", "offset", "stride", "key")]
-    elif f.suffix in (".bin", ".gguf"): out += [(lambda v, f=f, n=n: set_field(f, n, v), ABSURD) for n in binary_fields(f)]
+      out += [(lambda v, f=f, t=t, what=what: record_mutation(f, t, what, v), ABSURD) for t in (0, 3)
+              for what in ("shape", "numel", "offset", "stride", "key")]
+    elif f.suffix in (".bin", ".gguf"):
+      out += [(lambda v, f=f, n=n: set_field(f, n, v), ABSURD) for n in binary_fields(f)]
   return out
 
 def file_mutations(ck: pathlib.Path) -> list:
@@ -254,7 +284,8 @@ def damage(draw, ck: pathlib.Path) -> str:
   """Apply one kind of damage to the copy `ck`, drawn so that hypothesis shrinks a failure to the simplest damage."""
   files = files_of(ck)
   shards = ["files"] if ck.is_dir() and not (ck / "model.safetensors").exists() else []
-  kind = draw(st.sampled_from(["truncate", "flip", "field", *shards, *(["pickle"] if (ck / "params.json").exists() else [])]))
+  kind = draw(
+    st.sampled_from(["truncate", "flip", "field", *shards, *(["pickle"] if (ck / "params.json").exists() else [])]))
   if kind == "truncate":
     f = draw(st.sampled_from([f for f in files if f.stat().st_size]))
     truncate(f, draw(st.integers(0, f.stat().st_size - 1)))
@@ -275,9 +306,7 @@ def damage(draw, ck: pathlib.Path) -> str:
   else: draw(st.sampled_from(file_mutations(ck)))()
   return kind
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@FUZZ
-@given(data=st.data())
+@fuzzed("fmt", FORMATS)
 def test_corrupt_checkpoint_loads_or_one_sentence(originals, sandbox, watch, fmt, data):
   ck = sandbox(originals[fmt])
   kind = data.draw(damage(ck))
@@ -285,9 +314,7 @@ def test_corrupt_checkpoint_loads_or_one_sentence(originals, sandbox, watch, fmt
   # a truncated weight file is always refused: every format's header says how long its data is
   if kind == "truncate": assert msg is not None
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@settings(max_examples=2, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(data=st.data())
+@fuzzed("fmt", FORMATS, cases=2)
 def test_flip_in_weight_data_still_loads(originals, sandbox, watch, fmt, data):
   """A flipped bit inside weight data cannot be told from a real weight: the checkpoint loads."""
   ck = sandbox(originals[fmt])
@@ -298,8 +325,12 @@ def test_flip_in_weight_data_still_loads(originals, sandbox, watch, fmt, data):
 
 def test_shape_table_matches_the_model():
   """The names and shapes a checkpoint is checked against before anything is allocated are the model's own."""
-  for args in (ARGS, small_args(tie_embeddings=True, n_kv_heads=4), small_args(n_layers=3, hidden_dim=None, multiple_of=16)):
-    assert checkpoint.weight_shapes(args) == {k: v.shape for k, v in llama.learned(llama.Transformer(args, init=False)).items()}
+  for args in (ARGS, small_args(tie_embeddings=True,
+                                n_kv_heads=4), small_args(n_layers=3, hidden_dim=None, multiple_of=16)):
+    assert checkpoint.weight_shapes(args) == {
+      k: v.shape
+      for k, v in llama.learned(llama.Transformer(args, init=False)).items()
+    }
 
 # ***** each kind of damage, its own reason *****
 
@@ -307,18 +338,28 @@ class Foreign:
   def __reduce__(self): return (shutil.rmtree, ("/nonexistent",))   # what a hostile or garbled pickle could name
 
 HF_SHARD, HF_INDEX = "model-00001-of-00002.safetensors", "model.safetensors.index.json"
-REASONS = [  # (format, damage to the copy, what the error must say)
-  ("own", lambda ck: truncate(ck / "model.safetensors", 30000), "model.safetensors is truncated: .* ends at data offset"),
+REASONS = [ # (format, damage to the copy, what the error must say)
+  ("own", lambda ck: truncate(ck / "model.safetensors", 30000),
+   "model.safetensors is truncated: .* ends at data offset"),
   ("own", lambda ck: poke(ck / "model.safetensors", 0, "Q", 2**63), "header claims 9,223,372,036,854,775,808 bytes"),
-  ("own", lambda ck: set_entry(ck / "model.safetensors", "norm.weight", "dtype", "I32"), "stores 'norm.weight' as 'I32', not one of the float types"),
-  ("own", lambda ck: set_entry(ck / "model.safetensors", "norm.weight", "shape", [10**6, 10**6]), r"shape \(1000000, 1000000\) needs 4,000,000,000,000"),
-  ("own", lambda ck: set_entry(ck / "model.safetensors", "norm.weight", "data_offsets", [-8, 120]), "malformed safetensors entry for 'norm.weight'"),
-  ("own", lambda ck: set_entry(ck / "model.safetensors", "layers.0.ffn_norm.weight", "data_offsets",
-                               safetensors_header(ck / "model.safetensors")[0]["layers.0.attention_norm.weight"]["data_offsets"]), "overlapping or corrupt offsets"),
-  ("own", lambda ck: set_json(ck / "config.json", ("n_layers",), 10**9), "describes a model of .* parameters, more than its .* bytes"),
-  ("own", lambda ck: set_json(ck / "config.json", ("max_seq_len",), 10**9), "claims a context of 1,000,000,000 tokens, whose RoPE table"),
-  ("own", lambda ck: set_json(ck / "config.json", ("dim",), "32"), "config.json gives 'dim' the value '32', not a positive integer"),
-  ("own", lambda ck: set_json(ck / "config.json", ("n_experts",), 8), r"config.json has unknown settings \['n_experts'\]"),
+  ("own", lambda ck: set_entry(ck / "model.safetensors", "norm.weight", "dtype", "I32"),
+   "stores 'norm.weight' as 'I32', not one of the float types"),
+  ("own", lambda ck: set_entry(ck / "model.safetensors", "norm.weight", "shape", [10**6, 10**6]),
+   r"shape \(1000000, 1000000\) needs 4,000,000,000,000"),
+  ("own", lambda ck: set_entry(ck / "model.safetensors", "norm.weight", "data_offsets", [-8, 120]),
+   "malformed safetensors entry for 'norm.weight'"),
+  ("own", lambda ck: set_entry(
+    ck / "model.safetensors", "layers.0.ffn_norm.weight", "data_offsets",
+    safetensors_header(ck / "model.safetensors")[0]["layers.0.attention_norm.weight"]["data_offsets"]),
+   "overlapping or corrupt offsets"),
+  ("own", lambda ck: set_json(ck / "config.json",
+                              ("n_layers",), 10**9), "describes a model of .* parameters, more than its .* bytes"),
+  ("own", lambda ck: set_json(ck / "config.json",
+                              ("max_seq_len",), 10**9), "claims a context of 1,000,000,000 tokens, whose RoPE table"),
+  ("own", lambda ck: set_json(ck / "config.json",
+                              ("dim",), "32"), "config.json gives 'dim' the value '32', not a positive integer"),
+  ("own", lambda ck: set_json(ck / "config.json",
+                              ("n_experts",), 8), r"config.json has unknown settings \['n_experts'\]"),
   ("own", lambda ck: (ck / "config.json").write_text('{"dim": 32,'), "config.json is not valid JSON"),
   ("own", lambda ck: (ck / "config.json").write_text("[" * 100000), "config.json is not valid JSON"),
   ("own", lambda ck: (ck / "model.safetensors").unlink(), "model.safetensors is missing"),
@@ -327,46 +368,75 @@ REASONS = [  # (format, damage to the copy, what the error must say)
   ("llama2c-v1", lambda ck: set_field(ck, "dim", 2**31 - 1), "corrupt llama2.c version-1 header"),
   ("llama2c-v1", lambda ck: set_field(ck, "padding", 7), "corrupt llama2.c version-1 header"),
   ("llama2c-v1", lambda ck: set_field(ck, "seq_len", 2**23), "claims a context of 8,388,608 tokens"),
-  ("llama2c-v1", lambda ck: set_field(ck, "n_kv_heads", 3), "inconsistent config: n_heads 4 is not a multiple of n_kv_heads 3"),
+  ("llama2c-v1", lambda ck: set_field(ck, "n_kv_heads", 3),
+   "inconsistent config: n_heads 4 is not a multiple of n_kv_heads 3"),
   ("llama2c-v1", lambda ck: set_field(ck, "magic", 0x12345678), "is not a checkpoint load.. knows"),
   ("llama2c-v0", lambda ck: set_field(ck, "n_layers", 10**6), "is not a checkpoint load.. knows"),
-  ("llama2c-v0", lambda ck: set_field(ck, "seq_len", 2**20), "48,540 bytes but its llama2.c header describes 33,601,948 .truncated, or a corrupt header"),
-  ("meta", lambda ck: (ck / "consolidated.01.pth").unlink(), r"'tok_embeddings.weight' has shape \(64, 16\) but the config implies \(64, 32\)"),
-  ("meta", lambda ck: (ck / "consolidated.00.pth").unlink(), "has 1 consolidated.*.pth files but not consolidated.00.pth"),
-  ("meta", lambda ck: shutil.copy(ck / "consolidated.01.pth", ck / "consolidated.02.pth"), "has shape .* but the config implies"),
-  ("meta", lambda ck: truncate(ck / "consolidated.01.pth", 5000), "consolidated.01.pth is not a usable PyTorch zip checkpoint: .* .truncated or damaged"),
-  ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": pickle.dumps({"x": Foreign()}, protocol=2)}), "names shutil.rmtree, which a state dict"),
-  ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": b"\x80\x02}q\x00(X\x01\x00\x00\x00a"}), "data.pkl cannot be unpickled"),
-  ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": pickle.dumps([1, 2], protocol=2)}), "data.pkl holds no dict of tensors"),
-  ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": b"\x80\x05\x96" + struct.pack("<Q", 2**40)}), "BYTEARRAY8"),
-  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "numel", 7), "holds 4,096 bytes, not the 28 its record says"),
-  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "key", 99), "refers to the storage 'archive/data/99', which the zip lacks"),
-  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "offset", 10**12), "reaches past the end of its storage"),
-  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "shape", 10**12), "reaches past the end of its storage"),
+  ("llama2c-v0", lambda ck: set_field(ck, "seq_len", 2**20),
+   "48,540 bytes but its llama2.c header describes 33,601,948 .truncated, or a corrupt header"),
+  ("meta", lambda ck: (ck / "consolidated.01.pth").unlink(),
+   r"'tok_embeddings.weight' has shape \(64, 16\) but the config implies \(64, 32\)"),
+  ("meta", lambda ck:
+   (ck / "consolidated.00.pth").unlink(), "has 1 consolidated.*.pth files but not consolidated.00.pth"),
+  ("meta", lambda ck: shutil.copy(ck / "consolidated.01.pth", ck / "consolidated.02.pth"),
+   "has shape .* but the config implies"),
+  ("meta", lambda ck: truncate(ck / "consolidated.01.pth", 5000),
+   "consolidated.01.pth is not a usable PyTorch zip checkpoint: .* .truncated or damaged"),
+  ("meta",
+   lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": pickle.dumps({"x": Foreign()}, protocol=2)}),
+   "names shutil.rmtree, which a state dict"),
+  ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": b"\x80\x02}q\x00(X\x01\x00\x00\x00a"}),
+   "data.pkl cannot be unpickled"),
+  ("meta", lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": pickle.dumps([1, 2], protocol=2)}),
+   "data.pkl holds no dict of tensors"),
+  ("meta",
+   lambda ck: rezip(ck / "consolidated.00.pth", {"archive/data.pkl": b"\x80\x05\x96" + struct.pack("<Q", 2**40)}),
+   "BYTEARRAY8"),
+  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "numel", 7),
+   "holds 4,096 bytes, not the 28 its record says"),
+  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "key", 99),
+   "refers to the storage 'archive/data/99', which the zip lacks"),
+  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "offset", 10**12),
+   "reaches past the end of its storage"),
+  ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "shape", 10**12),
+   "reaches past the end of its storage"),
   ("meta", lambda ck: record_mutation(ck / "consolidated.00.pth", 0, "stride", 5), "is not stored contiguously"),
   ("meta", lambda ck: flip(ck / "consolidated.00.pth", 60, 1), "Bad CRC-32 for file 'archive/data.pkl'"),
-  ("meta", lambda ck: set_json(ck / "params.json", ("n_heads",), 0), "params.json gives 'n_heads' the value 0, not a positive integer"),
+  ("meta", lambda ck: set_json(ck / "params.json",
+                               ("n_heads",), 0), "params.json gives 'n_heads' the value 0, not a positive integer"),
   ("meta", lambda ck: set_json(ck / "params.json", ("use_scaled_rope",), True), "scaled RoPE"),
   ("hf", lambda ck: (ck / HF_SHARD).unlink(), f"lists the shard {HF_SHARD}, which is missing"),
-  ("hf", lambda ck: set_json(ck / HF_INDEX, ("weight_map", "model.norm.weight"), "../model.safetensors"), "names '../model.safetensors', which is not a file beside it"),
-  ("hf", lambda ck: set_json(ck / HF_INDEX, ("weight_map",), ["model.norm.weight"]), "has no weight_map of tensor names to file names"),
-  ("hf", lambda ck: set_json(ck / HF_INDEX, ("weight_map", "model.norm.weight"), "model-00002-of-00002.safetensors"), "does not hold the tensors .* lists for it"),
-  ("hf", lambda ck: set_json(ck / "config.json", ("model_type",), "mistral"), "holds a 'mistral' model, not a llama one"),
+  ("hf", lambda ck: set_json(ck / HF_INDEX, ("weight_map", "model.norm.weight"), "../model.safetensors"),
+   "names '../model.safetensors', which is not a file beside it"),
+  ("hf", lambda ck: set_json(ck / HF_INDEX, ("weight_map",), ["model.norm.weight"]),
+   "has no weight_map of tensor names to file names"),
+  ("hf", lambda ck: set_json(ck / HF_INDEX, ("weight_map", "model.norm.weight"), "model-00002-of-00002.safetensors"),
+   "does not hold the tensors .* lists for it"),
+  ("hf", lambda ck: set_json(ck / "config.json",
+                             ("model_type",), "mistral"), "holds a 'mistral' model, not a llama one"),
   ("hf", lambda ck: set_json(ck / "config.json", ("vocab_size",), 10**12), "describes a model of .* parameters"),
-  ("hf", lambda ck: set_json(ck / "config.json", ("hidden_size",), None), "config.json lacks the setting 'hidden_size'"),
-  ("hf", lambda ck: set_json(ck / "config.json", ("rope_scaling",), {"type": "linear", "factor": 2.0}), "uses RoPE scaling"),
+  ("hf", lambda ck: set_json(ck / "config.json",
+                             ("hidden_size",), None), "config.json lacks the setting 'hidden_size'"),
+  ("hf", lambda ck: set_json(ck / "config.json",
+                             ("rope_scaling",), {"type": "linear", "factor": 2.0}), "uses RoPE scaling"),
   ("hf", lambda ck: set_entry(ck / HF_SHARD, "model.norm.weight", "dtype", "F8_E4M3"), "not one of the float types"),
   ("gguf", lambda ck: poke(ck, 0, "I", 0x58554747), "is not a checkpoint load.. knows"),
   ("gguf", lambda ck: set_field(ck, "version", 9), "is GGUF version 9; only versions 2 and 3"),
-  ("gguf", lambda ck: set_field(ck, "n_tensors", 2**63), "claims .* and 9,223,372,036,854,775,808 tensors, more than the file holds"),
-  ("gguf", lambda ck: set_field(ck, "general.architecture.length", 2**40), "claims a 1,099,511,627,776-byte string for metadata key 0"),
-  ("gguf", lambda ck: set_field(ck, "general.architecture.type", 99), "unknown metadata value type 99 for 'general.architecture'"),
+  ("gguf", lambda ck: set_field(ck, "n_tensors", 2**63),
+   "claims .* and 9,223,372,036,854,775,808 tensors, more than the file holds"),
+  ("gguf", lambda ck: set_field(ck, "general.architecture.length", 2**40),
+   "claims a 1,099,511,627,776-byte string for metadata key 0"),
+  ("gguf", lambda ck: set_field(ck, "general.architecture.type", 99),
+   "unknown metadata value type 99 for 'general.architecture'"),
   ("gguf", lambda ck: set_field(ck, "token_embd.weight.n_dims", 7), "gives tensor 'token_embd.weight' 7 dimensions"),
-  ("gguf", lambda ck: set_field(ck, "token_embd.weight.dim0", 10**12), "places tensor 'token_embd.weight' .* outside the file"),
+  ("gguf", lambda ck: set_field(ck, "token_embd.weight.dim0", 10**12),
+   "places tensor 'token_embd.weight' .* outside the file"),
   ("gguf", lambda ck: set_field(ck, "token_embd.weight.type", 99), "stores tensor 'token_embd.weight' as ggml type 99"),
-  ("gguf", lambda ck: set_field(ck, "blk.0.attn_q.weight.offset", 1), "at offset 1, not a multiple of the alignment 32"),
+  ("gguf", lambda ck: set_field(ck, "blk.0.attn_q.weight.offset", 1),
+   "at offset 1, not a multiple of the alignment 32"),
   ("gguf", lambda ck: set_field(ck, "blk.0.attn_k.weight.offset", 0), "inside the tensor before it"),
-  ("gguf", lambda ck: ck.write_bytes(ck.read_bytes().replace(b"llama.block_count", b"llama.block_cOunt")), "lacks the setting 'llama.block_count'"),
+  ("gguf", lambda ck: ck.write_bytes(ck.read_bytes().replace(b"llama.block_count", b"llama.block_cOunt")),
+   "lacks the setting 'llama.block_count'"),
   ("gguf", lambda ck: truncate(ck, 15000), r"outside the file's 15,000 bytes \(truncated\?\)"),
 ]
 
@@ -379,7 +449,8 @@ def test_each_damage_its_reason(originals, sandbox, watch, fmt, damage, reason):
 
 def test_gguf_with_string_head_count(tmp_path, watch):
   write_gguf(tmp_path / "m.gguf", ref.random_weights(ARGS, seed=2), ARGS, {}, {"llama.attention.head_count": "4"})
-  assert "gives 'llama.attention.head_count' the value '4', not a positive integer" in watch(load_model, tmp_path / "m.gguf")
+  assert "gives 'llama.attention.head_count' the value '4', not a positive integer" in watch(
+    load_model, tmp_path / "m.gguf")
 
 def test_extra_hf_shard_outside_the_index_is_ignored(originals, sandbox, watch):
   ck = sandbox(originals["hf"])
@@ -393,13 +464,22 @@ TOKENIZERS = ["gguf-llama", "gguf-gpt2", "sentencepiece", "llama2c"]
 @pytest.fixture(scope="module")
 def tokenizer_originals(fixtures, tmp_path_factory) -> dict[str, pathlib.Path]:
   root = tmp_path_factory.mktemp("tokenizers")
-  pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581" + c for c in "abcdefghijklmnopqrstuvwxyz"] + ["\u2581the", "he", "th"]
-  llama_kv = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces, "tokenizer.ggml.scores": [float(-i) for i in range(len(pieces))],
-              "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * 29, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+  pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>"
+                                       for b in range(256)] + ["\u2581" + c for c in "abcdefghijklmnopqrstuvwxyz"
+                                                               ] + ["\u2581the", "he", "th"]
+  llama_kv = {
+    "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
+    "tokenizer.ggml.scores": [float(-i) for i in range(len(pieces))],
+    "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * 29, "tokenizer.ggml.bos_token_id": 1,
+    "tokenizer.ggml.eos_token_id": 2
+  }
   tokens = ["<|endoftext|>", *(chr(c) for c in range(ord("a"), ord("z") + 1)), "Ġ", "Ġt", "he", "Ġthe"]
-  gpt2_kv = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [3] + [1] * 31,
-             "tokenizer.ggml.merges": ["Ġ t", "h e", "Ġt he"], "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 0,
-             "tokenizer.chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}
+  gpt2_kv = {
+    "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
+    "tokenizer.ggml.token_type": [3] + [1] * 31, "tokenizer.ggml.merges": ["Ġ t", "h e",
+                                                                           "Ġt he"], "tokenizer.ggml.bos_token_id": 0,
+    "tokenizer.ggml.eos_token_id": 0, "tokenizer.chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"
+  }
   (root / "llama.gguf").write_bytes(gguf.pack(llama_kv))
   (root / "gpt2.gguf").write_bytes(gguf.pack(gpt2_kv))
   shutil.copy(fixtures / "stories260K" / "tok512.model", root / "tok512.model")
@@ -410,29 +490,27 @@ def load_tok(path):
   tok = tk.load_tokenizer(path)
   tok.decode(tok.encode("the cat", bos=True))   # what it returns works
 
-@pytest.mark.parametrize("kind", TOKENIZERS)
-@FUZZ
-@given(data=st.data())
+@fuzzed("kind", TOKENIZERS)
 def test_corrupt_tokenizer_loads_or_one_sentence(tokenizer_originals, sandbox, watch, kind, data):
   f = sandbox(tokenizer_originals[kind])
   how = data.draw(st.sampled_from(["truncate", "flip", "field"] if f.suffix == ".gguf" else ["truncate", "flip"]))
   if how == "truncate": truncate(f, data.draw(st.integers(0, f.stat().st_size - 1)))
   elif how == "flip":
-    for at in data.draw(st.lists(st.integers(0, f.stat().st_size - 1), min_size=1, max_size=3)): flip(f, at, data.draw(st.integers(1, 255)))
+    for at in data.draw(st.lists(st.integers(0, f.stat().st_size - 1), min_size=1, max_size=3)):
+      flip(f, at, data.draw(st.integers(1, 255)))
   else: set_field(f, data.draw(st.sampled_from(list(binary_fields(f)))), data.draw(st.sampled_from(ABSURD)))
   # (no truncation check: a tokenizer.bin cut between two records, a protobuf between two fields, a GGUF in its final
   # padding are all well-formed files)
   watch(load_tok, f, tk.TokenizerError)
 
-@pytest.mark.parametrize("kind", ["gguf-llama", "gguf-gpt2"])
-@settings(max_examples=60, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(data=st.data())
+@fuzzed("kind", ["gguf-llama", "gguf-gpt2"], cases=60)
 def test_gguf_vocabulary_of_wrong_types(tokenizer_originals, sandbox, watch, kind, data):
   """Well-formed GGUF whose tokenizer values have the wrong type, length or range: TokenizerError, nothing else."""
   f = sandbox(tokenizer_originals[kind])
   kv = gguf.read_header(f).metadata
   key = data.draw(st.sampled_from(sorted(kv)))
-  kv[key] = data.draw(st.sampled_from([-1, 0, 10**6, 2.5, True, "x", [], [1, 2], ["a"], [0.5] * len(kv["tokenizer.ggml.tokens"])]))
+  kv[key] = data.draw(
+    st.sampled_from([-1, 0, 10**6, 2.5, True, "x", [], [1, 2], ["a"], [0.5] * len(kv["tokenizer.ggml.tokens"])]))
   f.write_bytes(gguf.pack(kv))
   msg = watch(load_tok, f, tk.TokenizerError)
   assert msg is None or "is not a usable tokenizer: " in msg, msg
@@ -446,7 +524,8 @@ def cli(*argv, cwd=REPO) -> subprocess.CompletedProcess:
 
 def assert_one_line(p: subprocess.CompletedProcess, script: str, reason: str):
   lines = [l for l in p.stderr.splitlines() if l.strip()]
-  assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"{script}: ") and re.search(reason, lines[0]), p.stderr
+  assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"{script}: ") and re.search(reason,
+                                                                                                    lines[0]), p.stderr
 
 def test_generate_cli_on_a_corrupt_checkpoint(originals, sandbox):
   ck = sandbox(originals["gguf"])
@@ -457,10 +536,12 @@ def test_data_cli_with_a_corrupt_tokenizer(tokenizer_originals, sandbox, tmp_pat
   tok = sandbox(tokenizer_originals["llama2c"])
   truncate(tok, 1000)
   (tmp_path / "corpus.txt").write_text("the cat sat on the mat\n" * 50)
-  assert_one_line(cli("data.py", tmp_path / "corpus.txt", "--tokenizer", tok, "--out", tmp_path / "data"), "data.py", "is truncated inside")
+  assert_one_line(cli("data.py", tmp_path / "corpus.txt", "--tokenizer", tok, "--out", tmp_path / "data"), "data.py",
+                  "is truncated inside")
 
 def test_train_cli_resume_from_a_corrupt_checkpoint(originals, sandbox, tmp_path):
   out = sandbox(originals["own"])
-  (out / "train_state.json").write_text(json.dumps({"step": 1, "config": {"dtype": "float32", "model": ARGS.to_dict(), "data": "none"}}))
+  (out / "train_state.json").write_text(
+    json.dumps({"step": 1, "config": {"dtype": "float32", "model": ARGS.to_dict(), "data": "none"}}))
   truncate(out / "model.safetensors", 20000)
   assert_one_line(cli("train.py", "--resume", "--out", out), "train.py", "model.safetensors is truncated")

@@ -18,11 +18,6 @@ def cli(*args, stdin: str = "", cwd=ROOT, timeout=600) -> subprocess.CompletedPr
                         text=True, cwd=cwd, timeout=timeout)
 
 @pytest.fixture(scope="module")
-def s260(fixtures):
-  d = fixtures / "stories260K"
-  return d / "stories260K.bin", d / "tok512.model"
-
-@pytest.fixture(scope="module")
 def stories(s260):
   return checkpoint.load(s260[0], tokenizer=s260[1])
 
@@ -43,7 +38,8 @@ _rng = decode.Rng(0)
 def draw(logits: np.ndarray, s: decode.Sampling) -> np.ndarray:
   """ROWS independent draws from one distribution, through one compiled sampler per filter combination."""
   key = (s.temperature == 0, bool(s.top_k), s.top_p < 1)
-  if key not in _samplers: _samplers[key] = TinyJit(lambda x, k, s=s: decode.sample(x, k, s, _rng.uniform(ROWS, V)).realize())
+  if key not in _samplers:
+    _samplers[key] = TinyJit(lambda x, k, s=s: decode.sample(x, k, s, _rng.uniform(ROWS, V)).realize())
   rows = Tensor(np.broadcast_to(logits.astype(np.float32), (ROWS, V)).copy()).realize()
   return _samplers[key](rows, s.knobs()).numpy()[:, 0]
 
@@ -52,7 +48,9 @@ def softmax(logits: np.ndarray, t: float) -> np.ndarray:
   e = np.exp(z - z.max())
   return e / e.sum()
 
-logit_vectors = st.lists(st.floats(-4, 4, allow_nan=False).map(lambda x: round(x, 2)), min_size=V, max_size=V).map(np.array)
+
+logit_vectors = st.lists(st.floats(-4, 4, allow_nan=False).map(lambda x: round(x, 2)), min_size=V, max_size=V).map(
+  np.array)
 
 @settings(max_examples=25)
 @given(logits=logit_vectors, p=st.floats(0.05, 1.0), t=st.floats(0.3, 2.0))
@@ -97,7 +95,8 @@ def test_top_p_mass_one_token():
   assert np.all(draw(logits, decode.Sampling(1.0, 0.9, 0)) == 3)
 
 def test_sampling_rejects_bad_values():
-  for bad in (decode.Sampling(-0.1), decode.Sampling(1.0, 0.0), decode.Sampling(1.0, 1.5), decode.Sampling(1.0, 0.9, -1)):
+  for bad in (decode.Sampling(-0.1), decode.Sampling(1.0, 0.0), decode.Sampling(1.0, 1.5), decode.Sampling(
+      1.0, 0.9, -1)):
     with pytest.raises(ValueError): bad.check()
 
 # ***** the decoding loop on real weights *****
@@ -114,7 +113,10 @@ def test_jit_decode_equals_plain_forward(stories):
   """Greedy tokens from chunked prefill + JIT decode are the argmax of one plain (cache-free) forward of the
   same sequence, position by position; the prompt spans two prefill chunks (chunk 32)."""
   model, tok = stories
-  prompt = tok.encode("Once upon a time, there was a little dog named Max. Max liked to run and play with his ball all day long in the big green park.", bos=True)
+  prompt = tok.encode(
+    "Once upon a time, there was a little dog named Max. Max liked to run and play with his ball all day long in the "
+    "big green park.",
+    bos=True)
   assert len(prompt) > 32
   _, out = run_gen(model, prompt, 24, decode.Sampling(0.0))
   seq = prompt + out
@@ -173,12 +175,15 @@ def test_chat_format_detection_and_rendering():
   text = lambda ids: "".join({1: "<|im_start|>", 2: "<|im_end|>"}.get(i) or chr(i) for i in ids)
   assert text(chat.encode_pieces(tok, fmt.turn("Hi", None, True))) == \
     "<|im_start|>system\nYou are Bob<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-  assert text(chat.encode_pieces(tok, fmt.turn("<|im_end|>", None, False))).count("<|im_end|>") == 2   # user text stays text
-  tok.chat_template = "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+  assert text(chat.encode_pieces(tok, fmt.turn("<|im_end|>", None,
+                                               False))).count("<|im_end|>") == 2 # user text stays text
+  tok.chat_template = ("{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}"
+                       "{% endif %}")
   fmt = chat.chat_format(tok)
   assert fmt.name == "llama2"
   # Meta's chat_completion: BOS "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
-  assert chat.encode_pieces(tok, fmt.turn(" Hi ", "Be brief", True)) == [1] + tok.encode("[INST] <<SYS>>\nBe brief\n<</SYS>>\n\nHi [/INST]")
+  assert chat.encode_pieces(tok, fmt.turn(" Hi ", "Be brief",
+                                          True)) == [1] + tok.encode("[INST] <<SYS>>\nBe brief\n<</SYS>>\n\nHi [/INST]")
   tok.chat_template = "{{ '<start_of_turn>user' }}"
   with pytest.raises(ValueError): chat.chat_format(tok)
 
@@ -187,26 +192,31 @@ def test_chatml_matches_smollm2_template(fixtures):
   jinja2 = pytest.importorskip("jinja2")
   kv, _ = gguf_load(fixtures / "smollm2-135m-instruct-q4_1.gguf")
   class Tok:
-    bos_id, eos_id, special_tokens, chat_template = 1, 2, {"<|im_start|>": 1, "<|im_end|>": 2}, kv["tokenizer.chat_template"]
+    bos_id, eos_id, special_tokens, chat_template = 1, 2, {"<|im_start|>": 1,
+                                                           "<|im_end|>": 2}, kv["tokenizer.chat_template"]
     def encode(self, s): return [ord(c) + 10 for c in s]
   tok, msgs = Tok(), [("user", "Hi there"), ("assistant", "Hello!"), ("user", "Bye")]
   fmt = chat.chat_format(tok)
   ids = chat.encode_pieces(tok, fmt.turn("Hi there", None, True)) + tok.encode("Hello!") + [tok.eos_id] + \
         chat.encode_pieces(tok, fmt.after_eos() + fmt.turn("Bye", None, False))
   ours = "".join({1: "<|im_start|>", 2: "<|im_end|>"}.get(i) or chr(i - 10) for i in ids)
-  ref = jinja2.Template(tok.chat_template).render(messages=[{"role": r, "content": c} for r, c in msgs], add_generation_prompt=True)
+  ref = jinja2.Template(tok.chat_template).render(messages=[{"role": r, "content": c} for r, c in msgs],
+                                                  add_generation_prompt=True)
   assert ours == ref
 
 # ***** command line *****
 
 def one_line_error(r: subprocess.CompletedProcess) -> bool:
-  return r.returncode != 0 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+  return r.returncode != 0 and r.stdout == "" and len(
+    r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 def test_cli_bad_inputs(s260, tmp_path):
   m, t = s260
-  for args in ([tmp_path / "nope.bin"], [m, "--tokenizer", t, "-t", "-1"], [m, "--tokenizer", t, "--top-p", "0"],
-               [m, "--tokenizer", t, "--top-p", "1.5"], [m, "--tokenizer", t, "-p", "Once upon a time " * 8, "--max-context", "16"],
-               [m, "--tokenizer", t, "--max-context", "100000"], [m, "--tokenizer", tmp_path / "none.model"], [m, "-n", "-3"]):
+  for args in ([tmp_path / "nope.bin"], [m, "--tokenizer", t, "-t", "-1"], [m, "--tokenizer", t, "--top-p", "0"], [
+      m, "--tokenizer", t, "--top-p", "1.5"
+  ], [m, "--tokenizer", t, "-p", "Once upon a time " * 8, "--max-context",
+      "16"], [m, "--tokenizer", t, "--max-context", "100000"], [m, "--tokenizer",
+                                                                tmp_path / "none.model"], [m, "-n", "-3"]):
     r = cli(*args)
     assert one_line_error(r), (args, r.returncode, r.stderr)
   r = cli(cwd=tmp_path)                        # no MODEL and no out/ here: say how to get a checkpoint
@@ -230,19 +240,25 @@ def test_cli_chat_two_turns(fixtures):
   path, questions = fixtures / "smollm2-135m-instruct-q4_1.gguf", ["What is the capital of France?", "What is 2 + 2?"]
   r = cli(path, "--chat", "-t", "0", "-n", "48", "--max-context", "256", stdin="".join(q + "\n" for q in questions))
   assert r.returncode == 0, r.stderr
-  answers = [a for a in r.stdout.strip().split("\n") if a.strip()]
+  lines = [a for a in r.stdout.strip().split("\n") if a.strip()]
+  assert lines[0::2] == [f"> {q}" for q in questions], r.stdout   # piped turns are marked in the transcript
+  answers = lines[1::2]
   assert len(answers) == 2 and "Paris" in answers[0], r.stdout
   assert r.stderr.count("[end of sequence (EOS)]") == 2 and "prompt" in r.stderr
   model, tok = checkpoint.load(path)
-  msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]}, {"role": "user", "content": questions[1]}]
+  msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]},
+          {"role": "user", "content": questions[1]}]
   ids = tok.encode(jinja2.Template(tok.chat_template).render(messages=msgs, add_generation_prompt=True), special=True)
   gen = decode.Generator(kernels.use_decode_kernels(model), 256, decode.Sampling(0.0))
   assert tok.decode(decode.generate(gen, ids, 48, tok.eos_id, decode.Stats())).strip() == answers[1]
 
 _keepers: dict = {}
 @settings(max_examples=30)
-@given(logits=st.lists(st.floats(-6, 6, allow_nan=False).map(lambda x: round(x, 1)), min_size=V, max_size=V).map(np.array),
-       p=st.floats(0.05, 0.99), k=st.integers(1, V), fan=st.sampled_from([4, 16]))
+@given(logits=st.lists(st.floats(-6, 6, allow_nan=False).map(lambda x: round(x, 1)), min_size=V, max_size=V).map(
+  np.array),
+       p=st.floats(0.05, 0.99),
+       k=st.integers(1, V),
+       fan=st.sampled_from([4, 16]))
 def test_threshold_search_is_exact(logits, p, k, fan):
   """The sort-free threshold search keeps exactly the tokens at or above the k-th largest probability (top-k),
   and exactly the smallest nucleus reaching mass p plus ties (top-p), for both fan-outs; numpy on the same
@@ -253,8 +269,10 @@ def test_threshold_search_is_exact(logits, p, k, fan):
   n = int(np.searchsorted(csum, p))                 # the nucleus: order[:n+1]
   assume(np.abs(csum - p).min() > 1e-5)
   if fan not in _keepers:
-    _keepers[fan] = TinyJit(lambda x, kk, pp: Tensor.stack(decode.keep_top(x, x.ones_like(), kk, fan), decode.keep_top(x, x, pp, fan)).realize())
-  top_k, top_p = _keepers[fan](Tensor(probs[None]).realize(), Tensor([float(k)]).realize(), Tensor([p]).realize()).numpy()[:, 0]
+    _keepers[fan] = TinyJit(lambda x, kk, pp: Tensor.stack(decode.keep_top(x, x.ones_like(), kk, fan),
+                                                           decode.keep_top(x, x, pp, fan)).realize())
+  top_k, top_p = _keepers[fan](Tensor(probs[None]).realize(), Tensor([float(k)]).realize(), Tensor(
+    [p]).realize()).numpy()[:, 0]
   assert np.array_equal(top_k > 0, probs >= order[k - 1])
   assert np.array_equal(top_p > 0, probs >= order[n])
 
@@ -268,7 +286,8 @@ def test_no_model_uses_out_dir(s260, tmp_path):
 
 def test_matvec_linears_keep_state_dict_and_tokens(s260, tmp_path):
   """Swapping every layer (min_size 0) for the 8-lane matvec keeps the learned tensors' names (a tied classifier stays
-  tied, also in a saved checkpoint) and gives the tokens of the plain nn.Linear forward; a second call changes nothing."""
+  tied, also in a saved checkpoint) and gives the tokens of the plain nn.Linear forward; a second call changes
+  nothing."""
   model, tok = checkpoint.load(*s260)
   keys = set(llama.learned(model))
   prompt = tok.encode("Once upon a time", bos=True)
@@ -276,7 +295,8 @@ def test_matvec_linears_keep_state_dict_and_tokens(s260, tmp_path):
   kernels.use_decode_kernels(model, min_size=0)
   a = model.layers[0].attention
   assert isinstance(a.wq, kernels.FusedPart) and isinstance(a.wo, kernels.MatVecLinear) and model.output is not None
-  assert [p.weight.shape for p in (a.wq, a.wk, a.wv)] == [(64, 64), (32, 64), (32, 64)]   # stories260K: 8 heads, 4 kv-heads of 8
+  assert [p.weight.shape for p in (a.wq, a.wk, a.wv)] == [(64, 64), (32, 64),
+                                                          (32, 64)] # stories260K: 8 heads, 4 kv-heads of 8
   wq, output = a.wq, model.output
   kernels.use_decode_kernels(model, min_size=0)
   assert a.wq is wq and model.output is output

@@ -12,7 +12,8 @@ def project_imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
   found = []
   for node in ast.walk(tree):
     if isinstance(node, ast.Import): found += [(a.name.split(".")[0], node) for a in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module: found.append((node.module.split(".")[0], node))
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      found.append((node.module.split(".")[0], node))
   return [(m, n) for m, n in found if m in MODULES]
 
 def graph() -> dict[str, set[str]]:
@@ -36,7 +37,9 @@ def test_no_import_inside_a_function():
   for f in FILES + sorted((ROOT / "tests").glob("*.py")):
     for fn in ast.walk(ast.parse(f.read_text())):
       if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        inside += [f"{f.name}:{n.lineno} in {fn.name}()" for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        inside += [
+          f"{f.name}:{n.lineno} in {fn.name}()" for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))
+        ]
   assert not inside, f"imports inside functions: {inside}"
 
 # the programs: command lines that nothing imports (data.py is a library that also runs as a command)
@@ -50,15 +53,17 @@ def test_libraries_never_import_a_program():
 
 # what only engine.py may touch: tinygrad's UOp graph, its engine and runtime modules, TinyJit's counter, AdamW's
 # state attributes, the DISK device's mapping, and Python's pure-Python unpickler
-INTERNALS = re.compile(r"\.uop\b|tinygrad\.(engine|runtime|codegen|uop|renderer)\b|\.cnt\b|\.b[12]_t\b|\.madvise\(|_Unpickler|"
-                       r"\bfunction\(precompile|opt\.optimizers\b")
+INTERNALS = re.compile(
+  r"\.uop\b|tinygrad\.(engine|runtime|codegen|uop|renderer)\b|\.cnt\b|\.b[12]_t\b|\.madvise\(|_Unpickler|"
+  r"\bfunction\(precompile|opt\.optimizers\b")
 
 @pytest.mark.parametrize("f", FILES + sorted((ROOT / "tests").glob("*.py")), ids=lambda f: f.name)
 def test_tinygrad_internals_only_in_engine(f):
   if f.name in ("engine.py", "test_house.py"): return
   for i, line in enumerate(f.read_text().splitlines(), 1):
     code = line.split("#")[0]
-    assert not INTERNALS.search(code), f"{f.name}:{i} reaches into tinygrad's internals (put it behind engine.py): {line.strip()}"
+    assert not INTERNALS.search(
+      code), f"{f.name}:{i} reaches into tinygrad's internals (put it behind engine.py): {line.strip()}"
 
 @pytest.mark.parametrize("f", FILES, ids=lambda f: f.name)
 def test_file_lengths(f):

@@ -1,7 +1,9 @@
 """Checkpoints in and out (issue 3): every format checkpoint.load reads, built from known weights by the independent
-writers of tests/writers.py (numpy, the safetensors package, a hand-made torch zip and GGUF), and the real-weights golden tests.
+writers of tests/writers.py (numpy, the safetensors package, a hand-made torch zip and GGUF), and the real-weights
+golden tests.
 
-Small models share one config family so tinygrad compiles few distinct kernels; real weights come from ../shared/fixtures.
+Small models share one config family so tinygrad compiles few distinct kernels; real weights come from
+../shared/fixtures.
 """
 import dataclasses, json, pathlib, struct
 import numpy as np
@@ -77,7 +79,8 @@ def test_meta_two_shards_merge_back_half_precision_kept(tmp_path, tied):
   w = {k: v.astype(np.float16) for k, v in ref.random_weights(args, seed=5).items()}
   write_meta(tmp_path / "7B", w, args, shards=2)
   model, tok = checkpoint.load(tmp_path / "7B")
-  assert tok is None and model.args == dataclasses.replace(args, max_seq_len=2048)   # params.json does not say; Meta's default
+  assert tok is None and model.args == dataclasses.replace(args,
+                                                           max_seq_len=2048) # params.json does not say; Meta's default
   assert_same_weights(model, w)          # float16 stays float16, every shard back in place
   assert_close(logits(model), logits(model_from(w, args)))
   assert_close(logits(model), ref.forward(w, args, TOKENS), rtol=1e-2)
@@ -122,7 +125,10 @@ def test_bfloat16_kept_or_widened_exactly(tmp_path, write):
   start = 8 + struct.unpack("<Q", raw[:8])[0]
   for k, h in json.loads(raw[8:start]).items():
     assert h["dtype"] == "BF16", k
-    np.testing.assert_array_equal(np.frombuffer(raw[start + h["data_offsets"][0]:start + h["data_offsets"][1]], np.uint16).reshape(h["shape"]), bits[k], err_msg=k)
+    np.testing.assert_array_equal(np.frombuffer(raw[start + h["data_offsets"][0]:start + h["data_offsets"][1]],
+                                                np.uint16).reshape(h["shape"]),
+                                  bits[k],
+                                  err_msg=k)
   # dtype= widens exactly: float32 holds every bfloat16
   for path in (tmp_path / "m", tmp_path / "own"):
     model, _ = checkpoint.load(path, dtype="float32")
@@ -139,17 +145,23 @@ def test_gguf_dequantises_and_maps_names(tmp_path, tied):
   model, tok = checkpoint.load(tmp_path / "m.gguf")
   assert tok is None and model.args == args
   got = weights_of(model)
-  assert got["layers.0.attention.wk.weight"].dtype == np.float16 and got["norm.weight"].dtype == np.float32   # F16 stays half
+  assert got["layers.0.attention.wk.weight"].dtype == np.float16 and got[
+    "norm.weight"].dtype == np.float32 # F16 stays half
   for k, v in expected.items():   # Q4_1 is d·q + m: allow an FMA's last bit
     np.testing.assert_allclose(got[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
   assert_close(logits(model), ref.forward(expected, args, TOKENS), rtol=1e-3)
 
 def test_gguf_carries_its_tokenizer_and_dtype_option(tmp_path):
   args = small_args(tie_embeddings=True)
-  pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(32, 61)] + ["▁" + c for c in "abcdefghijklmnopqrstuvwxyz012"] + ["▁the", "he", "th"]
+  pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(32, 61)
+                                       ] + ["▁" + c for c in "abcdefghijklmnopqrstuvwxyz012"] + ["▁the", "he", "th"]
   assert len(pieces) == args.vocab_size
-  tok_kv = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces, "tokenizer.ggml.scores": [float(-i) for i in range(64)],
-            "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 29 + [1] * 32, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+  tok_kv = {
+    "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
+    "tokenizer.ggml.scores": [float(-i) for i in range(64)],
+    "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 29 + [1] * 32, "tokenizer.ggml.bos_token_id": 1,
+    "tokenizer.ggml.eos_token_id": 2
+  }
   write_gguf(tmp_path / "m.gguf", ref.random_weights(args, seed=9), args, {}, tok_kv)
   model, tok = checkpoint.load(tmp_path / "m.gguf", dtype="float32")
   assert all(v.dtype == np.float32 for v in weights_of(model).values())
@@ -165,22 +177,35 @@ def broken_inputs(tmp_path: pathlib.Path) -> dict[str, tuple[pathlib.Path, str]]
   cases = {}
   def case(name: str, path: pathlib.Path, reason: str) -> pathlib.Path: return cases.setdefault(name, (path, reason))[0]
   def truncate(p: pathlib.Path, keep: float): p.write_bytes(p.read_bytes()[:int(p.stat().st_size * keep)])
-  checkpoint.save(model_from(w, args), case("own: truncated safetensors", tmp_path / "own", "model.safetensors is truncated: .* ends at data offset"))
+
+  checkpoint.save(
+    model_from(w, args),
+    case("own: truncated safetensors", tmp_path / "own", "model.safetensors is truncated: .* ends at data offset"))
   truncate(tmp_path / "own" / "model.safetensors", 0.7)
   checkpoint.save(model_from(w, args), case("own: corrupt config", tmp_path / "own2", "config.json is not valid JSON"))
   (tmp_path / "own2" / "config.json").write_text("{not json")
-  write_llama2c(case("llama2.c: truncated", tmp_path / "m.bin", "70,848 bytes but its llama2.c header describes 78,720 .truncated"), w, args, 1)
+  write_llama2c(
+    case("llama2.c: truncated", tmp_path / "m.bin", "70,848 bytes but its llama2.c header describes 78,720 .truncated"),
+    w, args, 1)
   truncate(tmp_path / "m.bin", 0.9)
-  write_meta(case("meta: truncated shard", tmp_path / "meta", "consolidated.01.pth is not a usable PyTorch zip checkpoint: .*truncated"), w, args, 2)
+  write_meta(
+    case("meta: truncated shard", tmp_path / "meta",
+         "consolidated.01.pth is not a usable PyTorch zip checkpoint: .*truncated"), w, args, 2)
   truncate(tmp_path / "meta" / "consolidated.01.pth", 0.5)
   write_meta(case("meta: no shards", tmp_path / "meta2", "no consolidated.NN.pth files"), w, args, 1)
   (tmp_path / "meta2" / "consolidated.00.pth").unlink()
-  write_hf(case("hf: missing shard", tmp_path / "hf", "index.json lists the shard model-00002-of-00002.safetensors, which is missing"), w, args, 2)
+  write_hf(
+    case("hf: missing shard", tmp_path / "hf",
+         "index.json lists the shard model-00002-of-00002.safetensors, which is missing"), w, args, 2)
   (tmp_path / "hf" / "model-00002-of-00002.safetensors").unlink()
-  write_gguf(case("gguf: truncated", tmp_path / "t.gguf", "places tensor .* outside the file's .* bytes .truncated"), w, args, {})
+  write_gguf(case("gguf: truncated", tmp_path / "t.gguf", "places tensor .* outside the file's .* bytes .truncated"), w,
+             args, {})
   truncate(tmp_path / "t.gguf", 0.8)
-  case("gguf: corrupt header", tmp_path / "c.gguf", "claims 1,099,511,627,776 metadata entries").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 5, 1 << 40) + b"\xff" * 64)
-  case("unknown file", tmp_path / "notes.txt", "not a checkpoint load.. knows").write_text("just some text, not weights\n" * 10)
+  case("gguf: corrupt header", tmp_path / "c.gguf",
+       "claims 1,099,511,627,776 metadata entries").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 5, 1 << 40) +
+                                                                b"\xff" * 64)
+  case("unknown file", tmp_path / "notes.txt", "not a checkpoint load.. knows").write_text(
+    "just some text, not weights\n" * 10)
   case("empty dir", tmp_path / "empty", "a directory without config.json or params.json").mkdir()
   case("missing path", tmp_path / "nowhere", "does not exist")
   return cases
@@ -206,14 +231,15 @@ def test_stories260K_legacy_and_v1_hold_the_same_weights(stories, fixtures):
 
 def test_stories260K_first_logits_match_numpy_reference(stories):
   a = stories.args
-  assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.ffn_hidden, a.tie_embeddings) == (64, 5, 8, 4, 512, 172, True)
+  assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.ffn_hidden, a.tie_embeddings) == (64, 5, 8, 4,
+                                                                                                        512, 172, True)
   toks = [[1, 403, 407, 261, 378]]     # BOS "Once upon a time"
   out = stories(Tensor(toks)).numpy()
   assert_close(out, ref.forward(weights_of(stories), a, toks))
   assert out[0, 0].argmax() == 403     # after BOS the model starts its story with "Once"
 
 def test_device_option_places_every_tensor(stories, fixtures):
-  model, _ = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device="CPU:1")   # a second virtual CPU device
+  model, _ = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device="CPU:1") # a second virtual CPU device
   assert {t.device for t in nn.state.get_state_dict(model).values()} == {"CPU:1"}
   np.testing.assert_array_equal(model(Tensor([[1, 403]], device="CPU:1")).numpy(), stories(Tensor([[1, 403]])).numpy())
 
@@ -232,10 +258,13 @@ def greedy(model: llama.Transformer, prompt: list[int], steps: int) -> list[int]
     return ids[len(prompt):]
   finally: model.drop_cache()
 
-STORIES_REFERENCE = """Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
-Lily's mom said, "Lily, let's go to the park." Lily was sad and didn't know what to do. She said, "I want to play with your ball, but I can't find it."
-Lily was sad and didn't know what to do. She said, "I'm sorry, Lily. I didn't know what to do."
-Lily didn't want to help her mom, so she"""
+
+STORIES_REFERENCE = ('Once upon a time, there was a little girl named Lily. She loved to play outside in the '
+                     'park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n'
+                     'Lily\'s mom said, "Lily, let\'s go to the park." Lily was sad and didn\'t know what to do. She '
+                     'said, "I want to play with your ball, but I can\'t find it."\nLily was sad and didn\'t know '
+                     'what to do. She said, "I\'m sorry, Lily. I didn\'t know what to do."\nLily didn\'t want to help '
+                     'her mom, so she')
 
 def test_stories260K_greedy_200_tokens_print_llama2c_reference(stories, fixtures):
   ids = greedy(stories, [1], 200)
@@ -243,7 +272,8 @@ def test_stories260K_greedy_200_tokens_print_llama2c_reference(stories, fixtures
   sp = sentencepiece.SentencePieceProcessor(model_file=str(fixtures / "stories260K" / "tok512.model"))
   assert sp.decode(ids) == STORIES_REFERENCE
   # and through the tokenizer load() attaches: llama2.c's own tokenizer.bin export of the same vocabulary
-  _, tok = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", tokenizer=fixtures / "stories260K" / "tok512.bin")
+  _, tok = checkpoint.load(fixtures / "stories260K" / "stories260K.bin",
+                           tokenizer=fixtures / "stories260K" / "tok512.bin")
   assert tok.decode(ids) == STORIES_REFERENCE
 
 def test_own_format_carries_the_sentencepiece_tokenizer(stories, fixtures, tmp_path):
@@ -316,8 +346,8 @@ def smollm2(fixtures):
 def test_smollm2_config_and_dequantised_weights(smollm2):
   model, tok, kv, w = smollm2
   a = model.args
-  assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.ffn_hidden, a.rope_theta, a.norm_eps, a.tie_embeddings) == \
-         (576, 30, 9, 3, 49152, 1536, 1e5, 1e-5, True)
+  assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.ffn_hidden) == (576, 30, 9, 3, 49152, 1536)
+  assert (a.rope_theta, a.norm_eps, a.tie_embeddings) == (1e5, 1e-5, True)
   got = weights_of(model)
   assert sorted(got) == sorted(w)
   for k, v in w.items(): np.testing.assert_allclose(got[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
@@ -326,7 +356,7 @@ def test_smollm2_config_and_dequantised_weights(smollm2):
 def test_smollm2_greedy_matches_numpy_forward_for_32_tokens(smollm2):
   model, tok, kv, w = smollm2
   vocab = kv["tokenizer.ggml.tokens"]
-  prompt = [vocab.index(p) for p in ("Once", "Ġupon", "Ġa", "Ġtime")]   # GPT-2 byte-level pieces; SmolLM2 adds no BOS
+  prompt = [vocab.index(p) for p in ("Once", "Ġupon", "Ġa", "Ġtime")] # GPT-2 byte-level pieces; SmolLM2 adds no BOS
   assert tok.encode("Once upon a time") == prompt
   got = greedy(model, prompt, 32)
   cfg = {"n_heads": kv["llama.attention.head_count"], "n_kv_heads": kv["llama.attention.head_count_kv"],

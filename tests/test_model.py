@@ -20,7 +20,8 @@ def assert_close(out, expected, rtol=1e-4):
   assert err <= rtol * scale, f"max|diff| {err:.3g} > {rtol:g} * max|ref| {scale:.3g}"
 
 def floats(lo: float, hi: float):
-  """float32 values; magnitudes below 1e-6 become 0, because the CPU flushes float32 subnormals (x·cos of 1e-45 is 0)."""
+  """float32 values; magnitudes below 1e-6 become 0, because the CPU flushes float32 subnormals (x·cos of 1e-45
+  is 0)."""
   return st.floats(lo, hi, width=32).map(lambda v: 0.0 if abs(v) < 1e-6 else v)
 seeds = st.integers(0, 2**32 - 1)
 
@@ -38,7 +39,8 @@ def run_rmsnorm(x, weight, eps):
   return norm(Tensor(np.asarray(x, np.float32))).numpy()
 
 @settings(max_examples=40)
-@given(x=arrays(np.float32, NORM_SHAPE, elements=floats(-100, 100)), w=arrays(np.float32, NORM_SHAPE[-1:], elements=floats(-3, 3)),
+@given(x=arrays(np.float32, NORM_SHAPE, elements=floats(-100, 100)),
+       w=arrays(np.float32, NORM_SHAPE[-1:], elements=floats(-3, 3)),
        eps=st.sampled_from([1e-5, TINY_EPS]))
 def test_rmsnorm_matches_reference(x, w, eps):
   assert_close(run_rmsnorm(x, w, eps), ref.rmsnorm(x, w, eps))
@@ -47,7 +49,8 @@ def test_rmsnorm_matches_reference(x, w, eps):
 @given(seed=seeds, c=st.floats(1e-2, 1e3))
 def test_rmsnorm_scale_invariant(seed, c):
   rng = np.random.default_rng(seed)
-  x, w = rng.standard_normal(NORM_SHAPE).astype(np.float32), (1 + rng.standard_normal(NORM_SHAPE[-1])).astype(np.float32)
+  x, w = rng.standard_normal(NORM_SHAPE).astype(np.float32), (1 + rng.standard_normal(NORM_SHAPE[-1])).astype(
+    np.float32)
   assert_close(run_rmsnorm(x * np.float32(c), w, TINY_EPS), run_rmsnorm(x, w, TINY_EPS))
 
 @settings(max_examples=40)
@@ -77,7 +80,9 @@ def test_rope_matches_reference(x, positions, theta):
 @given(seed=seeds, positions=positions_st, theta=thetas)
 def test_rope_preserves_norms(seed, positions, theta):
   x = np.random.default_rng(seed).standard_normal(ROPE_SHAPE).astype(np.float32)
-  np.testing.assert_allclose(np.linalg.norm(run_rope(x, positions, theta), axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(run_rope(x, positions, theta), axis=-1),
+                             np.linalg.norm(x, axis=-1),
+                             rtol=1e-5)
 
 @settings(max_examples=25)
 @given(x=arrays(np.float32, ROPE_SHAPE, elements=floats(-10, 10)), theta=thetas)
@@ -106,8 +111,12 @@ def feed_forward() -> llama.FeedForward: return llama.FeedForward(FFN_DIM, FFN_H
 @given(seed=seeds, x=arrays(np.float32, FFN_X, elements=floats(-10, 10)))
 def test_swiglu_matches_reference(seed, x):
   rng = np.random.default_rng(seed)
-  w = {n: (rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32)
-       for n, s in {"w1.weight": (FFN_HIDDEN, FFN_DIM), "w2.weight": (FFN_DIM, FFN_HIDDEN), "w3.weight": (FFN_HIDDEN, FFN_DIM)}.items()}
+  w = {
+    n: (rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32)
+    for n, s in
+    {"w1.weight": (FFN_HIDDEN, FFN_DIM), "w2.weight": (FFN_DIM, FFN_HIDDEN), "w3.weight": (FFN_HIDDEN,
+                                                                                           FFN_DIM)}.items()
+  }
   ffn = feed_forward()
   nn.state.load_state_dict(ffn, {k: Tensor(v) for k, v in w.items()}, verbose=False)
   assert_close(ffn(Tensor(x)).numpy(), ref.swiglu(x, w["w1.weight"], w["w2.weight"], w["w3.weight"]))
@@ -117,18 +126,23 @@ def test_hidden_size_rule_paper_dims():
   assert [llama.PRESETS[n].ffn_hidden for n in ("7B", "13B", "33B", "65B")] == [11008, 13824, 17920, 22016]
   assert [ref.ffn_hidden(d) for d in (4096, 5120, 6656, 8192)] == [11008, 13824, 17920, 22016]
 
-@pytest.mark.parametrize("dim, multiple_of, mult, hidden", [
-  (8192, 4096, 1.3, 28672),    # Llama 2 70B params.json: ffn_dim_multiplier 1.3, multiple_of 4096, its w1 has 28672 rows
-  (4096, 1024, 1.3, 14336),    # Llama 3 8B: ffn_dim_multiplier 1.3, multiple_of 1024
-  (5120, 256, None, 13824),    # LLaMA 13B, rounding 13653 up
-  (288, 32, None, 768),        # Karpathy's stories15M (llama2.c): hidden_dim 768
-])
+@pytest.mark.parametrize(
+  "dim, multiple_of, mult, hidden",
+  [
+    (8192, 4096, 1.3, 28672), # Llama 2 70B params.json: ffn_dim_multiplier 1.3, multiple_of 4096, its w1 has 28672 rows
+    (4096, 1024, 1.3, 14336), # Llama 3 8B: ffn_dim_multiplier 1.3, multiple_of 1024
+    (5120, 256, None, 13824), # LLaMA 13B, rounding 13653 up
+    (288, 32, None, 768), # Karpathy's stories15M (llama2.c): hidden_dim 768
+  ])
 def test_hidden_size_rule_gives_released_sizes(dim, multiple_of, mult, hidden):
   """The released checkpoints' FFN sizes, read off their weight shapes, not recomputed with the rule."""
-  assert llama.ModelArgs(dim=dim, n_heads=dim // 64 if dim % 64 == 0 else 6, multiple_of=multiple_of, ffn_dim_multiplier=mult).ffn_hidden == hidden
+  assert llama.ModelArgs(dim=dim,
+                         n_heads=dim // 64 if dim % 64 == 0 else 6,
+                         multiple_of=multiple_of,
+                         ffn_dim_multiplier=mult).ffn_hidden == hidden
 
 def test_explicit_hidden_size_overrides_the_rule():
-  assert llama.ModelArgs(dim=64, n_heads=8, hidden_dim=172).ffn_hidden == 172   # stories260K's 172 is no multiple of 256
+  assert llama.ModelArgs(dim=64, n_heads=8, hidden_dim=172).ffn_hidden == 172 # stories260K's 172 is no multiple of 256
 
 # ***** parameter counts (Table 2) *****
 
@@ -151,9 +165,16 @@ def test_num_params_matches_weight_shapes(head_dim, n_kv, rep, n_layers, vocab, 
 # the fixed set of shapes (each new one costs seconds of kernel compilation): GQA; plain MHA of the same size; one
 # K/V head for six query heads with a tied output, ffn_dim_multiplier and another eps
 CONFIGS = {
-  "gqa":  dict(dim=32, n_heads=4, n_kv_heads=2, vocab_size=61, multiple_of=16, norm_eps=1e-5),
-  "mha":  dict(dim=32, n_heads=4, n_kv_heads=4, vocab_size=61, multiple_of=16, norm_eps=1e-5),
-  "tied": dict(dim=48, n_heads=6, n_kv_heads=1, vocab_size=61, multiple_of=32, ffn_dim_multiplier=1.3, norm_eps=1e-6, tie_embeddings=True),
+  "gqa": dict(dim=32, n_heads=4, n_kv_heads=2, vocab_size=61, multiple_of=16, norm_eps=1e-5),
+  "mha": dict(dim=32, n_heads=4, n_kv_heads=4, vocab_size=61, multiple_of=16, norm_eps=1e-5),
+  "tied": dict(dim=48,
+               n_heads=6,
+               n_kv_heads=1,
+               vocab_size=61,
+               multiple_of=32,
+               ffn_dim_multiplier=1.3,
+               norm_eps=1e-6,
+               tie_embeddings=True),
 }
 B, T, CTX = 3, 6, 16
 token_batches = arrays(np.int64, (B, T), elements=st.integers(0, 60))
@@ -162,7 +183,9 @@ def make_args(name: str, **kw) -> llama.ModelArgs:
   return llama.ModelArgs(**{"n_layers": 2, "max_seq_len": CTX, **CONFIGS[name], **kw})
 
 def load(model: llama.Transformer, weights: dict[str, np.ndarray]) -> llama.Transformer:
-  Tensor.realize(*nn.state.load_state_dict(model, {k: Tensor(v) for k, v in weights.items()}, strict=False, verbose=False, realize=False))
+  Tensor.realize(*nn.state.load_state_dict(
+    model, {k: Tensor(v)
+            for k, v in weights.items()}, strict=False, verbose=False, realize=False))
   return model
 
 def make_model(args: llama.ModelArgs, weights: dict[str, np.ndarray] | None = None) -> llama.Transformer:
@@ -208,7 +231,8 @@ def test_init_from_scratch():
   assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
   groups = {"norm": [], "residual": [], "other": []}
   for k, v in first.items():
-    groups["norm" if v.ndim == 1 else "residual" if k.endswith(("wo.weight", "w2.weight")) else "other"].append(v.ravel())
+    groups["norm" if v.ndim == 1 else "residual" if k.endswith(("wo.weight", "w2.weight")) else "other"].append(
+      v.ravel())
   norm, residual, other = (np.concatenate(g).astype(np.float64) for g in groups.values())
   assert np.all(norm == 1)
   for values, std in ((other, 0.02), (residual, 0.02 / np.sqrt(2 * args.n_layers))):
@@ -264,12 +288,16 @@ def test_attention_mha_matches_plain_multihead(mha_attention, seed, start, theta
   # n_kv_heads == n_heads: the block is Vaswani et al.'s multi-head attention (here at positions start..start+T-1)
   args, attn = mha_attention
   rng = np.random.default_rng(seed)
-  w = {k.removeprefix("layers.0.attention."): v for k, v in ref.random_weights(args, seed).items() if ".attention." in k}
+  w = {
+    k.removeprefix("layers.0.attention."): v
+    for k, v in ref.random_weights(args, seed).items() if ".attention." in k
+  }
   nn.state.load_state_dict(attn, {k: Tensor(v) for k, v in w.items()}, strict=False, verbose=False)
   x = rng.standard_normal((B, T, args.dim)).astype(np.float32)
   freqs = Tensor(llama.precompute_freqs(args.head_dim, 2 * CTX, theta).numpy()[start:start + T])
   out = attn(Tensor(x), 0, freqs).numpy()
-  expected = ref.attention(x, w["wq.weight"], w["wk.weight"], w["wv.weight"], w["wo.weight"], args.n_heads, None, theta, start)
+  expected = ref.attention(x, w["wq.weight"], w["wk.weight"], w["wv.weight"], w["wo.weight"], args.n_heads, None, theta,
+                           start)
   assert_close(out, expected)
 
 @pytest.fixture(scope="session")
@@ -312,7 +340,7 @@ def test_kv_cache_token_by_token_and_in_chunks(gqa, decoder):
   decoder.init_cache(max_batch=B + 1, max_context=CTX)
   steps = [decoder(Tensor(tokens[:, i:i + 1]), start_at(i, 1)).realize().numpy() for i in range(T)]
   assert_close(np.concatenate(steps, axis=1), full)
-  decoder.init_cache(max_batch=B + 1, max_context=CTX)   # int positions: prefill 3, then a chunk of 3 on top of the cache
+  decoder.init_cache(max_batch=B + 1, max_context=CTX) # int positions: prefill 3, then a chunk of 3 on top of the cache
   chunks = [decoder(Tensor(tokens[:, a:b]), a).realize().numpy() for a, b in ((0, 3), (3, 6))]
   assert_close(np.concatenate(chunks, axis=1), full)
 

@@ -76,11 +76,15 @@ def test_train_step_matches_one_device(step, mode, n):
 def test_tp_places_weights_megatron_style():
   model = parallel.shard_model(llama.Transformer(CFG), devs(2), "tp")
   a, f = model.layers[0].attention, model.layers[0].feed_forward
-  axes = {"wq": a.wq, "wk": a.wk, "wv": a.wv, "w1": f.w1, "w3": f.w3, "wo": a.wo, "w2": f.w2, "emb": model.tok_embeddings,
-          "out": model.output, "norm": model.layers[0].attention_norm}
-  assert {k: split_axis(m.weight) for k, m in axes.items()} == {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1,
-                                                               "emb": 0, "out": 0, "norm": None}
-  assert model.freqs.device == a.wq.weight.device and split_axis(model.freqs) is None      # ('CPU', 'CPU:1'): CPU:0 is CPU
+  axes = {
+    "wq": a.wq, "wk": a.wk, "wv": a.wv, "w1": f.w1, "w3": f.w3, "wo": a.wo, "w2": f.w2, "emb": model.tok_embeddings,
+    "out": model.output, "norm": model.layers[0].attention_norm
+  }
+  assert {k: split_axis(m.weight)
+          for k, m in axes.items()} == {
+            "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1, "emb": 0, "out": 0, "norm": None
+          }
+  assert model.freqs.device == a.wq.weight.device and split_axis(model.freqs) is None # ('CPU', 'CPU:1'): CPU:0 is CPU
   model.init_cache(1, 16)
   cache = model.layers[0].attention.cache_kv
   assert cache.device == a.wq.weight.device and split_axis(cache) == 2       # split by kv-heads
@@ -88,7 +92,9 @@ def test_tp_places_weights_megatron_style():
 
 def test_dp_places_full_copies_and_splits_batch():
   model = parallel.shard_model(llama.Transformer(CFG), devs(2), "dp")
-  assert all(isinstance(t.device, tuple) and len(t.device) == 2 and split_axis(t) is None for t in get_state_dict(model).values())
+  assert all(
+    isinstance(t.device, tuple) and len(t.device) == 2 and split_axis(t) is None
+    for t in get_state_dict(model).values())
   x = parallel.shard_batch(Tensor(BATCH), devs(2), "dp")
   assert split_axis(x) == 0 and x.shape == BATCH.shape
   assert split_axis(parallel.shard_batch(Tensor(BATCH[None]), devs(2), "dp", batch_axis=1)) == 1   # (accum, batch, seq)
@@ -141,7 +147,8 @@ def test_tp_generator_gives_golden_tokens(fixtures):
   model, _ = checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device=devs(2))
   kernels.use_decode_kernels(model, min_size=0)
   gen = decode.Generator(model, 16, decode.Sampling(0.0), chunk=4)
-  assert decode.generate(gen, STORIES_IDS[:6], 6, None, decode.Stats()) == STORIES_IDS[6:]   # a prefill of 2 chunks, then decode
+  assert decode.generate(gen, STORIES_IDS[:6], 6, None,
+                         decode.Stats()) == STORIES_IDS[6:] # a prefill of 2 chunks, then decode
 
 def test_tp_load_splits_each_tensor_as_it_is_read(fixtures):
   """checkpoint.load(device=(d0, d1)) places each tensor as the reader yields it: each device ends up holding only its
@@ -158,10 +165,12 @@ def test_tp_load_splits_each_tensor_as_it_is_read(fixtures):
   assert all(expected <= g <= expected + 64 for g in grown), (grown, expected)   # + a few bytes of tinygrad scalars
   assert split_axis(model.layers[0].attention.wq.weight) == 0 and split_axis(model.layers[0].attention.wo.weight) == 1
   for name, t in get_state_dict(ref).items():
-    if not name.endswith("cache_kv"): np.testing.assert_array_equal(get_state_dict(model)[name].numpy(), t.numpy(), err_msg=name)
+    if not name.endswith("cache_kv"):
+      np.testing.assert_array_equal(get_state_dict(model)[name].numpy(), t.numpy(), err_msg=name)
 
 def test_tp_load_indivisible_heads_fails_clearly(fixtures):
-  with pytest.raises(parallel.ParallelError, match=r"tensor parallel over 3 devices needs n_heads \(8\) to be divisible by 3"):
+  with pytest.raises(parallel.ParallelError,
+                     match=r"tensor parallel over 3 devices needs n_heads \(8\) to be divisible by 3"):
     checkpoint.load(fixtures / "stories260K" / "stories260K.bin", device=devs(3))
 
 # ----- clear errors -----
@@ -174,9 +183,12 @@ def test_tp_heads_not_dividing_devices_fails_before_moving_anything():
 
 @pytest.mark.parametrize("args, message", [
   (llama.ModelArgs(dim=48, n_layers=1, n_heads=6, vocab_size=64), r"n_heads \(6\) to be divisible by 4"),
-  (llama.ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=64), r"n_kv_heads \(2\) to be divisible by 4"),
-  (llama.ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=66, multiple_of=16), r"vocab_size \(66\) to be divisible by 4"),
-  (llama.ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=64, hidden_dim=90), r"FFN hidden size \(90\) to be divisible by 4"),
+  (llama.ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2,
+                   vocab_size=64), r"n_kv_heads \(2\) to be divisible by 4"),
+  (llama.ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=66,
+                   multiple_of=16), r"vocab_size \(66\) to be divisible by 4"),
+  (llama.ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=64,
+                   hidden_dim=90), r"FFN hidden size \(90\) to be divisible by 4"),
 ])
 def test_tp_indivisible_config_fails_clearly(args, message):
   with pytest.raises(ValueError, match=message): parallel.check_parallel(args, 4, "tp")
@@ -187,7 +199,8 @@ def test_other_bad_parallel_input_fails_clearly():
   model = llama.Transformer(CFG)
   with pytest.raises(ValueError, match=r"dp\+tp is not supported"): parallel.shard_model(model, devs(4), "dp+tp")
   with pytest.raises(ValueError, match="one of dp, tp, dp\\+tp"): parallel.shard_model(model, devs(2), "pp")
-  with pytest.raises(ValueError, match=r"batch size \(3\) to be divisible by 2"): parallel.shard_batch(Tensor(BATCH[:3]), devs(2), "dp")
+  with pytest.raises(ValueError, match=r"batch size \(3\) to be divisible by 2"):
+    parallel.shard_batch(Tensor(BATCH[:3]), devs(2), "dp")
   parallel.shard_model(model, devs(2), "dp")
   with pytest.raises(ValueError, match="already on several devices"): parallel.shard_model(model, devs(2), "tp")
   assert parallel.parse_devices("CPU:0, CPU:1") == ("CPU:0", "CPU:1")

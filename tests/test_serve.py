@@ -2,7 +2,8 @@
 llama2.c's golden text), streaming equals the whole answer, stop strings never leak, concurrent clients get the texts
 they get alone, a client leaving mid-stream stops its generation, bad requests get their status and the server goes on,
 a chat that goes on reuses its cached prefix, and the chat page streams the model's answer in a browser."""
-import base64, http.client, json, os, pathlib, re, shutil, signal, socket, struct, subprocess, sys, threading, time, urllib.error, urllib.request
+import base64, http.client, json, os, pathlib, re, shutil, signal, socket, struct, subprocess, sys, threading, time
+import urllib.error, urllib.request
 import pytest, openai
 import checkpoint, kernels, generate as G, serve
 import decode
@@ -34,7 +35,8 @@ class Live:
   def __init__(self, *argv: str):
     args = G.parse_args([*argv, "--serve", "--port", "0", "-t", "0"])
     model, self.tok = checkpoint.load(args.model, tokenizer=args.tokenizer)
-    gen = decode.Generator(kernels.use_decode_kernels(model), args.max_context or min(model.args.max_seq_len, 2048), decode.Sampling(0.0))
+    gen = decode.Generator(kernels.use_decode_kernels(model), args.max_context or min(model.args.max_seq_len, 2048),
+                           decode.Sampling(0.0))
     self.records: list[dict] = []
     self.server = serve.make_server(gen, self.tok, args, self.records.append)
     threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -54,10 +56,12 @@ class Live:
     return out["value"]
 
   def complete(self, stream=False, **kw):
-    return self.run(lambda: collect(self.client.completions.create(model=self.name, stream=stream, **kw), stream, False))
+    return self.run(
+      lambda: collect(self.client.completions.create(model=self.name, stream=stream, **kw), stream, False))
 
   def chat(self, messages, stream=False, **kw):
-    return self.run(lambda: collect(self.client.chat.completions.create(model=self.name, messages=messages, stream=stream, **kw), stream, True))
+    return self.run(lambda: collect(
+      self.client.chat.completions.create(model=self.name, messages=messages, stream=stream, **kw), stream, True))
 
   def close(self):
     self.server.shutdown()
@@ -77,11 +81,6 @@ def collect(r, stream: bool, chat: bool) -> tuple[str, str, list[str]]:
   return "".join(pieces), reason, pieces
 
 def say(text: str) -> list[dict]: return [{"role": "user", "content": text}]
-
-@pytest.fixture(scope="module")
-def s260(fixtures):
-  d = fixtures / "stories260K"
-  return d / "stories260K.bin", d / "tok512.model"
 
 @pytest.fixture(scope="module")
 def golden(fixtures) -> str:
@@ -129,28 +128,39 @@ def test_stop_strings(live, golden):
   """The text ends before the first stop string; streamed, no piece of it is sent even though it spans tokens; a
   held-back prefix of a stop string that never completes is sent after all."""
   for stream in (False, True):
-    text, reason, pieces = live.complete(stream=stream, prompt="", max_tokens=60, temperature=0, stop=["park", "named Lily"])
+    text, reason, pieces = live.complete(stream=stream,
+                                         prompt="",
+                                         max_tokens=60,
+                                         temperature=0,
+                                         stop=["park", "named Lily"])
     assert (text, reason) == (golden[:golden.index("named Lily")], "stop")   # streamed: all that was sent
     text, reason, _ = live.complete(stream=stream, prompt="", max_tokens=9, temperature=0, stop=["little boy"])
     assert (text, reason) == ("Once upon a time, there was a little", "length")
 
 def test_prefix_reuse_in_chat(live):
   """A conversation that goes on is prefilled from where it leaves the cache, and answers as if prefilled whole."""
-  first = live.run(lambda: live.client.chat.completions.create(model=live.name, messages=say(HELLO), max_tokens=20, temperature=0))
+  first = live.run(
+    lambda: live.client.chat.completions.create(model=live.name, messages=say(HELLO), max_tokens=20, temperature=0))
   talk = say(HELLO) + [{"role": "assistant", "content": first.choices[0].message.content}] + say("Tell me a story.")
-  warm = live.run(lambda: live.client.chat.completions.create(model=live.name, messages=talk, max_tokens=20, temperature=0))
+  warm = live.run(
+    lambda: live.client.chat.completions.create(model=live.name, messages=talk, max_tokens=20, temperature=0))
   assert warm.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
   live.complete(prompt="Tom", max_tokens=1)                # the cache now shares only BOS with the conversation
-  cold = live.run(lambda: live.client.chat.completions.create(model=live.name, messages=talk, max_tokens=20, temperature=0))
+  cold = live.run(
+    lambda: live.client.chat.completions.create(model=live.name, messages=talk, max_tokens=20, temperature=0))
   assert cold.usage.prompt_tokens_details.cached_tokens == 1 and cold.usage.prompt_tokens == warm.usage.prompt_tokens
   assert cold.choices[0].message.content == warm.choices[0].message.content
 
 def test_two_clients_at_once_get_their_texts(live):
   """A greedy stream and a seeded sampled chat sent together are served in turn and get what each gets alone; the seed
   fixes the sampled text, another seed changes it."""
-  a = lambda: collect(live.client.completions.create(model=live.name, prompt="Lily and Tom", max_tokens=40, temperature=0, stream=True), True, False)
-  b = lambda seed=7: collect(live.client.chat.completions.create(model=live.name, messages=say("Tell me a story."), max_tokens=40,
-                                                                  temperature=1.0, top_p=0.9, seed=seed), False, True)
+  a = lambda: collect(
+    live.client.completions.create(model=live.name, prompt="Lily and Tom", max_tokens=40, temperature=0, stream=True),
+    True, False)
+  b = lambda seed=7: collect(
+    live.client.chat.completions.create(
+      model=live.name, messages=say("Tell me a story."), max_tokens=40, temperature=1.0, top_p=0.9, seed=seed), False,
+    True)
   alone = live.run(a), live.run(b)
   def together():
     out = [None, None]
@@ -164,7 +174,8 @@ def test_two_clients_at_once_get_their_texts(live):
 def test_client_leaving_mid_stream_stops_generation(live):
   def leave():
     conn = http.client.HTTPConnection(live.server.server_address[0], live.server.server_address[1], timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": "", "max_tokens": 500, "temperature": 0, "stream": True}),
+    conn.request("POST", "/v1/completions",
+                 json.dumps({"prompt": "", "max_tokens": 500, "temperature": 0, "stream": True}),
                  {"Content-Type": "application/json"})
     r = conn.getresponse()
     assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
@@ -179,12 +190,16 @@ def test_client_leaving_mid_stream_stops_generation(live):
   n = len(live.records)
   live.run(leave)
   assert live.records[-1]["finish"] == "cancelled" and live.records[-1]["completion_tokens"] < 100
-  assert live.complete(prompt="") == ("Once upon a time, there was a little", "length", [])   # the command line's -n 9, -t 0
+  assert live.complete(prompt="") == (
+    "Once upon a time, there was a little", "length", []) # the command line's -n 9, -t 0
 
 def raw(live, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
   conn = http.client.HTTPConnection(*live.server.server_address[:2], timeout=60)
   conn.putrequest(method, path)
-  for k, v in {"Content-Type": "application/json", **({"Content-Length": str(len(body))} if body is not None else {}), **(headers or {})}.items():
+  for k, v in {
+      "Content-Type": "application/json", **({"Content-Length": str(len(body))} if body is not None else {}),
+      **(headers or {})
+  }.items():
     conn.putheader(k, v)
   conn.endheaders(body)
   r = conn.getresponse()
@@ -192,28 +207,36 @@ def raw(live, method: str, path: str, body: bytes | None = None, headers: dict |
   conn.close()
   return out
 
-BAD = [(400, b"{bad"), (400, b"[1, 2]"), (400, b'{"prompt": 5}'), (400, b"{}"), (400, b'{"prompt": [99999]}'),
-       (400, b'{"prompt": "a", "max_tokens": "5"}'), (400, b'{"prompt": "a", "max_tokens": 1.5}'), (400, b'{"prompt": "a", "max_tokens": 0}'),
-       (400, b'{"prompt": "a", "max_tokens": 100000}'), (400, b'{"prompt": "a", "temperature": -1}'), (400, b'{"prompt": "a", "temperature": 3}'),
-       (400, b'{"prompt": "a", "temperature": NaN}'), (400, b'{"prompt": "a", "top_p": 0}'), (400, b'{"prompt": "a", "top_p": 1.5}'),
-       (400, b'{"prompt": "a", "top_k": -1}'), (400, b'{"prompt": "a", "top_k": true}'), (400, b'{"prompt": "a", "stream": "yes"}'),
-       (400, b'{"prompt": "a", "stop": [1]}'), (400, b'{"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}'), (400, b'{"prompt": "a", "n": 2}'),
-       (400, b'{"prompt": "a", "seed": "x"}'), (400, b'{"prompt": "a", "presence_penalty": 1}'), (400, b'{"prompt": "\xff"}')]
-BAD_CHAT = [b'{"messages": "hi"}', b'{"messages": []}', b'{"messages": [{"role": "wizard", "content": "x"}]}', b'{"messages": [{"role": "user"}]}',
-            b'{"messages": [{"role": "assistant", "content": "x"}]}', b'{"messages": [{"role": "user", "content": 3}]}',
-            b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}']
+# each a 400: bodies that are not a request, then one bad value per field of a valid one
+BAD = [b"{bad", b"[1, 2]", b'{"prompt": 5}', b"{}", b'{"prompt": [99999]}', b'{"prompt": "\xff"}']
+BAD += [json.dumps({"prompt": "a", field: v}).encode() for field, values in {
+  "max_tokens": ["5", 1.5, 0, 100000], "temperature": [-1, 3, float("nan")], "top_p": [0, 1.5], "top_k": [-1, True],
+  "stream": ["yes"], "stop": [[1], ["a", "b", "c", "d", "e"]], "n": [2], "seed": ["x"], "presence_penalty": [1]}.items()
+  for v in values]
+BAD_CHAT = [
+  b'{"messages": "hi"}', b'{"messages": []}', b'{"messages": [{"role": "wizard", "content": "x"}]}',
+  b'{"messages": [{"role": "user"}]}', b'{"messages": [{"role": "assistant", "content": "x"}]}',
+  b'{"messages": [{"role": "user", "content": 3}]}',
+  b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}'
+]
 
 def test_bad_requests_then_good_ones(live):
   """Each bad request gets its status and an OpenAI-style error body, and the request after it is served."""
-  cases = [("POST", "/v1/completions", s, b, None) for s, b in BAD] + [("POST", "/v1/chat/completions", 400, b, None) for b in BAD_CHAT]
-  cases += [("POST", "/v1/embeddings", 404, b"{}", None), ("GET", "/v1/nothing", 404, None, None),
-            ("POST", "/v1/completions", 413, None, {"Content-Length": str(serve.MAX_BODY + 1)}),   # refused before it is sent
-            ("POST", "/v1/completions", 411, None, None)]
+  cases = [("POST", "/v1/completions", 400, b, None) for b in BAD]
+  cases += [("POST", "/v1/chat/completions", 400, b, None) for b in BAD_CHAT]
+  cases += [
+    ("POST", "/v1/embeddings", 404, b"{}", None),
+    ("GET", "/v1/nothing", 404, None, None),
+    ("POST", "/v1/completions", 413, None, {"Content-Length": str(serve.MAX_BODY + 1)}), # refused before it is sent
+    ("POST", "/v1/completions", 411, None, None)
+  ]
   def go():
     for method, path, status, body, headers in cases:
       got, err = raw(live, method, path, body, headers)
-      assert got == status and isinstance(err["error"]["message"], str) and isinstance(err["error"]["type"], str), (body, got, err)
-      assert raw(live, "POST", "/v1/completions", b'{"prompt": "", "max_tokens": 4, "temperature": 0}')[1]["choices"][0]["text"] == "Once upon a time"
+      assert got == status, (body, got, err)
+      assert isinstance(err["error"]["message"], str) and isinstance(err["error"]["type"], str), (body, err)
+      assert raw(live, "POST", "/v1/completions",
+                 b'{"prompt": "", "max_tokens": 4, "temperature": 0}')[1]["choices"][0]["text"] == "Once upon a time"
     with pytest.raises(openai.BadRequestError, match="context"):
       live.client.completions.create(model=live.name, prompt="Once", max_tokens=600)
   live.run(go)
@@ -222,14 +245,24 @@ def test_cli_serve_with_api_key(s260):
   """generate.py --serve prints its URL, serves the page to anyone and /v1 only with the key, and Ctrl-C ends it
   cleanly; bad --serve flags give one line."""
   m, t = s260
-  proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), str(m), "--tokenizer", str(t), "--serve", "--port", "0",
-                           "--api-key", "sekrit"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  proc = subprocess.Popen([
+    sys.executable,
+    str(ROOT / "generate.py"),
+    str(m), "--tokenizer",
+    str(t), "--serve", "--port", "0", "--api-key", "sekrit"
+  ],
+                          stderr=subprocess.PIPE,
+                          text=True,
+                          cwd=ROOT)
   try:
-    url = next(mt.group(1) for line in proc.stderr if (mt := re.match(r"serving stories260K at (http://127\.0\.0\.1:\d+/) ", line)))
+    url = next(
+      mt.group(1) for line in proc.stderr
+      if (mt := re.match(r"serving stories260K at (http://127\.0\.0\.1:\d+/) ", line)))
     threading.Thread(target=proc.stderr.read, daemon=True).start()   # keep its log from filling the pipe
     for key in (None, "wrong"):
       with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(urllib.request.Request(url + "v1/models", headers={"Authorization": f"Bearer {key}"} if key else {}))
+        urllib.request.urlopen(
+          urllib.request.Request(url + "v1/models", headers={"Authorization": f"Bearer {key}"} if key else {}))
       assert e.value.code == 401 and json.load(e.value)["error"]["code"] == "invalid_api_key"
     assert b"<textarea" in urllib.request.urlopen(url).read()
     client = openai.OpenAI(base_url=url + "v1", api_key="sekrit", max_retries=0, timeout=600)
@@ -237,12 +270,18 @@ def test_cli_serve_with_api_key(s260):
     with pytest.raises(openai.BadRequestError, match="context"):         # past the key: refused for its max_tokens
       client.completions.create(model="stories260K", prompt="", max_tokens=10**6)
     with pytest.raises(openai.AuthenticationError):
-      openai.OpenAI(base_url=url + "v1", api_key="wrong", max_retries=0).completions.create(model="stories260K", prompt="")
+      openai.OpenAI(base_url=url + "v1", api_key="wrong", max_retries=0).completions.create(model="stories260K",
+                                                                                            prompt="")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
   finally: proc.kill()
   for bad in (["--chat"], ["--port", "70000"]):
-    r = subprocess.run([sys.executable, str(ROOT / "generate.py"), str(m), "--tokenizer", str(t), "--serve", *bad], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+      [sys.executable, str(ROOT / "generate.py"),
+       str(m), "--tokenizer", str(t), "--serve", *bad],
+      capture_output=True,
+      text=True,
+      cwd=ROOT)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
 
 # ***** SmolLM2-135M-Instruct: the real chat model, and the page in a browser *****
@@ -260,20 +299,25 @@ def test_smollm2_names_paris(smol):
 class Browser:
   """Headless Chromium driven over the DevTools protocol, through a minimal websocket client (RFC 6455)."""
   def __init__(self, profile: pathlib.Path):
-    self.proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                  "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                                  "--remote-debugging-port=0", "about:blank"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    self.proc = subprocess.Popen([
+      CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+      "--remote-debugging-port=0", "about:blank"
+    ],
+                                 stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
     port_file, deadline = profile / "DevToolsActivePort", time.time() + 60
     while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
       assert time.time() < deadline and self.proc.poll() is None, "chromium did not start"
       time.sleep(0.1)
     port = int(port_file.read_text().split()[0])
-    page = next(t for t in json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list")) if t["type"] == "page")
+    page = next(
+      t for t in json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list")) if t["type"] == "page")
     path = page["webSocketDebuggerUrl"].split(str(port), 1)[1]
     self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    self.sock.sendall(
+      f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
     self.rf, self.n = self.sock.makefile("rb"), 0
     assert b" 101 " in self.rf.readline()
     while self.rf.readline() not in (b"\r\n", b""): pass
@@ -281,7 +325,8 @@ class Browser:
   def send(self, text: str):
     data, mask = text.encode(), os.urandom(4)     # a client masks every frame
     n = len(data)
-    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n) if n < 1 << 16 else bytes([0x80 | 127]) + struct.pack(">Q", n)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n) if n < 1 << 16 else bytes(
+      [0x80 | 127]) + struct.pack(">Q", n)
     self.sock.sendall(bytes([0x81]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
   def recv(self) -> str:
@@ -332,7 +377,10 @@ def test_chat_page_in_browser(smol, tmp_path):
       b.wait(f"document.getElementById('model').textContent === {json.dumps(smol.name)}", 60)
       b.js("document.getElementById('temperature').value = '0'; document.getElementById('max_tokens').value = '24'")
       for k, question in enumerate((FRANCE, "And of Italy?")):
-        b.js(f"document.getElementById('input').value = {json.dumps(question)}; document.getElementById('form').requestSubmit()")
+        b.js(
+          f"document.getElementById('input').value = {json.dumps(question)}; "
+          "document.getElementById('form').requestSubmit()"
+        )
         b.wait(f"document.querySelectorAll('.assistant[data-state=done]').length === {k + 1}")
       answers = b.js("[...document.querySelectorAll('.assistant')].map(d => [d.textContent, Number(d.dataset.chunks)])")
       notes = b.js("[...document.querySelectorAll('.meta')].map(d => d.textContent)")

@@ -3,14 +3,14 @@ sentencepiece library and our own encoders of the same vocabulary, and round-tri
 import pathlib
 import pytest
 from hypothesis import given, settings, strategies as st
-import data
-import checkpoint
 import tokenizer as tk
 from tinygrad import Tensor
 from tinygrad.llm.gguf import gguf_load
 
-SENTENCES = ["Once upon a time", "Hello, world!", "  two leading spaces and\ttabs\n\nnew lines ", "The year 2023: 3.14159",
-             "naïve café, Ünïcödé, 日本語のテキスト, emoji 🦙🙂", "", "x", " ", "a  b   c", "Lily's mom said, \"let's go\"."]
+SENTENCES = [
+  "Once upon a time", "Hello, world!", "  two leading spaces and\ttabs\n\nnew lines ", "The year 2023: 3.14159",
+  "naïve café, Ünïcödé, 日本語のテキスト, emoji 🦙🙂", "", "x", " ", "a  b   c", "Lily's mom said, \"let's go\"."
+]
 # sentencepiece escapes ' ' as '▁' (U+2581), so a literal '▁' in the input cannot come back: leave it out of drawn text
 TEXT = st.text(st.characters(blacklist_characters="\u2581", blacklist_categories=("Cs",)), max_size=40)
 
@@ -34,7 +34,8 @@ def tok512_bin(fixtures): return tk.load_tokenizer(fixtures / "stories260K" / "t
 def test_llama2_golden_ids(llama2, llama2_bin):
   assert llama2.encode("Once upon a time") == [9038, 2501, 263, 931]
   assert llama2_bin.encode("Once upon a time", bos=True, eos=True) == [1, 9038, 2501, 263, 931, 2]
-  assert (llama2.vocab_size, llama2.bos_id, llama2.eos_id) == (32000, 1, 2) == (llama2_bin.vocab_size, llama2_bin.bos_id, llama2_bin.eos_id)
+  assert (llama2.vocab_size, llama2.bos_id, llama2.eos_id) == (32000, 1, 2) == (llama2_bin.vocab_size,
+                                                                                llama2_bin.bos_id, llama2_bin.eos_id)
 
 def test_tok512_golden_ids(tok512, tok512_bin):
   assert tok512.encode("Once upon a time") == tok512_bin.encode("Once upon a time") == [403, 407, 261, 378]
@@ -99,8 +100,11 @@ def test_bad_files(tmp_path, fixtures):
   with pytest.raises(tk.TokenizerError, match="neither"): tk.load_tokenizer(tmp_path / "junk.model")
   (tmp_path / "empty.model").write_bytes(b"")
   with pytest.raises(tk.TokenizerError, match="is empty"): tk.load_tokenizer(tmp_path / "empty.model")
-  reasons = {"stories260K/tok512.bin": "truncated inside the record of token 214 .read as a llama2.c tokenizer.bin",
-             "stories260K/tok512.model": "not a valid sentencepiece .model", "smollm2-135m-instruct-q4_1.gguf": "claims 49,152 array elements .* bytes left .truncated"}
+  reasons = {
+    "stories260K/tok512.bin": "truncated inside the record of token 214 .read as a llama2.c tokenizer.bin",
+    "stories260K/tok512.model": "not a valid sentencepiece .model",
+    "smollm2-135m-instruct-q4_1.gguf": "claims 49,152 array elements .* bytes left .truncated"
+  }
   for name, reason in reasons.items():
     cut = tmp_path / pathlib.Path(name).name
     cut.write_bytes((fixtures / name).read_bytes()[:3000])
@@ -130,7 +134,8 @@ def test_smollm_known_ids(smollm, smollm_kv):
   assert smollm.encode(chat, special=True) == [1] + idx("user", "Ċ", "Hi") + [2]
   # by default the markers are plain text: a user cannot type a control token into a prompt
   plain = smollm.encode(chat)
-  assert 1 not in plain and 2 not in plain and smollm.decode(plain) == chat == smollm.decode(smollm.encode(chat, special=True))
+  assert 1 not in plain and 2 not in plain and smollm.decode(plain) == chat == smollm.decode(
+    smollm.encode(chat, special=True))
   assert (smollm.bos_id, smollm.eos_id, smollm.vocab_size, smollm.add_bos) == (1, 2, 49152, False)
   assert smollm.special_tokens["<|im_start|>"] == 1 and smollm.chat_template.startswith("{% for message in messages %}")
 
@@ -171,12 +176,14 @@ def test_smollm_stream_decoder(smollm, text, junk):
 
 def test_gpt2_add_space_prefix(smollm_kv):
   """add_space_prefix=true puts one space in front of the text and decoding takes it away again."""
-  tok = tk.tokenizer_from_gguf({**smollm_kv, "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_bos_token": True})
+  tok = tk.tokenizer_from_gguf(
+    {**smollm_kv, "tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_bos_token": True})
   tokens = smollm_kv["tokenizer.ggml.tokens"]
   assert tok.encode("Hello world") == [tokens.index("ĠHello"), tokens.index("Ġworld")] and tok.add_bos
   assert tok.encode("") == [] and tok.encode("", bos=True) == [1]
   dec = tok.decoder()
-  assert tok.decode(tok.encode("Hello world")) == "".join(dec.add(i) for i in tok.encode("Hello world")) == "Hello world"
+  assert tok.decode(tok.encode("Hello world")) == "".join(dec.add(i)
+                                                          for i in tok.encode("Hello world")) == "Hello world"
 
 def test_load_tokenizer_reads_gguf(fixtures, smollm):
   tok = tk.load_tokenizer(fixtures / "smollm2-135m-instruct-q4_1.gguf")
@@ -184,11 +191,15 @@ def test_load_tokenizer_reads_gguf(fixtures, smollm):
 
 def gguf_kv_from_sentencepiece(sp) -> dict:
   """GGUF 'llama' metadata as llama.cpp's converter writes it from a sentencepiece model: pieces, scores, types."""
-  typ = lambda i: 2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(i) else 1
+  typ = lambda i: 2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(
+    i) else 1
   n = sp.vocab_size()
-  return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
-          "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)], "tokenizer.ggml.token_type": [typ(i) for i in range(n)],
-          "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(), "tokenizer.ggml.unknown_token_id": sp.unk_id()}
+  return {
+    "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+    "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)],
+    "tokenizer.ggml.token_type": [typ(i) for i in range(n)], "tokenizer.ggml.bos_token_id": sp.bos_id(),
+    "tokenizer.ggml.eos_token_id": sp.eos_id(), "tokenizer.ggml.unknown_token_id": sp.unk_id()
+  }
 
 @pytest.fixture(scope="module")
 def llama2_gguf(llama2): return tk.tokenizer_from_gguf(gguf_kv_from_sentencepiece(llama2.sp))
@@ -218,16 +229,20 @@ def test_gguf_errors():
   with pytest.raises(tk.TokenizerError, match="unsupported GGUF tokenizer model"):
     tk.tokenizer_from_gguf({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]})
   with pytest.raises(tk.TokenizerError, match="pre-tokenizer"):
-    tk.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such", "tokenizer.ggml.tokens": ["a", "b", "c"]})
+    tk.tokenizer_from_gguf(
+      {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such", "tokenizer.ggml.tokens": ["a", "b", "c"]})
   # values of the wrong type or outside the vocabulary, each named
   llama = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "a"]}
   for key, value, reason in [("ggml.bos_token_id", 4, "bos_token_id is 4, not a token id in the vocabulary"),
-                             ("ggml.unknown_token_id", -1, "unknown_token_id is -1"), ("ggml.scores", [0.0], "scores is .*one number per token"),
-                             ("ggml.token_type", ["1"] * 4, "token_type is .*one integer per token"), ("ggml.add_bos_token", 1, "add_bos_token is 1, not true or false"),
+                             ("ggml.unknown_token_id", -1, "unknown_token_id is -1"),
+                             ("ggml.scores", [0.0], "scores is .*one number per token"),
+                             ("ggml.token_type", ["1"] * 4, "token_type is .*one integer per token"),
+                             ("ggml.add_bos_token", 1, "add_bos_token is 1, not true or false"),
                              ("chat_template", 7, "chat_template is 7, not a string")]:
     with pytest.raises(tk.TokenizerError, match=reason): tk.tokenizer_from_gguf({**llama, f"tokenizer.{key}": value})
   with pytest.raises(tk.TokenizerError, match="merges is .*not an array of strings"):
-    tk.tokenizer_from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "c"], "tokenizer.ggml.merges": [1, 2]})
+    tk.tokenizer_from_gguf(
+      {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "c"], "tokenizer.ggml.merges": [1, 2]})
 
 @pytest.mark.parametrize("pair", [("llama2", "llama2_bin"), ("tok512", "tok512_bin")])
 def test_scored_vocab_saves_as_sentencepiece_model(pair, request, tmp_path):
@@ -237,7 +252,8 @@ def test_scored_vocab_saves_as_sentencepiece_model(pair, request, tmp_path):
   binary.save(tmp_path / "tokenizer.model")
   again = tk.load_tokenizer(tmp_path / "tokenizer.model")
   assert isinstance(again, tk.SentencePieceTokenizer)
-  assert (again.bos_id, again.eos_id, again.vocab_size, again.special_tokens) == (1, 2, binary.vocab_size, model.special_tokens)
+  assert (again.bos_id, again.eos_id, again.vocab_size, again.special_tokens) == (1, 2, binary.vocab_size,
+                                                                                  model.special_tokens)
   for s in SENTENCES: assert again.encode(s) == binary.encode(s), s
   assert again.encode("Once upon a time") == model.encode("Once upon a time")
 

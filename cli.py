@@ -1,0 +1,27 @@
+# What the command lines share: bad input and Ctrl-C reported in one line on stderr with an exit code (never a
+# traceback), and the benchmarks' interleaved timing rounds.
+from __future__ import annotations
+import sys, time
+from typing import Callable
+
+def one_line_errors(prog: str, run: Callable[[], int | None], errors: tuple = (ValueError, OSError)) -> int:
+  """run()'s exit code; an expected error prints `prog: error: ...` (1), Ctrl-C `prog: interrupted` (130)."""
+  try: return run() or 0
+  except errors as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130
+
+def interleaved(runs: dict[str, Callable], rounds: int, time_limit: float, t_start: float,
+                unit: str) -> dict[str, list]:
+  """Each contender once per round, so that a noisy shared machine slows all of them alike; no round starts after
+  time_limit seconds since t_start (0: no limit), but one always runs."""
+  times: dict[str, list] = {k: [] for k in runs}
+  for r in range(rounds):
+    if r and time_limit and time.perf_counter() - t_start > time_limit:
+      print(f"--time-limit of {time_limit:.0f} s reached: {r} timed {unit} instead of {rounds}")
+      break
+    for name, f in runs.items(): times[name].append(f())
+  return times
