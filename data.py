@@ -20,6 +20,7 @@ except ImportError: PYDOC_TOPICS = {}
 import chat
 from cli import one_line_errors
 from files import atomic_write, new_dir
+from progress import phase
 from tokenizer import Tokenizer, load_tokenizer
 
 class DataError(ValueError):
@@ -194,8 +195,8 @@ def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=Non
   random.Random(0).shuffle(docs)   # the validation tail is then a sample of the documents, not the last directory
   with new_dir(out):
     if tokenizer is None:
-      print(f"training a {vocab_size}-token tokenizer on {len(docs)} documents ...", file=sys.stderr, flush=True)
-      tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")
+      with phase(f"training a {vocab_size}-token tokenizer on {len(docs)} documents", after=0.0):
+        tok_path = train_tokenizer(_lines(docs), vocab_size, out / "tokenizer")
     else: tok_path = keep_tokenizer(tokenizer, out)
     tok = load_tokenizer(tok_path)
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"

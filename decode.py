@@ -8,6 +8,7 @@ import math, resource, secrets, sys, time
 from dataclasses import dataclass
 from tinygrad import Context, Tensor, TinyJit, UOp, dtypes
 import llama, parallel
+from progress import phase
 
 # ***** sampling on the device *****
 
@@ -111,7 +112,7 @@ class Generator:
     self.prefill_step, self.decode_step = TinyJit(self._step), TinyJit(self._step)
     self.v_pos = UOp.variable("start_pos", 0, max_context - 1)
     self.pos, self.pending = 0, None   # pending: the last sampled token, on the device, not yet in the cache
-    self.steps = 0                     # decode steps so far: the first two compile
+    self.steps, self.prefills = 0, 0   # decode and prefill steps so far: the first two of each compile
     self.compiled: dict = {}           # the steps (and their counts) of other kinds of sampling, see resample
 
   def _step(self, tokens: Tensor, start_pos: UOp, select: Tensor, knobs: Tensor) -> Tensor:
@@ -134,10 +135,11 @@ class Generator:
     """Sample with other values and a new seed from the next step on, keeping the KV cache. The values are inputs of
     the compiled steps; each kind of sampling (greedy or not, which filters are on) compiles its own pair once."""
     kind = lambda s: (s.temperature == 0, s.top_k > 0, s.top_p < 1)   # what changes sample()'s graph
-    self.compiled[kind(self.sampling)] = self.prefill_step, self.decode_step, self.steps
+    self.compiled[kind(self.sampling)] = self.prefill_step, self.decode_step, self.steps, self.prefills
     self.sampling = sampling.check()
-    if kind(sampling) not in self.compiled: self.compiled[kind(sampling)] = TinyJit(self._step), TinyJit(self._step), 0
-    self.prefill_step, self.decode_step, self.steps = self.compiled[kind(sampling)]
+    if kind(sampling) not in self.compiled:
+      self.compiled[kind(sampling)] = TinyJit(self._step), TinyJit(self._step), 0, 0
+    self.prefill_step, self.decode_step, self.steps, self.prefills = self.compiled[kind(sampling)]
     self.knobs = sampling.knobs().to(self.devices[0]).realize()
     self.rng.state.assign(Rng(seed, self.devices[0]).state).realize()   # the compiled steps hold this buffer
 
@@ -150,18 +152,18 @@ class Generator:
       part = ids[s:s + self.chunk]
       select = [0.0] * self.chunk
       select[len(part) - 1] = 1.0
-      with Context(BEAM=self.beam):
+      with Context(BEAM=self.beam), phase("compiling the prefill step", quiet=self.prefills >= 2):
         self.pending = self.prefill_step(
           Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32, device=self.devices[0]),
           self.v_pos.bind(self.pos), Tensor(select, device=self.devices[0]), self.knobs)
-      self.pos += len(part)
+      self.pos, self.prefills = self.pos + len(part), self.prefills + 1
     return self.pending.item()
 
   def next(self) -> int:
     """Put the pending token into the cache and sample the one after it. The pending token never leaves the
     device: the step reads the previous step's output buffer directly."""
     if self.pos >= self.max_context: raise ValueError(f"the context of {self.max_context} tokens is full")
-    with Context(BEAM=self.beam):
+    with Context(BEAM=self.beam), phase("compiling the decode step", quiet=self.steps >= 2):
       self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
     self.pos, self.steps = self.pos + 1, self.steps + 1
     return self.pending.item()

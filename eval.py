@@ -19,6 +19,7 @@ from cli import one_line_errors
 from decode import Generator, Sampling, common_prefix
 from engine import capture_at_once
 from files import atomic_write
+from progress import phase
 from tasks import TASKS, EvalError, Item, Task, load_items, with_shots
 
 # ***** tokens *****
@@ -60,6 +61,7 @@ class Scorer:
     self.prefill = {c: capture_at_once(self._prefill) for c in PREFILL_CHUNKS}
     self.spread, self.steps = capture_at_once(self._spread), {}
     self.held: list[int] = []   # the tokens at positions 0.. of every row of the cache
+    self.ran: set = set()       # the steps that ran once: compiled
 
   def _prefill(self, tokens: Tensor, start_pos: UOp) -> Tensor:
     return self.model(tokens, start_pos)[:, -1, :1].realize()
@@ -82,10 +84,18 @@ class Scorer:
       while pos < len(prefix):
         size = next(c for c in PREFILL_CHUNKS if len(prefix) - pos >= c or c == PREFILL_CHUNKS[-1])
         part = prefix[pos:pos + size]
-        self.prefill[size](Tensor([part + [0] * (size - len(part))], dtype=dtypes.int32), self.v_pos.bind(pos))
+        with self.compiling(f"prefill of {size}"):
+          self.prefill[size](Tensor([part + [0] * (size - len(part))], dtype=dtypes.int32), self.v_pos.bind(pos))
         pos += len(part)
-      if self.rows > 1: self.spread()
+      if self.rows > 1:
+        with self.compiling("copy to every row"): self.spread()
     self.held = list(prefix)
+
+  def compiling(self, step: str):
+    """The first run of a step compiles it: shown as a phase (progress.phase) when it takes a while."""
+    first = step not in self.ran
+    self.ran.add(step)
+    return phase(f"compiling the scoring {step}", quiet=not first)
 
   def score(self, ctx: tuple[int, ...], conts: list[tuple[int, ...]]) -> list[np.ndarray]:
     """log p(token | everything before it) for every token of each completion (float64 arrays)."""
@@ -98,7 +108,8 @@ class Scorer:
       tokens, targets = np.zeros((rows, T), np.int32), np.full((rows, T), -1, np.int32)
       for r, c in enumerate(batch): tokens[r, :len(c)], targets[r, :len(c)] = (ctx[-1],) + c[:-1], c
       if (rows, T) not in self.steps: self.steps[rows, T] = capture_at_once(self._step)
-      lp = self.steps[rows, T](Tensor(tokens), Tensor(targets), self.v_pos.bind(n)).numpy()
+      with self.compiling(f"step of {rows}x{T}"):
+        lp = self.steps[rows, T](Tensor(tokens), Tensor(targets), self.v_pos.bind(n)).numpy()
       out += [lp[r, :len(c)].astype(np.float64) for r, c in enumerate(batch)]
       self.held = self.held[:n]   # the step wrote the rows from position n on
     return out
@@ -285,7 +296,7 @@ def evaluate(args) -> int:
   if args.model is None and not runs.DEFAULT_OUT.exists():
     raise EvalError(
       f"no MODEL given and no checkpoint in {runs.DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
-  model, tok = checkpoint.load(model_path, tokenizer=args.tokenizer)
+  with phase(f"loading {model_path}", after=1.0): model, tok = checkpoint.load(model_path, tokenizer=args.tokenizer)
   if tok is None: raise EvalError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_len = min(args.max_context or model.args.max_seq_len, model.args.max_seq_len)
   t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import chat, checkpoint, kernels, parallel, serve
 from cli import one_line_errors
 from runs import DEFAULT_OUT
 from decode import Generator, Sampling, Stats, generate, weight_bytes
+from progress import phase
 
 # ***** command line *****
 
@@ -57,13 +58,16 @@ def run_chat(gen: Generator, tok, args) -> Stats:
   return stats
 
 def run_benchmark(gen: Generator, model, tok, args, prompt_ids: list[int], runs: int = 5):
-  """The same prompt `runs` times on warm compiled steps (the first, cold run is reported apart)."""
+  """The same prompt `runs` times on warm compiled steps, after two warm-up runs (TinyJit runs a step, then captures
+  it: both compile); the first, cold run is reported apart."""
   ttft, prefill, decode = [], [], []
-  for r in range(runs + 1):
+  for r in range(runs + 2):
     gen.reset()
     stats = Stats()
     generate(gen, prompt_ids, args.max_new_tokens, None, stats)   # no EOS stop: every run decodes the same count
-    if r == 0: cold = stats; continue
+    print(f"  run {r + 1}/{runs + 2}{' (warm-up: compiles)' if r < 2 else ''}: {stats.line()}", file=sys.stderr)
+    if r == 0: cold = stats
+    if r < 2: continue
     ttft.append(stats.ttft)
     prefill.append(stats.prompt_tokens / stats.prefill_time)
     decode.append(stats.decode_steps / stats.decode_time)
@@ -124,7 +128,8 @@ def run(args):
   devices = parallel.parse_devices(args.devices)
   t0 = time.perf_counter()
   # several devices: each tensor is split as it is read, so no device ever holds the whole model
-  model, tok = checkpoint.load(args.model, tokenizer=args.tokenizer, device=devices)
+  with phase(f"loading {args.model}", after=1.0):
+    model, tok = checkpoint.load(args.model, tokenizer=args.tokenizer, device=devices)
   if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_seq = model.args.max_seq_len
   ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
