@@ -233,7 +233,7 @@ def print_table(name: str, task: Task, metrics: dict, n: int):
   print(f"{'task':<16} {'metric':<24} {'score':>10} {'n':>7} {'stderr':>8}")
   for k, (v, se) in metrics.items():
     mark = " *" if k == task.metric else ""
-    value = f"{v:,.0f}" if float(v).is_integer() else f"{v:.4f}"   # counts (tokens) as integers
+    value = f"{v:,.0f}" if k in ("tokens", "bytes") else f"{v:.4f}"   # counts as integers
     print(f"{name:<16} {k + mark:<24} {value:>10} {n:>7} {'' if se is None else f'{se:.4f}':>8}")
   print(f"* the score the paper reports ({task.section})")
 

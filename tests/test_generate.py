@@ -7,6 +7,7 @@ from tinygrad import Tensor, TinyJit
 import llama, generate as G
 import checkpoint, kernels
 import decode, chat, gguf
+from clicheck import one_line_error
 from engine import compiled_kernels
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -205,21 +206,19 @@ def test_chatml_matches_smollm2_template(fixtures):
 
 # ***** command line *****
 
-def one_line_error(r: subprocess.CompletedProcess) -> bool:
-  return r.returncode != 0 and r.stdout == "" and len(
-    r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+BAD_INPUTS = [  # (arguments after the model and its tokenizer, what the error names)
+  (["-t", "-1"], "temperature"), (["--top-p", "0"], "top-p"), (["--top-p", "1.5"], "top-p"), (["-n", "-3"], "-n"),
+  (["-p", "Once upon a time " * 8, "--max-context", "16"], "too long"), (["--max-context", "100000"], "--max-context")]
 
-def test_cli_bad_inputs(s260, tmp_path):
-  m, t = s260
-  for args in ([tmp_path / "nope.bin"], [m, "--tokenizer", t, "-t", "-1"], [m, "--tokenizer", t, "--top-p", "0"], [
-      m, "--tokenizer", t, "--top-p", "1.5"
-  ], [m, "--tokenizer", t, "-p", "Once upon a time " * 8, "--max-context",
-      "16"], [m, "--tokenizer", t, "--max-context", "100000"], [m, "--tokenizer",
-                                                                tmp_path / "none.model"], [m, "-n", "-3"]):
-    r = cli(*args)
-    assert one_line_error(r), (args, r.returncode, r.stderr)
-  r = cli(cwd=tmp_path)                        # no MODEL and no out/ here: say how to get a checkpoint
-  assert one_line_error(r) and "train.py" in r.stderr
+def test_cli_bad_inputs(s260, tmp_path, capsys, monkeypatch):
+  """Each bad input: exit 1, one line on stderr that names it (generate.main in this process, as the CLI runs it)."""
+  m, t = map(str, s260)
+  for args, message in [([str(tmp_path / "nope.bin")], "nope.bin"), ([m, "--tokenizer", str(tmp_path / "none.model")],
+                        "none.model")] + [([m, "--tokenizer", t, *a], msg) for a, msg in BAD_INPUTS]:
+    code = G.main(args)
+    assert one_line_error(code, *capsys.readouterr(), message, "generate.py"), (args, message)
+  monkeypatch.chdir(tmp_path)                  # no MODEL and no out/ here: say how to get a checkpoint
+  assert one_line_error(G.main([]), *capsys.readouterr(), "train.py", "generate.py")
 
 def test_cli_tensor_parallel_two_devices(fixtures, s260):
   """--devices: stories260K loaded split over two virtual CPU devices (tensor parallel, tensor by tensor) prints
@@ -230,7 +229,7 @@ def test_cli_tensor_parallel_two_devices(fixtures, s260):
   assert len(r.stdout) > 100 and ref.startswith(r.stdout.rstrip("\n"))
   assert "split over 2 devices (tensor parallel)" in r.stderr and "40 new tokens (-n)" in r.stderr
   r = cli(s260[0], "--tokenizer", s260[1], "--devices", "CPU:0,CPU:1,CPU:2")
-  assert one_line_error(r) and "n_heads (8) to be divisible by 3" in r.stderr
+  assert one_line_error(r.returncode, r.stdout, r.stderr, "n_heads (8) to be divisible by 3", "generate.py")
 
 def test_cli_chat_two_turns(fixtures):
   """SmolLM2-135M-Instruct answers two piped turns through its ChatML template, reusing the cache: the second answer
