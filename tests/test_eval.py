@@ -272,17 +272,18 @@ def easy(tmp_path_factory) -> pathlib.Path:
   rows = [{"context": c, "choices": ch[-(i % 4):] + ch[:-(i % 4)], "label": i % 4} for i, (c, ch) in enumerate(EASY)]
   return write(tmp_path_factory.mktemp("easy") / "easy.jsonl", rows)
 
-def test_smollm2_is_clearly_above_chance(fixtures, easy, tmp_path):
+def test_smollm2_is_clearly_above_chance(fixtures, easy, tmp_path, capsys):
   out = tmp_path / "smollm2.json"
-  r = cli(fixtures / "smollm2-135m-instruct-q4_1.gguf", "--task", "choice", "--data", easy, "--batch-size", 4,
-          "--output", out)
-  assert r.returncode == 0, r.stderr
+  code = E.main([str(fixtures / "smollm2-135m-instruct-q4_1.gguf"), "--task", "choice", "--data", str(easy),
+                 "--batch-size", "4", "--output", str(out)])
+  r = capsys.readouterr()
+  assert code == 0, r.err
   res = json.loads(out.read_text())
   assert res["task"] == "choice" and res["n"] == len(EASY) and res["paper_metric"] == "acc_char"
   assert res["metrics"]["acc_char"] >= 0.75, res["metrics"]   # chance is 0.25; 6 of 8 or more: p < 0.005
   assert set(res["items"][0]) >= {"index", "label", "pred", "choices"} and set(
     res["items"][0]["choices"][0]) == {"ll", "tokens", "chars", "ll_answer"}
-  assert re.search(rf"^choice\s+acc_char \*\s+\d\.\d{{4}}\s+{len(EASY)}\s+\d\.\d{{4}}$", r.stdout, re.M), r.stdout
+  assert re.search(rf"^choice\s+acc_char \*\s+\d\.\d{{4}}\s+{len(EASY)}\s+\d\.\d{{4}}$", r.out, re.M), r.out
 
 def test_stories260k_scores_equal_the_reference(fixtures, easy, tok):
   """The real stories260K weights through eval equal the numpy forward of the same weights."""

@@ -1,6 +1,6 @@
 """generate.py: golden output, on-device sampling properties, JIT decode vs plain forward, no recompilation,
 streaming, chat formats, and the command line's handling of bad input."""
-import re, subprocess, sys, pathlib
+import io, re, subprocess, sys, pathlib
 import numpy as np, pytest
 from hypothesis import given, settings, assume, strategies as st
 from tinygrad import Tensor, TinyJit
@@ -231,18 +231,20 @@ def test_cli_tensor_parallel_two_devices(fixtures, s260):
   r = cli(s260[0], "--tokenizer", s260[1], "--devices", "CPU:0,CPU:1,CPU:2")
   assert one_line_error(r.returncode, r.stdout, r.stderr, "n_heads (8) to be divisible by 3", "generate.py")
 
-def test_cli_chat_two_turns(fixtures):
+def test_cli_chat_two_turns(fixtures, capsys, monkeypatch):
   """SmolLM2-135M-Instruct answers two piped turns through its ChatML template, reusing the cache: the second answer
   is the greedy answer to the whole conversation as the model's own Jinja template renders it, prefilled afresh."""
   jinja2 = pytest.importorskip("jinja2")
   path, questions = fixtures / "smollm2-135m-instruct-q4_1.gguf", ["What is the capital of France?", "What is 2 + 2?"]
-  r = cli(path, "--chat", "-t", "0", "-n", "48", "--max-context", "256", stdin="".join(q + "\n" for q in questions))
-  assert r.returncode == 0, r.stderr
-  lines = [a for a in r.stdout.strip().split("\n") if a.strip()]
-  assert lines[0::2] == [f"> {q}" for q in questions], r.stdout   # piped turns are marked in the transcript
+  monkeypatch.setattr(sys, "stdin", io.StringIO("".join(q + "\n" for q in questions)))   # piped: not a terminal
+  code = G.main([str(path), "--chat", "-t", "0", "-n", "48", "--max-context", "256"])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  lines = [a for a in out.strip().split("\n") if a.strip()]
+  assert lines[0::2] == [f"> {q}" for q in questions], out   # piped turns are marked in the transcript
   answers = lines[1::2]
-  assert len(answers) == 2 and "Paris" in answers[0], r.stdout
-  assert r.stderr.count("[end of sequence (EOS)]") == 2 and "prompt" in r.stderr
+  assert len(answers) == 2 and "Paris" in answers[0], out
+  assert err.count("[end of sequence (EOS)]") == 2 and "prompt" in err
   model, tok = checkpoint.load(path)
   msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]},
           {"role": "user", "content": questions[1]}]

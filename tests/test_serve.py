@@ -122,7 +122,7 @@ def test_chat_equals_generate_cli(live, references):
   printed = finish(references["chat"])
   text, _, _ = live.chat(say(HELLO), max_tokens=20, temperature=0)
   streamed, _, pieces = live.chat(say(HELLO), stream=True, max_tokens=20, temperature=0)
-  assert printed == text + "\n" and streamed == text and len(pieces) > 5
+  assert printed == f"> {HELLO}\n" + text + "\n" and streamed == text and len(pieces) > 5   # piped: the turn marked
 
 def test_stop_strings(live, golden):
   """The text ends before the first stop string; streamed, no piece of it is sent even though it spans tokens; a
