@@ -4,7 +4,7 @@ times, so for a target quality the preferred model is the one cheapest at *infer
 more tokens than "compute-optimal" (LLaMA-7B still improved after 1T tokens).
 
   python scaling.py                                    # the default sizes on the default corpus
-  python scaling.py --sizes 64x2,96x3,128x4,192x6 --tokens 2000000 --out scaling
+  python scaling.py --sizes 64x2,96x3,128x4,192x6 --tokens 2000000 --out out/big
   python scaling.py --sizes tiny,small --data data/mine --devices CUDA:0
 
 Each size is an ordinary training run (training.train, train.py's code path, checkpoint and log) in --out/SIZE,
@@ -25,7 +25,7 @@ class ScalingError(ValueError):
   """Bad input to scaling.py; the message is one line for the user."""
 
 DEFAULT_SIZES = "64x1,96x2,96x3,128x3"
-HEAD_DIM = 64   # Table 2's heads are 128 wide; at widths of 64-192, 64 keeps heads within 64-128 and the widest multi-head
+HEAD_DIM = 64   # Table 2's heads are 128 wide; at widths of 64-192, 64 keeps heads 64-128 wide, the widest multi-head
 
 @dataclass
 class Size:
@@ -92,7 +92,7 @@ def points(size: Size) -> list[dict]:
   return [{"tokens": e["tokens"], "flops": size.flops_per_token * e["tokens"], "val_loss": e["val_loss"]}
           for e in runs.read_log(pathlib.Path(size.cfg.out)) if "val_loss" in e]
 
-def decode_speeds(sizes: list[Size], new_tokens: int, rounds: int) -> list[float]:
+def decode_speeds(sizes: list[Size], bos_id: int, new_tokens: int, rounds: int) -> list[float]:
   """Decode tok/s of each trained model through generate.py's path (kernels.use_decode_kernels, Generator, its
   default sampling): one cold run compiles the steps, then `rounds` rounds interleaved over the models (a shared
   machine slows them alike), the median per model."""
@@ -104,7 +104,7 @@ def decode_speeds(sizes: list[Size], new_tokens: int, rounds: int) -> list[float
   for r in range(rounds + 1):
     for g, sp in zip(gens, speeds):
       g.reset()
-      generate(g, [1], new_tokens, None, stats := Stats())   # no EOS stop: every model decodes the same count
+      generate(g, [bos_id], new_tokens, None, stats := Stats())   # no EOS stop: each decodes the same count
       if r: sp.append(stats.decode_steps / stats.decode_time)
   return [statistics.median(sp) for sp in speeds]
 
@@ -159,7 +159,10 @@ def plot(result: dict, path: pathlib.Path) -> None:
         title=f"val loss vs tokens (cf. LLaMA Figure 1); {c['epochs_longest']:.2f} epochs of {c['train_tokens']:,}")
   b.set(xscale="log", xlabel="training FLOPs (6·N·D + attention)", ylabel="validation loss (nats/token)",
         title="training compute vs inference cost")
-  for ax in (a, b): ax.legend(fontsize=7); ax.grid(alpha=0.3, which="both")
+  for ax in (a, b):
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    ax.xaxis.set_minor_formatter(plots.plt.NullFormatter())   # a log axis over less than two decades labels every tick
   fig.tight_layout()
   plots.save(fig, path)
 
@@ -173,7 +176,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--tokens", type=int, default=65_536, help="training tokens of every size (default 65,536)")
   p.add_argument("--data", help=f"dataset directory made by data.py (default {training.DEFAULT_DATA}/, built from "
                  "the default corpus when absent)")
-  p.add_argument("--out", default="scaling", help="sweep directory: one run per size, scaling.json, scaling.png")
+  p.add_argument("--out", default="out/scaling", help="sweep directory: one run per size, scaling.json, scaling.png "
+                 "(default out/scaling)")
   p.add_argument("--max-epochs", type=float, default=4.0, help="cap on the passes over the training split: past a "
                  "few epochs training longer measures memorising (default 4; the token budget is cut to it)")
   p.add_argument("--points", type=int, default=6, help="validation points per run, each at half the tokens of the "
@@ -227,7 +231,7 @@ def sweep(a: argparse.Namespace) -> int:
     if todo: done, spent = done + s.flops_per_token * tps * todo, spent + time.perf_counter() - t0
   print(f"decode speed: {a.decode_rounds} warm runs of {a.decode_tokens} tokens per model, interleaved",
         file=sys.stderr)
-  speeds = decode_speeds(sizes, a.decode_tokens, a.decode_rounds)
+  speeds = decode_speeds(sizes, tok.bos_id, a.decode_tokens, a.decode_rounds)
   models = []
   for s, speed in zip(sizes, speeds):
     model = load(s.cfg.out, device=s.cfg.devices[0])[0]

@@ -75,11 +75,12 @@ def test_table_names_both_choices(sweep):
 
 def test_same_command_retrains_nothing(sweep):
   out, argv, _ = sweep
-  before = {s: ((out / s / "log.jsonl").read_bytes(), (out / s / "model.safetensors").stat().st_mtime_ns) for s in SIZES}
-  points = [m["points"] for m in result(out)["models"]]
+  def files() -> dict:
+    return {s: ((out / s / "log.jsonl").read_bytes(), (out / s / "model.safetensors").stat().st_mtime_ns)
+            for s in SIZES}
+  before, points = files(), [m["points"] for m in result(out)["models"]]
   assert scaling.main(argv) == 0
-  assert before == {s: ((out / s / "log.jsonl").read_bytes(), (out / s / "model.safetensors").stat().st_mtime_ns)
-                    for s in SIZES}
+  assert files() == before
   assert [m["points"] for m in result(out)["models"]] == points
 
 def test_bad_sizes_are_one_line(dataset, tmp_path, capsys):
