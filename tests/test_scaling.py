@@ -6,7 +6,7 @@ import pytest
 from safetensors.numpy import load_file
 import data, plots, runs, scaling
 
-SIZES = ("32x1", "64x1")
+SIZES = ("32x1", "32x2")   # one width: the second size reuses the first one's compiled kernels
 TPS = 4 * 32   # tokens per step: --batch-size 4, --seq-len 32
 ARGS = ["--sizes", ",".join(SIZES), "--tokens", "10000000", "--batch-size", "4", "--seq-len", "32", "--eval-steps", "2",
         "--points", "3", "--decode-tokens", "8", "--decode-rounds", "1"]
