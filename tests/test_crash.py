@@ -1,4 +1,4 @@
-"""Nothing lost on a hard kill (issue 9): train.save_checkpoint is killed with SIGKILL just before one of its file
+"""Nothing lost on a hard kill (issue 9): runs.save_checkpoint is killed with SIGKILL just before one of its file
 operations (the save runs in a process forked from one that resumed the run; an audit hook counts the operations and
 kills it), and what `train.py --resume` then finds is the previous checkpoint or the new one, whole (every tensor of
 the model and the optimiser, and the step, from one of the two), the log intact; training continues from there, and
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 from tinygrad import Tensor
-import checkpoint, data, llama, train, optim, runs
+import checkpoint, data, llama, train, training, optim, runs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
@@ -38,12 +38,12 @@ def child(previous: str, work: str, data_dir: str):
     cfg.out = str(copy_run(pathlib.Path(previous).parent, work / str(k)))
     if (pid := os.fork()) == 0:
       kill.update(root=str(work / str(k)), at=k)
-      train.save(run, cfg)
+      training.save(run, cfg)
       (work / "ops.json").write_text(json.dumps(kill["seen"]))
       os._exit(0)
     return os.waitpid(pid, 0)[1]
   cfg = train.parse_args([*TINY, "--data", data_dir, "--out", str(copy_run(pathlib.Path(previous).parent, work / "setup")), "--resume"])
-  run = train.setup(cfg)
+  run = training.setup(cfg)
   new = {**{f"model.{k}": t for k, t in llama.learned(run.model).items()}, **optim.optimizer_state(run.opt, run.params)}
   Tensor.realize(*[t.assign(bump(k, t)) for k, t in new.items()])
   run.state["step"] += 1
@@ -69,7 +69,7 @@ def previous(dataset, tmp_path_factory) -> pathlib.Path:
   """out/ of a run at step 0 (as train.py saves it), its log holding one line."""
   out = tmp_path_factory.mktemp("previous") / "out"
   cfg = train.parse_args([*TINY, "--data", str(dataset), "--out", str(out)])
-  train.save(train.setup(cfg), cfg)
+  training.save(training.setup(cfg), cfg)
   (out / "log.jsonl").write_text(json.dumps({"step": 0, "loss": 6.0}) + "\n")
   return out
 
@@ -114,7 +114,7 @@ def which(out: pathlib.Path, previous: pathlib.Path) -> int:
   for f in ("config.json", "tokenizer.model", "log.jsonl"): assert (out / f).read_bytes() == (previous / f).read_bytes(), f
   return step
 
-def resume_cfg(out: pathlib.Path, dataset: pathlib.Path) -> train.TrainConfig:
+def resume_cfg(out: pathlib.Path, dataset: pathlib.Path) -> training.TrainConfig:
   return train.parse_args([*TINY, "--data", str(dataset), "--out", str(out), "--resume"])
 
 def test_whole_save_is_the_new_checkpoint(killed, previous):
@@ -127,7 +127,7 @@ def test_killed_save_leaves_the_previous_or_the_new_checkpoint(killed, previous,
   assert len(roots) >= 10
   for k, root in roots.items():
     out = copy_run(root, tmp_path / str(k))
-    _, _, state, _ = train.load_checkpoint(out, resume_cfg(out, dataset))   # what --resume does first: recover, then load
+    _, _, state, _ = training.load_checkpoint(out, resume_cfg(out, dataset))   # what --resume does first: recover, then load
     # the new checkpoint is there exactly when the kill came after the rename that publishes it
     assert which(out, previous) == state["step"] == int(k == 0 or k > publishing(ops)), (k, ops[k - 1])
 

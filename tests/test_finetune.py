@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tinygrad import Tensor
 from tinygrad.nn.state import safe_load
-import checkpoint, data, generate, llama, lora, parallel, train, steps, runs, memory
+import checkpoint, data, generate, llama, lora, parallel, train, training, steps, runs, memory
 import reference as ref
 import tokenizer as tk
 import chat
@@ -109,23 +109,23 @@ def test_full_finetune_starts_from_the_checkpoint(full_run, s260, text_data, cap
   assert "8 new tokens" in out.err and len(out.out.strip()) > 10
 
 def test_finetune_defaults_and_resume_inherits_them(tmp_path):
-  scratch, full = train.configure(train.TrainConfig()), train.configure(train.TrainConfig(init_from="x"))
-  lo = train.configure(train.TrainConfig(init_from="x", lora_rank=4))
+  scratch, full = training.configure(training.TrainConfig()), training.configure(training.TrainConfig(init_from="x"))
+  lo = training.configure(training.TrainConfig(init_from="x", lora_rank=4))
   assert (scratch.lr, scratch.warmup_steps) == (3e-3, 20)
   assert full.lr < scratch.lr and lo.lr < scratch.lr and full.warmup_steps < scratch.warmup_steps
-  assert (lo.lora_alpha, lo.lora_targets) == (4.0, "wq,wv") and train.configure(train.TrainConfig(init_from="x", lr=0.5)).lr == 0.5
+  assert (lo.lora_alpha, lo.lora_targets) == (4.0, "wq,wv") and training.configure(training.TrainConfig(init_from="x", lr=0.5)).lr == 0.5
   (tmp_path / "train_state.json").write_text(json.dumps({"config": {"init_from": "m.gguf", "lora_rank": 2, "lora_alpha": 8.0,
                                                                      "lora_targets": "wk", "lr": 0.25, "warmup_steps": 3}}))
-  r = train.configure(train.TrainConfig(out=str(tmp_path), resume=True))
+  r = training.configure(training.TrainConfig(out=str(tmp_path), resume=True))
   assert (r.init_from, r.lora_rank, r.lora_alpha, r.lora_targets, r.lr, r.warmup_steps) == ("m.gguf", 2, 8.0, "wk", 0.25, 3)
-  assert train.configure(train.TrainConfig(out=str(tmp_path), resume=True, lr=0.1)).lr == 0.1
+  assert training.configure(training.TrainConfig(out=str(tmp_path), resume=True, lr=0.1)).lr == 0.1
 
 # ***** LoRA *****
 
 def test_lora_trains_only_the_adapters(s260, text_data):
   cfg = train.parse_args(["--init-from", str(s260[0]), "--tokenizer", str(s260[1]), "--data", str(text_data), "--lora-rank", "4",
                           "--lora-alpha", "8", "--lora-targets", "wq,wv,w2", "--lr", "1e-2", "--warmup-steps", "1", *SMALL])
-  r = train.setup(cfg)
+  r = training.setup(cfg)
   plain = base_model(s260)
   xs, ys = first_batch(text_data)
   x = Tensor(xs)
@@ -227,7 +227,7 @@ def test_chat_rendering_equals_the_template(smol_tok):
     assert [smol_tok.decode(r) for r in runs] == [m["content"] + "<|im_end|>" for m in conv if m["role"] == "assistant"]
 
 def test_masked_targets_contribute_nothing():
-  """train.loss_sum / train.counted: the mean over the unmasked targets only (numpy), and the gradient of every
+  """steps.loss_sum / steps.counted: the mean over the unmasked targets only (numpy), and the gradient of every
   masked position's logits exactly zero, so no weight receives anything from them."""
   rng = np.random.default_rng(0)
   logits, y = rng.standard_normal((2, 7, 11)).astype(np.float32), rng.integers(0, 11, (2, 7))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from tinygrad import Context, GlobalCounters, Tensor, dtypes
 from tinygrad.nn.state import safe_load
-import data, generate, llama, plots, train, optim, steps, runs
+import data, generate, llama, plots, train, training, optim, steps, runs
 import checkpoint, parallel
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def run60(dataset, tmp_path_factory) -> pathlib.Path:
 @settings(max_examples=100)
 @given(st.floats(1e-5, 1.0), st.integers(1, 50), st.integers(0, 400), st.floats(0.0, 1.0))
 def test_lr_schedule(peak, warmup, extra, ratio):
-  a = train.TrainConfig(lr=peak, warmup_steps=warmup, lr_decay_steps=warmup + extra, min_lr_ratio=ratio)
+  a = training.TrainConfig(lr=peak, warmup_steps=warmup, lr_decay_steps=warmup + extra, min_lr_ratio=ratio)
   for k in range(warmup): assert math.isclose(optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), peak * (k + 1) / warmup)   # linear warmup ...
   assert math.isclose(optim.lr_at(warmup - 1, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), peak)                                     # ... up to the peak
   after = [optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio) for k in range(warmup - 1, warmup + extra + 20)]
@@ -83,7 +83,7 @@ def test_clipping_bounds_the_global_norm(shapes, scale, max_norm, seed):
 def test_overfits_one_batch(dataset):
   a = train.parse_args(TINY + ["--data", str(dataset), "--weight-decay", "0"])
   Tensor.manual_seed(1)
-  model = llama.Transformer(train.model_args(a, 512))
+  model = llama.Transformer(training.model_args(a, 512))
   opt, params = optim.make_optimizer(model, a.lr, a.weight_decay)
   step = steps.make_train_step(model, opt, params, a.grad_clip)
   x, y = data.get_batch(data.load_split(dataset, "train"), 4, 32, np.random.default_rng(0))
@@ -126,7 +126,7 @@ def test_checkpoint_loads_in_llama_and_generate(run60, dataset, capsys):
   assert (model.args.dim, model.args.n_layers, model.args.vocab_size) == (32, 1, 512) and tok.vocab_size == 512
   # the loaded weights are the final ones: they reproduce the validation loss logged at the last step
   a = train.parse_args(TINY + ["--data", str(dataset)])
-  with Context(USE_ATOMICS=1): val = train.evaluate(steps.make_eval_step(model), data.load_split(dataset, "val"), a)
+  with Context(USE_ATOMICS=1): val = training.evaluate(steps.make_eval_step(model), data.load_split(dataset, "val"), a)
   assert math.isclose(val, losses(run60, "val_loss")[-1], rel_tol=1e-5)
   state = json.loads((run60 / "train_state.json").read_text())
   assert state["step"] == 60 and state["config"]["model"]["dim"] == 32 and "rng" in state
@@ -230,7 +230,7 @@ def test_float16_keeps_float32_masters(one_device, dataset, tmp_path, capsys):
              "--sample-tokens", "0") == 0
   for e, r in zip(runs.read_log(tmp_path), runs.read_log(one_device)): assert e["loss"] == pytest.approx(r["loss"], abs=2e-3)
   weights, opt = safe_load(str(tmp_path / "model.safetensors")), safe_load(str(tmp_path / "optimizer.safetensors"))
-  model = llama.Transformer(train.model_args(train.parse_args(MHA), 512), init=False)
+  model = llama.Transformer(training.model_args(train.parse_args(MHA), 512), init=False)
   names = [k for g in optim.param_groups(model) for k in g]
   assert {k for k in opt if k.startswith("master.")} == {f"master.{j}" for j in range(len(names))}
   finer = 0
