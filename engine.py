@@ -2,10 +2,12 @@
 # is not public API lives here, each with why and the version it was checked on (tinygrad 0.14.0, Python 3.11), so an
 # upgrade starts by re-checking this file alone (tests/test_engine.py exercises each trick).
 from __future__ import annotations
-import mmap, pickle
+import ctypes, mmap, os, pickle, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from tinygrad import Device, Tensor, TinyJit, function
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
+from tinygrad.runtime.ops_cpu import CPUProgram
 
 def write_then_read(buf: Tensor, region: Tensor, value: Tensor) -> Tensor:
   """`region` (a slice of `buf`) := value, and `buf` as it is after the write, as one graph: no realize in between,
@@ -58,3 +60,43 @@ def drop_file_pages(path: str) -> None:
 # the C one allocates an array as long as the largest memo index a stream names (a corrupt index asks for GBs).
 # pickle._Unpickler: Python 3.11.
 PurePythonUnpickler = pickle._Unpickler
+
+# ***** both cores *****
+# tinygrad 0.14's CPUProgram.__call__ runs the per-core slices of a THREAD kernel (its `core_id` argument) one after
+# another on the calling thread; 0.12 and 0.13 ran them on a thread pool. Checked on tinygrad 0.14.0.
+SERIAL_CALL = CPUProgram.__call__
+CORES = {"pool": None, "cores": os.cpu_count() or 1, "min_us": 0.0, "threads": set()}
+
+def threaded_call(prg: CPUProgram, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False,
+                  timeout=None):
+  """CPUProgram.__call__ with the slices on CORES' pool, for a kernel whose last call took (estimated on one core) at
+  least min_us; shorter ones run as tinygrad runs them, where handing work to a thread costs more than it saves."""
+  slot, st = prg.runtimevars.get("core_id"), time.perf_counter()
+  if slot is None or prg.lvp or global_size[0] < 2 or getattr(prg, "one_core_us", 0.0) < CORES["min_us"]:
+    SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals)
+    prg.one_core_us = (et := time.perf_counter() - st) * 1e6
+    return et if wait else None
+  args, threads = [b.va_addr for b in bufs] + list(vals), []
+  def run_slice(tid: int):
+    threads.append(threading.get_native_id())
+    prg.fxn(*[ctypes.c_uint64(tid if i == slot else x) for i, x in enumerate(args)])   # ctypes drops the GIL here
+  later = [CORES["pool"].submit(run_slice, tid) for tid in range(1, global_size[0])]
+  run_slice(0)
+  for f in later: f.result()
+  et = time.perf_counter() - st
+  prg.one_core_us = et * 1e6 * min(global_size[0], CORES["cores"])   # what it would take on one core, roughly
+  CORES["threads"].update(threads)
+  return et if wait else None
+
+def use_all_cores(on: bool = True, min_us: float = 300.0) -> None:
+  """Run the slices of tinygrad's multi-core CPU kernels on every core (on=False: one after another, tinygrad 0.14's
+  way) for kernels taking min_us or more on one core. Calling it again only changes the setting; other devices are
+  not touched."""
+  if CORES["pool"] is None: CORES["pool"] = ThreadPoolExecutor(max(CORES["cores"] - 1, 1), "core")
+  CORES["min_us"] = min_us
+  CPUProgram.__call__ = threaded_call if on else SERIAL_CALL
+
+def slice_threads() -> set[int]:
+  """The OS thread ids that ran slices of kernels spread over cores since the last call (a test's evidence)."""
+  out, CORES["threads"] = CORES["threads"], set()
+  return out

@@ -1,0 +1,55 @@
+"""engine.py's tricks on the installed tinygrad: each one still does what the project relies on it for."""
+import os
+import numpy as np, pytest
+from tinygrad import Device, Tensor, TinyJit
+import engine
+
+pytestmark = pytest.mark.skipif(Device.DEFAULT != "CPU", reason="use_all_cores is about tinygrad's CPU runtime")
+
+@pytest.fixture
+def cores():
+  """use_all_cores for every kernel (no threshold), back to tinygrad's own way afterwards."""
+  engine.use_all_cores(min_us=0)
+  engine.slice_threads()
+  yield
+  engine.use_all_cores(False)
+
+def randn(*shape, seed=0) -> np.ndarray: return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
+def test_slices_of_one_kernel_run_on_several_os_threads(cores):
+  a, b = randn(256, 320), randn(320, 192, seed=1)
+  out = (Tensor(a) @ Tensor(b)).numpy()
+  assert len(engine.slice_threads()) >= 2
+  np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
+
+def test_kernels_under_the_threshold_stay_on_the_calling_thread():
+  engine.use_all_cores(min_us=float("inf"))
+  engine.slice_threads()
+  a, b = randn(256, 320), randn(320, 192, seed=1)
+  try: np.testing.assert_allclose((Tensor(a) @ Tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
+  finally: engine.use_all_cores(False)
+  assert not engine.slice_threads()
+
+def test_matmul_and_reductions_equal_numpy_with_threads_on(cores):
+  a, b, v = randn(1024, 1024), randn(1024, 1024, seed=1), randn(1024, seed=2)
+  ta, tb = Tensor(a).realize(), Tensor(b).realize()
+  np.testing.assert_allclose((ta @ tb).numpy(), a @ b, rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose((ta @ Tensor(v)).numpy(), a @ v, rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(ta.sum(0).numpy(), a.sum(0), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose((ta.T @ tb).relu().max(1).numpy(), np.maximum(a.T @ b, 0).max(1), rtol=1e-3, atol=1e-3)
+
+def test_a_jit_replay_with_threads_on_gives_the_eager_result(cores):
+  w = Tensor(randn(512, 384)).realize()
+  step = TinyJit(lambda x: (x @ w).tanh().realize())
+  for i in range(4):
+    x = randn(64, 512, seed=10 + i)
+    np.testing.assert_allclose(step(Tensor(x)).numpy(), np.tanh(x @ w.numpy()), rtol=1e-4, atol=1e-4)
+
+def test_use_all_cores_twice_is_once(cores):
+  engine.use_all_cores(min_us=0)
+  pool = engine.CORES["pool"]
+  engine.use_all_cores(min_us=0)
+  assert engine.CORES["pool"] is pool
+  a = randn(300, 200)
+  np.testing.assert_allclose((Tensor(a) @ Tensor(a.T)).numpy(), a @ a.T, rtol=1e-3, atol=1e-3)
