@@ -16,7 +16,7 @@ from tinygrad import Context, Tensor, UOp, dtypes
 from tinygrad.helpers import tqdm
 import checkpoint, kernels, llama, runs
 from decode import Generator, Sampling, common_prefix
-from engine import capture_at_once
+from engine import capture_at_once, use_all_cores
 from files import atomic_write
 from tasks import TASKS, EvalError, Item, Task, load_items, with_shots
 
@@ -306,6 +306,7 @@ def evaluate(args) -> int:
   return 0
 
 def main(argv=None) -> int:
+  use_all_cores()
   try:
     a = parse_args(argv)
     return evaluate(a)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse, statistics, sys, time
 import chat, checkpoint, kernels, parallel, serve
 from runs import DEFAULT_OUT
+from engine import use_all_cores
 from decode import Generator, Sampling, Stats, generate, weight_bytes
 
 # ***** command line *****
@@ -113,6 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
   args = parse_args(argv)
+  use_all_cores()
   return run(args)
 
 def run(args):
