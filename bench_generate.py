@@ -22,7 +22,7 @@ import numpy as np
 from tinygrad import Device, Tensor
 import checkpoint, kernels
 from decode import Generator, Sampling, common_prefix
-from engine import use_all_cores
+from engine import use_all_cores, use_matvec_options
 try: import torch, transformers
 except ImportError: torch = transformers = None
 try: from llama_cpp import Llama
@@ -212,6 +212,7 @@ def main(argv=None) -> int:
   a, t_start = parse_args(argv), time.perf_counter()
   on = {"on": [True], "off": [False], "both": [False, True]}[a.decode_kernels]
   use_all_cores(a.cores != "one")
+  use_matvec_options()
   with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
     anchor = None
     try:

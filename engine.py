@@ -8,6 +8,8 @@ from tinygrad import Device, Tensor, TinyJit, function
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
 from tinygrad.runtime.ops_cpu import CPUProgram
+from tinygrad.codegen.opt import Opt, OptOps, heuristic
+from tinygrad.uop.ops import AxisType
 
 def write_then_read(buf: Tensor, region: Tensor, value: Tensor) -> Tensor:
   """`region` (a slice of `buf`) := value, and `buf` as it is after the write, as one graph: no realize in between,
@@ -100,3 +102,32 @@ def slice_threads() -> set[int]:
   """The OS thread ids that ran slices of kernels spread over cores since the last call (a test's evidence)."""
   out, CORES["threads"] = CORES["threads"], set()
   return out
+
+# ***** written-down kernel options *****
+# tinygrad 0.14's heuristic (codegen/opt/heuristic.py) upcasts a matvec's output rows by 3 or 4 when there are >= 1024
+# of them; on the CPU that made kernels.lane_sum's matvecs 2-2.8x slower than one row at a time (README, "Kernel
+# options"). apply_opts imports hand_coded_optimizations from its module at each call, so replacing it there takes
+# effect for every kernel compiled afterwards. Checked on tinygrad 0.14.0.
+HEURISTIC = heuristic.hand_coded_optimizations
+
+def lane_matvec_options(k):
+  """Options for a kernel that sums a (rows, K/lanes, lanes) product over its last two axes into `rows` outputs (a
+  lane_sum matvec) on the CPU: the lanes unrolled, rows split over cores, no row upcast. Other kernels: the
+  heuristic's."""
+  shape, types = k.full_shape, k.axis_types
+  if not (k.ren.target.device == "CPU" and len(shape) == 3 and all(isinstance(s, int) for s in shape) and
+          types[1:] == [AxisType.REDUCE, AxisType.REDUCE] and types[0] is not AxisType.REDUCE and shape[2] <= 32):
+    return HEURISTIC(k)
+  k = k.copy()
+  k.apply_opt(Opt(OptOps.UNROLL, 1, 0))
+  # the heuristic's thread count: the most that divides the rows with >= 128K multiply-adds each
+  for n in (32, 16, 12, 8, 6, 5, 4, 3, 2):
+    if n <= k.ren.global_max[0] and shape[0] % n == 0 and shape[0] * shape[1] * shape[2] >> 17 >= n:
+      k.apply_opt(Opt(OptOps.THREAD, 0, n))
+      break
+  return k
+
+def use_matvec_options(on: bool = True) -> None:
+  """Compile kernels.lane_sum's one-token matvecs with lane_matvec_options from now on (on=False: the heuristic's).
+  Kernels compiled before keep their options; BEAM, when asked for, still searches."""
+  heuristic.hand_coded_optimizations = lane_matvec_options if on else HEURISTIC

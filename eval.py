@@ -16,7 +16,7 @@ from tinygrad import Context, Tensor, UOp, dtypes
 from tinygrad.helpers import tqdm
 import checkpoint, kernels, llama, runs
 from decode import Generator, Sampling, common_prefix
-from engine import capture_at_once, use_all_cores
+from engine import capture_at_once, use_all_cores, use_matvec_options
 from files import atomic_write
 from tasks import TASKS, EvalError, Item, Task, load_items, with_shots
 
@@ -307,6 +307,7 @@ def evaluate(args) -> int:
 
 def main(argv=None) -> int:
   use_all_cores()
+  use_matvec_options()
   try:
     a = parse_args(argv)
     return evaluate(a)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse, statistics, sys, time
 import chat, checkpoint, kernels, parallel, serve
 from runs import DEFAULT_OUT
-from engine import use_all_cores
+from engine import use_all_cores, use_matvec_options
 from decode import Generator, Sampling, Stats, generate, weight_bytes
 
 # ***** command line *****
@@ -115,6 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
   args = parse_args(argv)
   use_all_cores()
+  use_matvec_options()
   return run(args)
 
 def run(args):

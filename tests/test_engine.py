@@ -1,8 +1,8 @@
 """engine.py's tricks on the installed tinygrad: each one still does what the project relies on it for."""
-import os
+import os, re
 import numpy as np, pytest
-from tinygrad import Device, Tensor, TinyJit
-import engine
+from tinygrad import Context, Device, Tensor, TinyJit
+import engine, kernels
 
 pytestmark = pytest.mark.skipif(Device.DEFAULT != "CPU", reason="use_all_cores is about tinygrad's CPU runtime")
 
@@ -53,3 +53,27 @@ def test_use_all_cores_twice_is_once(cores):
   assert engine.CORES["pool"] is pool
   a = randn(300, 200)
   np.testing.assert_allclose((Tensor(a) @ Tensor(a.T)).numpy(), a @ a.T, rtol=1e-3, atol=1e-3)
+
+@pytest.fixture
+def matvec_options():
+  engine.use_matvec_options()
+  yield
+  engine.use_matvec_options(False)
+
+@pytest.mark.parametrize("rows", [3072, 960, 24])
+def test_lane_sum_matvecs_with_written_down_options_equal_numpy(matvec_options, rows):
+  # 3072 rows: the heuristic would upcast them by 3; 24: too few rows to split over cores
+  w, x = randn(rows, 576), randn(1, 1, 576, seed=1)
+  np.testing.assert_allclose(kernels.matvec_linear(Tensor(w), Tensor(x)).numpy(), x @ w.T, rtol=1e-4, atol=1e-4)
+
+def test_the_options_are_applied_one_row_at_a_time(matvec_options, capsys):
+  w, x = Tensor(randn(3072, 768)).realize(), Tensor(randn(1, 1, 768, seed=1)).realize()
+  capsys.readouterr()
+  with Context(DEBUG=2): kernels.matvec_linear(w, x).realize()
+  names = re.findall(r"\b(r_[0-9_]+)\b", re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out))
+  # rows split over n cores, then the 768 inputs as 96 steps of 8 lanes; the heuristic's was r_(512*2/n)_n_3_96_8
+  assert any(re.fullmatch(rf"r_{3072 // n}_{n}_96_8|r_3072_96_8", name) for name in names for n in range(2, 33)), names
+
+def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
+  a, b = randn(64, 96), randn(96, 40, seed=1)
+  np.testing.assert_allclose((Tensor(a) @ Tensor(b)).relu().sum(1).numpy(), np.maximum(a @ b, 0).sum(1), rtol=1e-4, atol=1e-4)
