@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes, mmap, os, pickle, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from tinygrad import Device, Tensor, TinyJit, function
+from tinygrad.engine import worker as compile_workers
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
 from tinygrad.runtime.ops_cpu import CPUProgram
@@ -107,8 +108,9 @@ def slice_threads() -> set[int]:
 # tinygrad 0.14's heuristic (codegen/opt/heuristic.py) upcasts a matvec's output rows by 3 or 4 when there are >= 1024
 # of them; on the CPU that made kernels.lane_sum's matvecs 2-2.8x slower than one row at a time (README, "Kernel
 # options"). apply_opts imports hand_coded_optimizations from its module at each call, so replacing it there takes
-# effect for every kernel compiled afterwards. Checked on tinygrad 0.14.0.
-HEURISTIC = heuristic.hand_coded_optimizations
+# effect for every kernel compiled afterwards, here and, through their initializer, in tinygrad's compile worker
+# processes (engine/worker.py's _init_worker, looked up when the pool starts). Checked on tinygrad 0.14.0.
+HEURISTIC, WORKER_INIT = heuristic.hand_coded_optimizations, compile_workers._init_worker
 
 def lane_matvec_options(k):
   """Options for a kernel that sums a (rows, K/lanes, lanes) product over its last two axes into `rows` outputs (a
@@ -127,7 +129,15 @@ def lane_matvec_options(k):
       break
   return k
 
+def matvec_worker_init():
+  """A compile worker's start-up: tinygrad's, then lane_matvec_options in place of the heuristic."""
+  WORKER_INIT()
+  heuristic.hand_coded_optimizations = lane_matvec_options
+
 def use_matvec_options(on: bool = True) -> None:
   """Compile kernels.lane_sum's one-token matvecs with lane_matvec_options from now on (on=False: the heuristic's).
   Kernels compiled before keep their options; BEAM, when asked for, still searches."""
   heuristic.hand_coded_optimizations = lane_matvec_options if on else HEURISTIC
+  if compile_workers._init_worker is not (init := matvec_worker_init if on else WORKER_INIT):
+    compile_workers._init_worker = init
+    compile_workers.terminate_worker_pool()   # running workers started with the other setting

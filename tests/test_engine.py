@@ -67,12 +67,18 @@ def test_lane_sum_matvecs_with_written_down_options_equal_numpy(matvec_options, 
   np.testing.assert_allclose(kernels.matvec_linear(Tensor(w), Tensor(x)).numpy(), x @ w.T, rtol=1e-4, atol=1e-4)
 
 def test_the_options_are_applied_one_row_at_a_time(matvec_options, capsys):
+  # two kernels compiled at once go to tinygrad's compile worker processes, one alone is compiled here: both ways
   w, x = Tensor(randn(3072, 768)).realize(), Tensor(randn(1, 1, 768, seed=1)).realize()
+  w2, x2 = Tensor(randn(1536, 640)).realize(), Tensor(randn(1, 1, 640, seed=1)).realize()
   capsys.readouterr()
-  with Context(DEBUG=2): kernels.matvec_linear(w, x).realize()
-  names = re.findall(r"\b(r_[0-9_]+)\b", re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out))
-  # rows split over n cores, then the 768 inputs as 96 steps of 8 lanes; the heuristic's was r_(512*2/n)_n_3_96_8
-  assert any(re.fullmatch(rf"r_{3072 // n}_{n}_96_8|r_3072_96_8", name) for name in names for n in range(2, 33)), names
+  with Context(DEBUG=2):
+    Tensor.realize(kernels.matvec_linear(w, x), kernels.matvec_linear(w2, x2))
+    kernels.matvec_linear(w[:2400], x).realize()
+  names = set(re.findall(r"\b(r_[0-9_]+)\b", re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)))
+  # rows split over n cores, then the inputs in steps of 8 lanes; the heuristic's: r_(rows/3/n)_n_3_(K/8)_8
+  for rows, steps in ((3072, 96), (1536, 80), (2400, 96)):
+    assert any(re.fullmatch(rf"r_{rows // n}_{n}_{steps}_8|r_{rows}_{steps}_8", name) for name in names
+               for n in range(2, 33)), (rows, names)
 
 def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
   a, b = randn(64, 96), randn(96, 40, seed=1)
