@@ -139,7 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--beam", type=int, default=0,
                  help="tinygrad BEAM search width for the compiled steps' kernels (0: heuristics); not the loader's")
   p.add_argument("--cores", choices=CORES, default="all",
-                 help="engine.use_all_cores: multi-core CPU kernels on every core (all), on one (one), both interleaved")
+                 help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both interleaved")
   a = p.parse_args(argv)
   try: a.chunks = [int(c) for c in a.chunks.split(",")]
   except ValueError: p.error(f"--chunks takes comma-separated integers, got {a.chunks!r}")

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
   b.add_argument("--steps", type=int, default=5, help="timed steps of each (after 2 warm-up steps), interleaved")
   b.add_argument("--torch", action="store_true", help="also time transformers in PyTorch (optional extras)")
   b.add_argument("--cores", choices=CORES, default="all",
-                 help="engine.use_all_cores: multi-core CPU kernels on every core (all), on one (one), both interleaved")
+                 help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both interleaved")
   b.add_argument("--time-limit", type=float, default=0,
                  help="start no timed step after this many seconds since the start (one always runs); 0: none")
   b.add_argument("--peak-tflops", type=float, default=989.0,

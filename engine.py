@@ -55,7 +55,8 @@ def adam_state(opt: OptimizerGroup) -> dict[str, Tensor]:
 def drop_file_pages(path: str) -> None:
   """tinygrad reads DISK tensors through an mmap of the file, so every page read stays in this process's resident set
   (clean and reclaimable, but counted) until the file is closed; without this a model loaded from one file peaks at
-  twice its size in RSS. MADV_DONTNEED unmaps what was read; the page cache keeps the data. DISK device's mem: 0.14.0."""
+  twice its size in RSS. MADV_DONTNEED unmaps what was read; the page cache keeps the data. DISK device's mem:
+  0.14.0."""
   dev = Device[f"DISK:{path}"]
   if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
 
@@ -69,32 +70,38 @@ PurePythonUnpickler = pickle._Unpickler
 # another on the calling thread; 0.12 and 0.13 ran them on a thread pool. Checked on tinygrad 0.14.0.
 SERIAL_CALL = CPUProgram.__call__
 CORES = {"pool": None, "cores": os.cpu_count() or 1, "min_us": 0.0, "threads": set()}
+RECHECK = 32   # every this many calls a kernel runs the other way once, so a change of machine load is noticed
 
 def threaded_call(prg: CPUProgram, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False,
                   timeout=None):
-  """CPUProgram.__call__ with the slices on CORES' pool, for a kernel whose last call took (estimated on one core) at
-  least min_us; shorter ones run as tinygrad runs them, where handing work to a thread costs more than it saves."""
+  """CPUProgram.__call__ with the slices on CORES' pool where that is faster. Each kernel is timed both ways: one that
+  takes under min_us on one thread stays there (handing slices to threads costs more than it saves); a longer one
+  runs the faster way, which on a machine whose other cores are busy can be one thread."""
   slot, st = prg.runtimevars.get("core_id"), time.perf_counter()
-  if slot is None or prg.lvp or global_size[0] < 2 or getattr(prg, "one_core_us", 0.0) < CORES["min_us"]:
-    SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals)
-    prg.one_core_us = (et := time.perf_counter() - st) * 1e6
-    return et if wait else None
-  args, threads = [b.va_addr for b in bufs] + list(vals), []
-  def run_slice(tid: int):
-    threads.append(threading.get_native_id())
-    prg.fxn(*[ctypes.c_uint64(tid if i == slot else x) for i, x in enumerate(args)])   # ctypes drops the GIL here
-  later = [CORES["pool"].submit(run_slice, tid) for tid in range(1, global_size[0])]
-  run_slice(0)
-  for f in later: f.result()
-  et = time.perf_counter() - st
-  prg.one_core_us = et * 1e6 * min(global_size[0], CORES["cores"])   # what it would take on one core, roughly
-  CORES["threads"].update(threads)
+  if slot is None or prg.lvp or global_size[0] < 2:
+    return SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait)
+  took = prg.__dict__.setdefault("took_us", {False: None, True: None, "calls": 0})   # last time on one / all threads
+  took["calls"] += 1
+  one, many = took[False], took[True]
+  spread = one is not None and one >= CORES["min_us"] and (many is None or many < one)
+  if one is not None and one >= CORES["min_us"] and took["calls"] % RECHECK == 0: spread = not spread
+  if not spread: SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals)
+  else:
+    args, threads = [b.va_addr for b in bufs] + list(vals), []
+    def run_slice(tid: int):
+      threads.append(threading.get_native_id())
+      prg.fxn(*[ctypes.c_uint64(tid if i == slot else x) for i, x in enumerate(args)])   # ctypes drops the GIL here
+    later = [CORES["pool"].submit(run_slice, tid) for tid in range(1, global_size[0])]
+    run_slice(0)
+    for f in later: f.result()
+    CORES["threads"].update(threads)
+  took[spread] = (et := time.perf_counter() - st) * 1e6
   return et if wait else None
 
 def use_all_cores(on: bool = True, min_us: float = 300.0) -> None:
   """Run the slices of tinygrad's multi-core CPU kernels on every core (on=False: one after another, tinygrad 0.14's
-  way) for kernels taking min_us or more on one core. Calling it again only changes the setting; other devices are
-  not touched."""
+  way) for kernels taking min_us or more on one core, where that measures faster. Calling it again only changes the
+  setting; other devices are not touched."""
   if CORES["pool"] is None: CORES["pool"] = ThreadPoolExecutor(max(CORES["cores"] - 1, 1), "core")
   CORES["min_us"] = min_us
   CPUProgram.__call__ = threaded_call if on else SERIAL_CALL

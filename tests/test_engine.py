@@ -16,28 +16,33 @@ def cores():
 
 def randn(*shape, seed=0) -> np.ndarray: return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
+def check_twice(fn, expected, tol=1e-4):
+  # a kernel's first call runs on one thread and is timed; its second runs on every core (then the faster way wins)
+  for _ in range(2): np.testing.assert_allclose(fn().numpy(), expected, rtol=tol, atol=tol)
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
 def test_slices_of_one_kernel_run_on_several_os_threads(cores):
   a, b = randn(256, 320), randn(320, 192, seed=1)
-  out = (Tensor(a) @ Tensor(b)).numpy()
+  check_twice(lambda: Tensor(a) @ Tensor(b), a @ b)
   assert len(engine.slice_threads()) >= 2
-  np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
 
 def test_kernels_under_the_threshold_stay_on_the_calling_thread():
   engine.use_all_cores(min_us=float("inf"))
   engine.slice_threads()
   a, b = randn(256, 320), randn(320, 192, seed=1)
-  try: np.testing.assert_allclose((Tensor(a) @ Tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
+  try:
+    for _ in range(engine.RECHECK + 1):
+      np.testing.assert_allclose((Tensor(a) @ Tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
   finally: engine.use_all_cores(False)
   assert not engine.slice_threads()
 
 def test_matmul_and_reductions_equal_numpy_with_threads_on(cores):
   a, b, v = randn(1024, 1024), randn(1024, 1024, seed=1), randn(1024, seed=2)
   ta, tb = Tensor(a).realize(), Tensor(b).realize()
-  np.testing.assert_allclose((ta @ tb).numpy(), a @ b, rtol=1e-3, atol=1e-3)
-  np.testing.assert_allclose((ta @ Tensor(v)).numpy(), a @ v, rtol=1e-3, atol=1e-3)
-  np.testing.assert_allclose(ta.sum(0).numpy(), a.sum(0), rtol=1e-3, atol=1e-3)
-  np.testing.assert_allclose((ta.T @ tb).relu().max(1).numpy(), np.maximum(a.T @ b, 0).max(1), rtol=1e-3, atol=1e-3)
+  check_twice(lambda: ta @ tb, a @ b, 1e-3)
+  check_twice(lambda: ta @ Tensor(v), a @ v, 1e-3)
+  check_twice(lambda: ta.sum(0), a.sum(0), 1e-3)
+  check_twice(lambda: (ta.T @ tb).relu().max(1), np.maximum(a.T @ b, 0).max(1), 1e-3)
 
 def test_a_jit_replay_with_threads_on_gives_the_eager_result(cores):
   w = Tensor(randn(512, 384)).realize()
@@ -45,6 +50,7 @@ def test_a_jit_replay_with_threads_on_gives_the_eager_result(cores):
   for i in range(4):
     x = randn(64, 512, seed=10 + i)
     np.testing.assert_allclose(step(Tensor(x)).numpy(), np.tanh(x @ w.numpy()), rtol=1e-4, atol=1e-4)
+  assert engine.slice_threads()
 
 def test_use_all_cores_twice_is_once(cores):
   engine.use_all_cores(min_us=0)
@@ -52,7 +58,7 @@ def test_use_all_cores_twice_is_once(cores):
   engine.use_all_cores(min_us=0)
   assert engine.CORES["pool"] is pool
   a = randn(300, 200)
-  np.testing.assert_allclose((Tensor(a) @ Tensor(a.T)).numpy(), a @ a.T, rtol=1e-3, atol=1e-3)
+  check_twice(lambda: Tensor(a) @ Tensor(a.T), a @ a.T, 1e-3)
 
 @pytest.fixture
 def matvec_options():
@@ -82,4 +88,5 @@ def test_the_options_are_applied_one_row_at_a_time(matvec_options, capsys):
 
 def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
   a, b = randn(64, 96), randn(96, 40, seed=1)
-  np.testing.assert_allclose((Tensor(a) @ Tensor(b)).relu().sum(1).numpy(), np.maximum(a @ b, 0).sum(1), rtol=1e-4, atol=1e-4)
+  out = (Tensor(a) @ Tensor(b)).relu().sum(1).numpy()
+  np.testing.assert_allclose(out, np.maximum(a @ b, 0).sum(1), rtol=1e-4, atol=1e-4)
