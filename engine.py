@@ -9,7 +9,7 @@ from tinygrad.engine import worker as compile_workers
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
 from tinygrad.runtime.ops_cpu import CPUProgram
-from tinygrad.codegen.opt import Opt, OptOps, heuristic
+from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, heuristic
 from tinygrad.uop.ops import AxisType
 
 def write_then_read(buf: Tensor, region: Tensor, value: Tensor) -> Tensor:
@@ -127,14 +127,16 @@ def lane_matvec_options(k):
   if not (k.ren.target.device == "CPU" and len(shape) == 3 and all(isinstance(s, int) for s in shape) and
           types[1:] == [AxisType.REDUCE, AxisType.REDUCE] and types[0] is not AxisType.REDUCE and shape[2] <= 32):
     return HEURISTIC(k)
-  k = k.copy()
-  k.apply_opt(Opt(OptOps.UNROLL, 1, 0))
-  # the heuristic's thread count: the most that divides the rows with >= 128K multiply-adds each
-  for n in (32, 16, 12, 8, 6, 5, 4, 3, 2):
-    if n <= k.ren.global_max[0] and shape[0] % n == 0 and shape[0] * shape[1] * shape[2] >> 17 >= n:
-      k.apply_opt(Opt(OptOps.THREAD, 0, n))
-      break
-  return k
+  try:
+    mine = k.copy()
+    mine.apply_opt(Opt(OptOps.UNROLL, 1, 0))
+    # the heuristic's thread count: the most that divides the rows with >= 128K multiply-adds each
+    for n in (32, 16, 12, 8, 6, 5, 4, 3, 2) if mine.ren.has_threads and mine.ren.global_max is not None else ():
+      if n <= mine.ren.global_max[0] and shape[0] % n == 0 and shape[0] * shape[1] * shape[2] >> 17 >= n:
+        mine.apply_opt(Opt(OptOps.THREAD, 0, n))
+        break
+    return mine
+  except KernelOptError: return HEURISTIC(k)
 
 def matvec_worker_init():
   """A compile worker's start-up: tinygrad's, then lane_matvec_options in place of the heuristic."""
