@@ -19,9 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, NamedTuple
 import numpy as np
-from tinygrad import Context, Device, Tensor
+from tinygrad import Device, Tensor
 import checkpoint, kernels
 from decode import Generator, Sampling, common_prefix
+from engine import use_all_cores, use_matvec_options
 try: import torch, transformers
 except ImportError: torch = transformers = None
 try: from llama_cpp import Llama
@@ -39,6 +40,9 @@ SHAPES = {
                num_key_value_heads=2, vocab_size=1024, max_position_embeddings=256, rms_norm_eps=1e-5,
                tie_word_embeddings=False),
 }
+
+# engine.use_all_cores settings compared: the suffix of a run's name -> on
+CORES = {"all": {"": True}, "one": {"": False}, "both": {", one core": False, ", all cores": True}}
 
 Run = tuple[float, float, list[int]]   # prefill seconds (until the first new id is on the host), decode seconds, ids
 
@@ -132,7 +136,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="kernels.use_decode_kernels (generate.py: on)")
   p.add_argument("--time-limit", type=float, default=0,
                  help="start no timed round after this many seconds since the start (one always runs); 0: none")
-  p.add_argument("--beam", type=int, default=0, help="tinygrad BEAM search width for our kernels (0: heuristics)")
+  p.add_argument("--beam", type=int, default=0,
+                 help="tinygrad BEAM search width for the compiled steps' kernels (0: heuristics); not the loader's")
+  p.add_argument("--cores", choices=CORES, default="all",
+                 help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both interleaved")
   a = p.parse_args(argv)
   try: a.chunks = [int(c) for c in a.chunks.split(",")]
   except ValueError: p.error(f"--chunks takes comma-separated integers, got {a.chunks!r}")
@@ -162,8 +169,9 @@ def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[
       # each Generator is warmed before the next one on this model is made: its steps, once captured, keep the KV
       # cache buffers they were captured with, and a new Generator gives the model new ones
       name, t0 = f"chunk {chunk}, decode kernels {'on' if k else 'off'}", time.perf_counter()
-      gen = Generator(model, ctx, Sampling(0.0), chunk=chunk)
-      runs[name] = lambda gen=gen: ours(gen, ids, a.new_tokens)
+      gen = Generator(model, ctx, Sampling(0.0), chunk=chunk, beam=a.beam)
+      for cores, on in CORES[a.cores].items():
+        runs[name + cores] = lambda gen=gen, on=on: (use_all_cores(on), ours(gen, ids, a.new_tokens))[1]
       for _ in range(2): warm = ours(gen, ids, a.new_tokens)
       print(f"ours, {name}: two warm-up runs (compiling) in {time.perf_counter() - t0:.1f} s; the second: "
             f"prefill {len(ids) / warm[0]:.1f} tok/s, decode {a.new_tokens / warm[1]:.1f} tok/s", flush=True)
@@ -182,7 +190,7 @@ def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[
   print(f"{what}: {len(ids)} prompt tokens, {a.new_tokens} new, medians of {done} interleaved runs")
   rows = []
   for name, ts in times.items():
-    line = (f"{name:>34}: prefill {median_rate(ts, len(ids), 0):9.1f} tok/s | "
+    line = (f"{name:>46}: prefill {median_rate(ts, len(ids), 0):9.1f} tok/s | "
             f"decode {median_rate(ts, a.new_tokens, 1):7.1f} tok/s")
     if anchor and name == anchor.name:
       print(line)
@@ -203,7 +211,9 @@ def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[
 def main(argv=None) -> int:
   a, t_start = parse_args(argv), time.perf_counter()
   on = {"on": [True], "off": [False], "both": [False, True]}[a.decode_kernels]
-  with tempfile.TemporaryDirectory() as tmp, Context(BEAM=a.beam), contextlib.ExitStack() as stack:
+  use_all_cores(a.cores != "one")
+  use_matvec_options()
+  with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
     anchor = None
     try:
       if a.shape:

@@ -17,6 +17,7 @@ from tinygrad import Context, Device, Tensor, dtypes
 import llama, parallel
 from optim import make_optimizer
 from steps import make_train_step
+from engine import use_all_cores
 try: import torch, transformers
 except ImportError: torch = transformers = None
 
@@ -60,6 +61,7 @@ def ours(a: argparse.Namespace, args: llama.ModelArgs):
 # pool of one worker, so that a worker that dies raises BrokenProcessPool instead of leaving us waiting.
 
 TORCH = {}   # in the worker process: what torch_setup made
+CORES = {"all": {"ours": True}, "one": {"ours": False}, "both": {"ours, one core": False, "ours, all cores": True}}
 
 def torch_setup(args: llama.ModelArgs, a: argparse.Namespace, device: str):
   """The same model as transformers' LlamaForCausalLM and the same optimiser settings; TORCH['step'] does one step."""
@@ -112,6 +114,8 @@ def main(argv=None) -> int:
   b = p.add_argument_group("the benchmark")
   b.add_argument("--steps", type=int, default=5, help="timed steps of each (after 2 warm-up steps), interleaved")
   b.add_argument("--torch", action="store_true", help="also time transformers in PyTorch (optional extras)")
+  b.add_argument("--cores", choices=CORES, default="all",
+                 help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both interleaved")
   b.add_argument("--time-limit", type=float, default=0,
                  help="start no timed step after this many seconds since the start (one always runs); 0: none")
   b.add_argument("--peak-tflops", type=float, default=989.0,
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
           f"{args.n_heads} heads, vocab {args.vocab_size}) {a.dtype}, batch {a.batch_size}x{a.seq_len}")
   print(f"{what}: {fpt / 1e6:.0f} model MFLOP per token; tinygrad on {Device.DEFAULT}", flush=True)
   step, anchor = ours(a, args), None
-  runs = {"ours": lambda: timed(step)}
+  runs = {name: lambda on=on: (use_all_cores(on), timed(step))[1] for name, on in CORES[a.cores].items()}
   with contextlib.ExitStack() as stack:
     try:
       if a.torch:
@@ -157,8 +161,10 @@ def main(argv=None) -> int:
     if Device.DEFAULT != "CPU": text[name] += f" ({100 * tflops / a.peak_tflops:.1f}% of {a.peak_tflops:.0f})"
     print(f"{name}: {wall:.4f} s/step, {cpu:.2f} CPU s/step, {text[name]} (median of {len(ts)})")
   print("\n| workload | ours | anchor | ratio |\n|---|---|---|---|")
-  ref = f"{anchor}: {text[anchor]} | {tok_s['ours'] / tok_s[anchor]:.2f}x" if anchor else "- | -"
-  print(f"| {what} | {text['ours']} | {ref} |")
+  for name in CORES[a.cores]:
+    ref = f"{anchor}: {text[anchor]} | {tok_s[name] / tok_s[anchor]:.2f}x" if anchor else "- | -"
+    print(f"| {what}{name[4:]} | {text[name]} | {ref} |")
+  if a.cores == "both": print(f"all cores / one core: {tok_s['ours, all cores'] / tok_s['ours, one core']:.2f}x")
   return 0
 
 if __name__ == "__main__": sys.exit(main())

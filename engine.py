@@ -2,10 +2,15 @@
 # is not public API lives here, each with why and the version it was checked on (tinygrad 0.14.0, Python 3.11), so an
 # upgrade starts by re-checking this file alone (tests/test_engine.py exercises each trick).
 from __future__ import annotations
-import mmap, pickle
+import ctypes, mmap, os, pickle, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from tinygrad import Device, Tensor, TinyJit, function
+from tinygrad.engine import worker as compile_workers
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
+from tinygrad.runtime.ops_cpu import CPUProgram
+from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, heuristic
+from tinygrad.uop.ops import AxisType
 
 def write_then_read(buf: Tensor, region: Tensor, value: Tensor) -> Tensor:
   """`region` (a slice of `buf`) := value, and `buf` as it is after the write, as one graph: no realize in between,
@@ -50,7 +55,8 @@ def adam_state(opt: OptimizerGroup) -> dict[str, Tensor]:
 def drop_file_pages(path: str) -> None:
   """tinygrad reads DISK tensors through an mmap of the file, so every page read stays in this process's resident set
   (clean and reclaimable, but counted) until the file is closed; without this a model loaded from one file peaks at
-  twice its size in RSS. MADV_DONTNEED unmaps what was read; the page cache keeps the data. DISK device's mem: 0.14.0."""
+  twice its size in RSS. MADV_DONTNEED unmaps what was read; the page cache keeps the data. DISK device's mem:
+  0.14.0."""
   dev = Device[f"DISK:{path}"]
   if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
 
@@ -58,3 +64,89 @@ def drop_file_pages(path: str) -> None:
 # the C one allocates an array as long as the largest memo index a stream names (a corrupt index asks for GBs).
 # pickle._Unpickler: Python 3.11.
 PurePythonUnpickler = pickle._Unpickler
+
+# ***** both cores *****
+# tinygrad 0.14's CPUProgram.__call__ runs the per-core slices of a THREAD kernel (its `core_id` argument) one after
+# another on the calling thread; 0.12 and 0.13 ran them on a thread pool. Checked on tinygrad 0.14.0.
+SERIAL_CALL = CPUProgram.__call__
+CORES = {"pool": None, "cores": os.cpu_count() or 1, "min_us": 0.0, "threads": set()}
+RECHECK = 32   # every this many calls a kernel runs the other way once, so a change of machine load is noticed
+
+def threaded_call(prg: CPUProgram, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False,
+                  timeout=None):
+  """CPUProgram.__call__ with the slices on CORES' pool where that is faster. Each kernel is timed both ways: one that
+  takes under min_us on one thread stays there (handing slices to threads costs more than it saves); a longer one
+  runs the faster way, which on a machine whose other cores are busy can be one thread."""
+  slot, st = prg.runtimevars.get("core_id"), time.perf_counter()
+  if slot is None or prg.lvp or global_size[0] < 2:
+    return SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait)
+  took = prg.__dict__.setdefault("took_us", {False: None, True: None, "calls": 0})   # last time on one / all threads
+  took["calls"] += 1
+  one, many = took[False], took[True]
+  spread = one is not None and one >= CORES["min_us"] and (many is None or many < one)
+  if one is not None and one >= CORES["min_us"] and took["calls"] % RECHECK == 0: spread = not spread
+  if not spread: SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals)
+  else:
+    args, threads = [b.va_addr for b in bufs] + list(vals), []
+    def run_slice(tid: int):
+      threads.append(threading.get_native_id())
+      prg.fxn(*[ctypes.c_uint64(tid if i == slot else x) for i, x in enumerate(args)])   # ctypes drops the GIL here
+    later = [CORES["pool"].submit(run_slice, tid) for tid in range(1, global_size[0])]
+    run_slice(0)
+    for f in later: f.result()
+    CORES["threads"].update(threads)
+  took[spread] = (et := time.perf_counter() - st) * 1e6
+  return et if wait else None
+
+def use_all_cores(on: bool = True, min_us: float = 300.0) -> None:
+  """Run the slices of tinygrad's multi-core CPU kernels on every core (on=False: one after another, tinygrad 0.14's
+  way) for kernels taking min_us or more on one core, where that measures faster. Calling it again only changes the
+  setting; other devices are not touched."""
+  if CORES["pool"] is None: CORES["pool"] = ThreadPoolExecutor(max(CORES["cores"] - 1, 1), "core")
+  CORES["min_us"] = min_us
+  CPUProgram.__call__ = threaded_call if on else SERIAL_CALL
+
+def slice_threads() -> set[int]:
+  """The OS thread ids that ran slices of kernels spread over cores since the last call (a test's evidence)."""
+  out, CORES["threads"] = CORES["threads"], set()
+  return out
+
+# ***** written-down kernel options *****
+# tinygrad 0.14's heuristic (codegen/opt/heuristic.py) upcasts a matvec's output rows by 3 or 4 when there are >= 1024
+# of them; on the CPU that made kernels.lane_sum's matvecs 2-2.8x slower than one row at a time (README, "Kernel
+# options"). apply_opts imports hand_coded_optimizations from its module at each call, so replacing it there takes
+# effect for every kernel compiled afterwards, here and, through their initializer, in tinygrad's compile worker
+# processes (engine/worker.py's _init_worker, looked up when the pool starts). Checked on tinygrad 0.14.0.
+HEURISTIC, WORKER_INIT = heuristic.hand_coded_optimizations, compile_workers._init_worker
+
+def lane_matvec_options(k):
+  """Options for a kernel that sums a (rows, K/lanes, lanes) product over its last two axes into `rows` outputs (a
+  lane_sum matvec) on the CPU: the lanes unrolled, rows split over cores, no row upcast. Other kernels: the
+  heuristic's."""
+  shape, types = k.full_shape, k.axis_types
+  if not (k.ren.target.device == "CPU" and len(shape) == 3 and all(isinstance(s, int) for s in shape) and
+          types[1:] == [AxisType.REDUCE, AxisType.REDUCE] and types[0] is not AxisType.REDUCE and shape[2] <= 32):
+    return HEURISTIC(k)
+  try:
+    mine = k.copy()
+    mine.apply_opt(Opt(OptOps.UNROLL, 1, 0))
+    # the heuristic's thread count: the most that divides the rows with >= 128K multiply-adds each
+    for n in (32, 16, 12, 8, 6, 5, 4, 3, 2) if mine.ren.has_threads and mine.ren.global_max is not None else ():
+      if n <= mine.ren.global_max[0] and shape[0] % n == 0 and shape[0] * shape[1] * shape[2] >> 17 >= n:
+        mine.apply_opt(Opt(OptOps.THREAD, 0, n))
+        break
+    return mine
+  except KernelOptError: return HEURISTIC(k)
+
+def matvec_worker_init():
+  """A compile worker's start-up: tinygrad's, then lane_matvec_options in place of the heuristic."""
+  WORKER_INIT()
+  heuristic.hand_coded_optimizations = lane_matvec_options
+
+def use_matvec_options(on: bool = True) -> None:
+  """Compile kernels.lane_sum's one-token matvecs with lane_matvec_options from now on (on=False: the heuristic's).
+  Kernels compiled before keep their options; BEAM, when asked for, still searches."""
+  heuristic.hand_coded_optimizations = lane_matvec_options if on else HEURISTIC
+  if compile_workers._init_worker is not (init := matvec_worker_init if on else WORKER_INIT):
+    compile_workers._init_worker = init
+    compile_workers.terminate_worker_pool()   # running workers started with the other setting

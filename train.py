@@ -17,6 +17,8 @@ whose final value is 10% of the peak, and warmup. The paper's numbers (2000 warm
 from __future__ import annotations
 import argparse, pathlib, sys
 import checkpoint, data, llama, lora, memory, parallel
+from cli import one_line_errors
+from engine import use_all_cores
 from training import MODEL_FIELDS, TrainConfig, TrainError, configure, describe, load_checkpoint, model_args, train
 
 def parse_args(argv=None) -> TrainConfig:
@@ -115,14 +117,11 @@ def merge(cfg: TrainConfig) -> int:
   return 0
 
 def main(argv=None) -> int:
-  try:
-    cfg = parse_args(argv)
-    return dry_run(cfg) if cfg.dry_run else merge(cfg) if cfg.merge else train(cfg)
-  except (ValueError, OSError) as e:   # TrainError, DataError, CheckpointError, ParallelError: one line, no traceback
-    print(f"train.py: error: {e}", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:            # before training started (data preparation, compilation) or a second Ctrl-C
-    print("train.py: interrupted", file=sys.stderr)
-    return 130
+  use_all_cores()
+  # TrainError, DataError, CheckpointError, ParallelError: one line, no traceback; Ctrl-C before training started
+  # (data preparation, compilation) or a second one: "interrupted" (the loop saves on the first)
+  return one_line_errors("train.py", lambda: run(parse_args(argv)))
+
+def run(cfg: TrainConfig) -> int: return dry_run(cfg) if cfg.dry_run else merge(cfg) if cfg.merge else train(cfg)
 
 if __name__ == "__main__": sys.exit(main())

@@ -1,0 +1,92 @@
+"""engine.py's tricks on the installed tinygrad: each one still does what the project relies on it for."""
+import os, re
+import numpy as np, pytest
+from tinygrad import Context, Device, Tensor, TinyJit
+import engine, kernels
+
+pytestmark = pytest.mark.skipif(Device.DEFAULT != "CPU", reason="use_all_cores is about tinygrad's CPU runtime")
+
+@pytest.fixture
+def cores():
+  """use_all_cores for every kernel (no threshold), back to tinygrad's own way afterwards."""
+  engine.use_all_cores(min_us=0)
+  engine.slice_threads()
+  yield
+  engine.use_all_cores(False)
+
+def randn(*shape, seed=0) -> np.ndarray: return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+def check_twice(fn, expected, tol=1e-4):
+  # a kernel's first call runs on one thread and is timed; its second runs on every core (then the faster way wins)
+  for _ in range(2): np.testing.assert_allclose(fn().numpy(), expected, rtol=tol, atol=tol)
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
+def test_slices_of_one_kernel_run_on_several_os_threads(cores):
+  a, b = randn(256, 320), randn(320, 192, seed=1)
+  check_twice(lambda: Tensor(a) @ Tensor(b), a @ b)
+  assert len(engine.slice_threads()) >= 2
+
+def test_kernels_under_the_threshold_stay_on_the_calling_thread():
+  engine.use_all_cores(min_us=float("inf"))
+  engine.slice_threads()
+  a, b = randn(256, 320), randn(320, 192, seed=1)
+  try:
+    for _ in range(engine.RECHECK + 1):
+      np.testing.assert_allclose((Tensor(a) @ Tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
+  finally: engine.use_all_cores(False)
+  assert not engine.slice_threads()
+
+def test_matmul_and_reductions_equal_numpy_with_threads_on(cores):
+  a, b, v = randn(1024, 1024), randn(1024, 1024, seed=1), randn(1024, seed=2)
+  ta, tb = Tensor(a).realize(), Tensor(b).realize()
+  check_twice(lambda: ta @ tb, a @ b, 1e-3)
+  check_twice(lambda: ta @ Tensor(v), a @ v, 1e-3)
+  check_twice(lambda: ta.sum(0), a.sum(0), 1e-3)
+  check_twice(lambda: (ta.T @ tb).relu().max(1), np.maximum(a.T @ b, 0).max(1), 1e-3)
+
+def test_a_jit_replay_with_threads_on_gives_the_eager_result(cores):
+  w = Tensor(randn(512, 384)).realize()
+  step = TinyJit(lambda x: (x @ w).tanh().realize())
+  for i in range(4):
+    x = randn(64, 512, seed=10 + i)
+    np.testing.assert_allclose(step(Tensor(x)).numpy(), np.tanh(x @ w.numpy()), rtol=1e-4, atol=1e-4)
+  assert engine.slice_threads()
+
+def test_use_all_cores_twice_is_once(cores):
+  engine.use_all_cores(min_us=0)
+  pool = engine.CORES["pool"]
+  engine.use_all_cores(min_us=0)
+  assert engine.CORES["pool"] is pool
+  a = randn(300, 200)
+  check_twice(lambda: Tensor(a) @ Tensor(a.T), a @ a.T, 1e-3)
+
+@pytest.fixture
+def matvec_options():
+  engine.use_matvec_options()
+  yield
+  engine.use_matvec_options(False)
+
+@pytest.mark.parametrize("rows", [3072, 960, 24])
+def test_lane_sum_matvecs_with_written_down_options_equal_numpy(matvec_options, rows):
+  # 3072 rows: the heuristic would upcast them by 3; 24: too few rows to split over cores
+  w, x = randn(rows, 576), randn(1, 1, 576, seed=1)
+  np.testing.assert_allclose(kernels.matvec_linear(Tensor(w), Tensor(x)).numpy(), x @ w.T, rtol=1e-4, atol=1e-4)
+
+def test_the_options_are_applied_one_row_at_a_time(matvec_options, capsys):
+  # two kernels compiled at once go to tinygrad's compile worker processes, one alone is compiled here: both ways
+  w, x = Tensor(randn(3072, 768)).realize(), Tensor(randn(1, 1, 768, seed=1)).realize()
+  w2, x2 = Tensor(randn(1536, 640)).realize(), Tensor(randn(1, 1, 640, seed=1)).realize()
+  capsys.readouterr()
+  with Context(DEBUG=2):
+    Tensor.realize(kernels.matvec_linear(w, x), kernels.matvec_linear(w2, x2))
+    kernels.matvec_linear(w[:2400], x).realize()
+  names = set(re.findall(r"\b(r_[0-9_]+)\b", re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)))
+  # rows split over n cores, then the inputs in steps of 8 lanes; the heuristic's: r_(rows/3/n)_n_3_(K/8)_8
+  for rows, steps in ((3072, 96), (1536, 80), (2400, 96)):
+    assert any(re.fullmatch(rf"r_{rows // n}_{n}_{steps}_8|r_{rows}_{steps}_8", name) for name in names
+               for n in range(2, 33)), (rows, names)
+
+def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
+  a, b = randn(64, 96), randn(96, 40, seed=1)
+  out = (Tensor(a) @ Tensor(b)).relu().sum(1).numpy()
+  np.testing.assert_allclose(out, np.maximum(a @ b, 0).sum(1), rtol=1e-4, atol=1e-4)
