@@ -280,10 +280,10 @@ def prepare_chat(inputs: list[str], out="data", tokenizer=None) -> dict:
       for k in ("", "_mask", "_starts"): os.replace(out / f".{split}{k}.tmp", out / f"{split}{k}.bin")
       counts[split] = (len(part), starts[-1])
     meta = {
-      "format": "chat", "chat_format": fmt.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-      "dtype": dtype, "tokenizer": pathlib.Path(tok_path).name, "train_tokens": counts["train"][1],
-      "val_tokens": counts["val"][1], "documents": len(convs), "train_documents": counts["train"][0],
-      "val_documents": counts["val"][0], "source": list(inputs)
+      "format": "chat", "chat_format": fmt.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
+      "eos_id": tok.eos_id, "dtype": dtype, "tokenizer": pathlib.Path(tok_path).name,
+      "train_tokens": counts["train"][1], "val_tokens": counts["val"][1], "documents": len(convs),
+      "train_documents": counts["train"][0], "val_documents": counts["val"][0], "source": list(inputs)
     }
     atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return meta

@@ -150,3 +150,9 @@ def use_matvec_options(on: bool = True) -> None:
   if compile_workers._init_worker is not (init := matvec_worker_init if on else WORKER_INIT):
     compile_workers._init_worker = init
     compile_workers.terminate_worker_pool()   # running workers started with the other setting
+
+def eta_from_here(bar, seconds_per_step: float) -> None:
+  """Make tinygrad's tqdm estimate the time left from the steps after the compiled ones: it divides the time since
+  its start by the share done, so the first steps' compilation would inflate the ETA for the whole run. Its start
+  time `st`: 0.14.0."""
+  bar.st = time.perf_counter() - bar.n * seconds_per_step

@@ -11,7 +11,10 @@ import checkpoint, data, llama, lora, memory, parallel, plots, runs
 from steps import make_eval_step, make_train_step
 from decode import Generator, Sampling, Stats, common_prefix, generate
 from optim import lr_at, make_optimizer, optimizer_state, param_groups
+from engine import eta_from_here
+from progress import phase
 from tokenizer import Tokenizer, load_tokenizer
+from words import corpus_words, known_share
 
 class TrainError(ValueError):
   """Bad input to training; the message is one line for the user."""
@@ -155,7 +158,10 @@ def print_sample(model, tokenizer, cfg: TrainConfig) -> None:
                   sampling=Sampling(temperature=0.8, top_p=1.0), seed=cfg.seed, chunk=1)
   ids = generate(gen, [tokenizer.bos_id], cfg.sample_tokens, tokenizer.eos_id, Stats())
   model.drop_cache()
-  print(f"--- sample ---\n{tokenizer.decode(ids)}\n---")
+  text = tokenizer.decode(ids)
+  share = known_share(text, corpus_words(cfg.data)) if data.read_meta(cfg.data).get("format") != "chat" else None
+  print("--- sample" + (f" ({share:.0%} of its words are words of the corpus)" if share is not None else "")
+        + f" ---\n{text}\n---")
 
 def describe(args: llama.ModelArgs, cfg: TrainConfig) -> str:
   """One line on the model being trained (and, with LoRA, how much of it)."""
@@ -209,7 +215,7 @@ def load_data(cfg: TrainConfig):
     cfg.data = DEFAULT_DATA
     if not (pathlib.Path(cfg.data) / "meta.json").is_file():
       print(f"no dataset in {cfg.data}/: building it from the default corpus "
-            "(the Python standard library's docs and source)")
+            "(English prose of the Python standard library: pydoc topics and docstrings)")
       data.prepare([], cfg.data, vocab_size=llama.preset_args(cfg.preset, cfg.seq_len).vocab_size)
   meta = data.read_meta(cfg.data)
   train_tokens, val_tokens = data.load_split(cfg.data, "train"), data.load_split(cfg.data, "val")
@@ -290,23 +296,26 @@ def train(cfg: TrainConfig, eval_at: frozenset[int] = frozenset(), label: str = 
   try:
     with Context(USE_ATOMICS=parallel.use_atomics(cfg.devices, cfg.parallel), BEAM=cfg.beam), \
          tqdm(total=cfg.max_steps - state["step"], desc=f"{label}step {state['step']}", unit="step") as bar:
-      t_last = time.perf_counter()
+      t_last, first = time.perf_counter(), state["step"]
       while state["step"] < cfg.max_steps and not stop:
         step, lr = state["step"], lr_at(state["step"], cfg.lr, cfg.warmup_steps, cfg.lr_decay_steps, cfg.min_lr_ratio)
         batches = [data.get_batch(run.train_tokens, cfg.batch_size, cfg.seq_len, run.rng)
                    for _ in range(cfg.grad_accum)]
         x, y = (parallel.to_device(np.stack([b[i] for b in batches]), cfg.devices, cfg.parallel, batch_axis=1)
                 for i in (0, 1))
-        loss, norm = train_step(x, y, Tensor([lr], dtype=dtypes.float32))
-        loss, norm = loss.item(), norm.item()
+        with phase("compiling the training step", quiet=state["step"] - first >= 2):   # TinyJit: runs, captures
+          loss, norm = train_step(x, y, Tensor([lr], dtype=dtypes.float32))
+          loss, norm = loss.item(), norm.item()
         now = time.perf_counter()
+        if state["step"] - first == 2: eta_from_here(bar, now - t_last)   # the ETA leaves the compiles out
         state.update(step=step + 1, tokens=state["tokens"] + tokens_per_step)
         entry = {"step": step + 1, "tokens": state["tokens"], "loss": loss, "lr": lr, "grad_norm": norm,
                  "tok_s": tokens_per_step / (now - t_last)}
         t_last = now
         if not math.isfinite(loss): raise TrainError(f"the loss became {loss} at step {step + 1}: lower --lr")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps or step + 1 in eval_at:
-          entry["val_loss"] = val_loss = evaluate(eval_step, run.val_tokens, cfg)
+          with phase("validation loss", quiet=math.isfinite(val_loss)):   # the first one compiles its step
+            entry["val_loss"] = val_loss = evaluate(eval_step, run.val_tokens, cfg)
           t_last = time.perf_counter()   # evaluation time is not training throughput
         runs.append_log(out, entry)
         bar.set_description(f"{label}step {step + 1} | loss {loss:.3f}"

@@ -16,11 +16,12 @@ def words_of(text: str) -> list[str]:
   pieces = (p.strip(PUNCTUATION) for p in text.split())
   return [p.lower() for p in pieces if p]
 
-def corpus_words(data_dir) -> set[str]:
-  """The words (lower case) of a token dataset's training split, decoded with its own tokenizer."""
+def corpus_words(data_dir, max_tokens: int = 1 << 21) -> set[str]:
+  """The words (lower case) of a token dataset's training split (its first max_tokens), decoded with its own
+  tokenizer."""
   meta = data.read_meta(data_dir)
   tok = load_tokenizer(f"{data_dir}/{meta['tokenizer']}")
-  tokens = np.asarray(data.load_split(data_dir, "train"))
+  tokens = np.asarray(data.load_split(data_dir, "train")[:max_tokens])
   return {w for w in words_of(tok.decode(tokens.tolist())) if WORD.fullmatch(w)}
 
 def known_share(text: str, words: set[str]) -> float:

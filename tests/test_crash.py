@@ -11,8 +11,11 @@ from tinygrad import Tensor
 import checkpoint, data, llama, train, training, optim, runs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TINY = ["--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
-        "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "1000", "--eval-steps", "2", "--sample-tokens", "0"]
+TINY = [
+  "--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
+  "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "1000", "--eval-steps", "2",
+  "--sample-tokens", "0"
+]
 FILE_EVENTS = ("open", "os.remove", "os.rename", "os.link", "shutil.rmtree", "os.mkdir", "os.truncate")   # audit events
 
 def bump(name: str, x):
@@ -42,7 +45,10 @@ def child(previous: str, work: str, data_dir: str):
       (work / "ops.json").write_text(json.dumps(kill["seen"]))
       os._exit(0)
     return os.waitpid(pid, 0)[1]
-  cfg = train.parse_args([*TINY, "--data", data_dir, "--out", str(copy_run(pathlib.Path(previous).parent, work / "setup")), "--resume"])
+
+  cfg = train.parse_args(
+    [*TINY, "--data", data_dir, "--out",
+     str(copy_run(pathlib.Path(previous).parent, work / "setup")), "--resume"])
   run = training.setup(cfg)
   new = {**{f"model.{k}": t for k, t in llama.learned(run.model).items()}, **optim.optimizer_state(run.opt, run.params)}
   Tensor.realize(*[t.assign(bump(k, t)) for k, t in new.items()])
@@ -83,14 +89,16 @@ def killed(previous, dataset, tmp_path_factory) -> tuple[list, dict[int, pathlib
   """(the file operations of a whole save, {k: the directory holding out/ after a save killed just before operation
   k}); k = 0 is the save that ran to the end (see child)."""
   work = tmp_path_factory.mktemp("killed")
-  code = f"import sys; sys.path[:0] = ['.', 'tests']; import test_crash; test_crash.child({str(previous)!r}, {str(work)!r}, {str(dataset)!r})"
+  code = (f"import sys; sys.path[:0] = ['.', 'tests']; import test_crash; "
+          f"test_crash.child({str(previous)!r}, {str(work)!r}, {str(dataset)!r})")
   p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   result = json.loads(p.stdout.splitlines()[-1])
   ops, status = result["ops"], {int(k): v for k, v in result["status"].items()}
   assert status[0] == 0, "the whole save failed"
   for k, st in status.items():
-    assert k == 0 or os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGKILL, f"the save meant to be killed before {ops[k - 1]} ended with status {st}"
+    assert k == 0 or os.WIFSIGNALED(st) and os.WTERMSIG(
+      st) == signal.SIGKILL, f"the save meant to be killed before {ops[k - 1]} ended with status {st}"
   return ops, {k: work / str(k) for k in status}
 
 def publishing(ops: list) -> int:
@@ -101,7 +109,8 @@ def publishing(ops: list) -> int:
 
 def arrays(out: pathlib.Path) -> dict[str, np.ndarray]:
   """Every tensor of a training checkpoint, read by the safetensors package (not by our loader)."""
-  return {f"model.{k}": v for k, v in load_file(str(out / "model.safetensors")).items()} | load_file(str(out / "optimizer.safetensors"))
+  return {f"model.{k}": v
+          for k, v in load_file(str(out / "model.safetensors")).items()} | load_file(str(out / "optimizer.safetensors"))
 
 def which(out: pathlib.Path, previous: pathlib.Path) -> int:
   """0 or 1: the step of the checkpoint in `out`, after checking that every tensor is exactly the previous one's
@@ -110,8 +119,12 @@ def which(out: pathlib.Path, previous: pathlib.Path) -> int:
   assert step in (0, 1), step
   got, before = arrays(out), arrays(previous)
   assert sorted(got) == sorted(before)
-  for k, v in before.items(): np.testing.assert_array_equal(got[k], bump(k, v) if step else v, err_msg=f"{k} is not from the step-{step} checkpoint")
-  for f in ("config.json", "tokenizer.model", "log.jsonl"): assert (out / f).read_bytes() == (previous / f).read_bytes(), f
+  for k, v in before.items():
+    np.testing.assert_array_equal(got[k],
+                                  bump(k, v) if step else v,
+                                  err_msg=f"{k} is not from the step-{step} checkpoint")
+  for f in ("config.json", "tokenizer.model", "log.jsonl"):
+    assert (out / f).read_bytes() == (previous / f).read_bytes(), f
   return step
 
 def resume_cfg(out: pathlib.Path, dataset: pathlib.Path) -> training.TrainConfig:
@@ -127,7 +140,8 @@ def test_killed_save_leaves_the_previous_or_the_new_checkpoint(killed, previous,
   assert len(roots) >= 10
   for k, root in roots.items():
     out = copy_run(root, tmp_path / str(k))
-    _, _, state, _ = training.load_checkpoint(out, resume_cfg(out, dataset))   # what --resume does first: recover, then load
+    _, _, state, _ = training.load_checkpoint(out, resume_cfg(out,
+                                                              dataset)) # what --resume does first: recover, then load
     # the new checkpoint is there exactly when the kill came after the rename that publishes it
     assert which(out, previous) == state["step"] == int(k == 0 or k > publishing(ops)), (k, ops[k - 1])
 
@@ -140,7 +154,9 @@ def test_resume_continues_after_a_kill(killed, previous, dataset, tmp_path):
   linked = next(k for k, op in enumerate(ops, 1) if k > link and op[0] == "os.rename")   # out/ about to be set aside
   for k, start in ((linked, 0), (publishing(ops), 0), (len(ops), 1)):
     out = copy_run(roots[k], tmp_path / str(k))
-    assert train.main([*TINY, "--data", str(dataset), "--out", str(out), "--resume", "--max-steps", "2"]) == 0, (k, ops[k - 1])
+    assert train.main([*TINY, "--data",
+                       str(dataset), "--out",
+                       str(out), "--resume", "--max-steps", "2"]) == 0, (k, ops[k - 1])
     assert [e["step"] for e in runs.read_log(out)] == [0, *range(start + 1, 3)], (k, ops[k - 1])
     assert json.loads((out / "train_state.json").read_text())["step"] == 2
     assert np.isfinite(arrays(out)["model.norm.weight"]).all() and checkpoint.load(out)[0].args.dim == 32
@@ -151,6 +167,10 @@ def test_generate_loads_between_the_two_renames(killed, tmp_path):
   ops, roots = killed
   out = copy_run(roots[publishing(ops)], tmp_path / "run")
   assert not out.exists() and (out.parent / ".out.old").is_dir()
-  p = subprocess.run([sys.executable, "generate.py", str(out), "-n", "3", "--temperature", "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  p = subprocess.run(
+    [sys.executable, "generate.py", str(out), "-n", "3", "--temperature", "0"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600)
   assert p.returncode == 0 and out.is_dir(), p.stderr
-

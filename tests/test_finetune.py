@@ -24,8 +24,9 @@ def stories(n: int = 150, seed: int = 0) -> str:
   lines = []
   for _ in range(n):
     a, b, t, adj, p = r.choice(names), r.choice(names), r.choice(things), r.choice(adjs), r.choice(places)
-    lines.append(f"Once upon a time, there was a {adj} girl named {a}. She loved to play with her {t} in the {p}. "
-                 f"One day, {a} saw a {adj} {t}. She said, \"{b}, look at my {t}!\" {b} was happy and they played all day.\n")
+    lines.append(
+      f"Once upon a time, there was a {adj} girl named {a}. She loved to play with her {t} in the {p}. "
+      f"One day, {a} saw a {adj} {t}. She said, \"{b}, look at my {t}!\" {b} was happy and they played all day.\n")
   return "".join(lines)
 
 def run(*argv) -> int: return train.main([str(a) for a in argv])
@@ -36,8 +37,6 @@ def one_line_error(capsys, message: str) -> None:
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1 and err.startswith(("train.py: error:", "data.py: error:")), err
 
-@pytest.fixture(scope="module")
-def s260(fixtures) -> tuple[pathlib.Path, pathlib.Path]: return fixtures / "stories260K" / "stories260K.bin", fixtures / "stories260K" / "tok512.model"
 
 @pytest.fixture(scope="module")
 def text_data(fixtures, tmp_path_factory) -> pathlib.Path:
@@ -66,7 +65,10 @@ def test_data_with_llama2c_and_gguf_tokenizers(fixtures, text_data, tmp_path):
   (tmp_path / "a.txt").write_text(text)
   # llama2.c tokenizer.bin: saved as tokenizer.model; the ids are what the sentencepiece library gives with tok512.model
   assert data.read_meta(text_data)["tokenizer"] == "tokenizer.model"
-  meta = data.prepare([str(tmp_path / "a.txt")], tmp_path / "bin", tokenizer=fixtures / "stories260K" / "tok512.bin", workers=1)
+  meta = data.prepare([str(tmp_path / "a.txt")],
+                      tmp_path / "bin",
+                      tokenizer=fixtures / "stories260K" / "tok512.bin",
+                      workers=1)
   ids = np.concatenate([data.load_split(tmp_path / "bin", s) for s in ("train", "val")]).tolist()
   assert ids == [1] + spm.SentencePieceProcessor(model_file=str(fixtures / "stories260K" / "tok512.model")).encode(text)
   assert meta["vocab_size"] == 512
@@ -85,8 +87,8 @@ def test_data_with_llama2c_and_gguf_tokenizers(fixtures, text_data, tmp_path):
 @pytest.fixture(scope="module")
 def full_run(s260, text_data, tmp_path_factory) -> pathlib.Path:
   out = tmp_path_factory.mktemp("full")
-  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", out, "--max-steps", 12, "--lr", "1e-3",
-             "--warmup-steps", 2, *SMALL) == 0
+  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", out, "--max-steps", 12,
+             "--lr", "1e-3", "--warmup-steps", 2, *SMALL) == 0
   return out
 
 def test_full_finetune_starts_from_the_checkpoint(full_run, s260, text_data, capsys):
@@ -113,44 +115,60 @@ def test_finetune_defaults_and_resume_inherits_them(tmp_path):
   lo = training.configure(training.TrainConfig(init_from="x", lora_rank=4))
   assert (scratch.lr, scratch.warmup_steps) == (3e-3, 20)
   assert full.lr < scratch.lr and lo.lr < scratch.lr and full.warmup_steps < scratch.warmup_steps
-  assert (lo.lora_alpha, lo.lora_targets) == (4.0, "wq,wv") and training.configure(training.TrainConfig(init_from="x", lr=0.5)).lr == 0.5
-  (tmp_path / "train_state.json").write_text(json.dumps({"config": {"init_from": "m.gguf", "lora_rank": 2, "lora_alpha": 8.0,
-                                                                     "lora_targets": "wk", "lr": 0.25, "warmup_steps": 3}}))
+  assert (lo.lora_alpha, lo.lora_targets) == (4.0, "wq,wv") and training.configure(
+    training.TrainConfig(init_from="x", lr=0.5)).lr == 0.5
+  (tmp_path / "train_state.json").write_text(
+    json.dumps({
+      "config": {
+        "init_from": "m.gguf", "lora_rank": 2, "lora_alpha": 8.0, "lora_targets": "wk", "lr": 0.25, "warmup_steps": 3
+      }
+    }))
   r = training.configure(training.TrainConfig(out=str(tmp_path), resume=True))
-  assert (r.init_from, r.lora_rank, r.lora_alpha, r.lora_targets, r.lr, r.warmup_steps) == ("m.gguf", 2, 8.0, "wk", 0.25, 3)
+  assert (r.init_from, r.lora_rank, r.lora_alpha, r.lora_targets, r.lr, r.warmup_steps) == ("m.gguf", 2, 8.0, "wk",
+                                                                                            0.25, 3)
   assert training.configure(training.TrainConfig(out=str(tmp_path), resume=True, lr=0.1)).lr == 0.1
 
 # ***** LoRA *****
 
 def test_lora_trains_only_the_adapters(s260, text_data):
-  cfg = train.parse_args(["--init-from", str(s260[0]), "--tokenizer", str(s260[1]), "--data", str(text_data), "--lora-rank", "4",
-                          "--lora-alpha", "8", "--lora-targets", "wq,wv,w2", "--lr", "1e-2", "--warmup-steps", "1", *SMALL])
+  cfg = train.parse_args([
+    "--init-from",
+    str(s260[0]), "--tokenizer",
+    str(s260[1]), "--data",
+    str(text_data), "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", "wq,wv,w2", "--lr", "1e-2",
+    "--warmup-steps", "1", *SMALL
+  ])
   r = training.setup(cfg)
   plain = base_model(s260)
   xs, ys = first_batch(text_data)
   x = Tensor(xs)
   adapters = lora.adapters(r.model)
-  assert len(adapters) == 2 * 3 * 5 and {id(p) for p in r.params} == {id(t) for t in adapters.values()}   # Adam sees only them
+  assert len(adapters) == 2 * 3 * 5 and {id(p)
+                                         for p in r.params} == {id(t)
+                                                                for t in adapters.values()} # Adam sees only them
   assert sum(t.numel() for t in adapters.values()) == lora.num_params(r.model.args, 4, "wq,wv,w2")
   assert all((t.numpy() == 0).all() for k, t in adapters.items() if k.endswith("lora_b"))            # B = 0 ...
-  np.testing.assert_allclose(r.model(x).numpy(), plain(x).numpy(), rtol=0, atol=1e-6)                # ... so step 0 is the base
+  np.testing.assert_allclose(r.model(x).numpy(), plain(x).numpy(), rtol=0, atol=1e-6) # ... so step 0 is the base
   base = {k: t.numpy().copy() for k, t in lora.base(r.model).items()}
   assert set(base) == set(llama.learned(plain))
   before = {k: t.numpy().copy() for k, t in adapters.items()}
   step = steps.make_train_step(r.model, r.opt, r.params, cfg.grad_clip)
-  xk, yk, lr = parallel.to_device(xs[None], cfg.devices), parallel.to_device(ys[None], cfg.devices), Tensor([1e-2]).realize()
+  xk, yk, lr = parallel.to_device(xs[None], cfg.devices), parallel.to_device(ys[None], cfg.devices), Tensor(
+    [1e-2]).realize()
   for _ in range(3): step(xk, yk, lr)
-  for k, t in lora.base(r.model).items(): np.testing.assert_array_equal(t.numpy(), base[k], err_msg=k)   # frozen, bit for bit
-  assert all((t.numpy() != before[k]).any() for k, t in adapters.items())                               # every A and B moved
+  for k, t in lora.base(r.model).items():
+    np.testing.assert_array_equal(t.numpy(), base[k], err_msg=k) # frozen, bit for bit
+  assert all((t.numpy() != before[k]).any() for k, t in adapters.items()) # every A and B moved
   # merged W + (α/r)·B·A: the same logits as base + adapters, and as the float64 reference with the merged weights
   merged = lora.merged(r.model)
   assert set(llama.learned(merged)) == set(base)
   weights = dict(base)
   for prefix, owner, attr in lora.wrapped(r.model):
-    a, b = getattr(owner, attr).lora_a.numpy().astype(np.float64), getattr(owner, attr).lora_b.numpy().astype(np.float64)
+    a, b = getattr(owner, attr).lora_a.numpy().astype(np.float64), getattr(owner, attr).lora_b.numpy().astype(
+      np.float64)
     weights[f"{prefix}.weight"] = base[f"{prefix}.weight"] + 8 / 4 * b @ a
   got = r.model(x).numpy()
-  assert np.abs(got - plain(x).numpy()).max() > 1e-2                                                  # training did change it
+  assert np.abs(got - plain(x).numpy()).max() > 1e-2 # training did change it
   np.testing.assert_allclose(merged(x).numpy(), got, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(ref.forward(weights, r.model.args, xs), got, rtol=1e-5, atol=1e-4)
 
@@ -159,12 +177,14 @@ LORA = ["--lora-rank", "4", "--lr", "3e-3", "--warmup-steps", "2", "--lr-decay-s
 @pytest.fixture(scope="module")
 def lora_run(s260, text_data, tmp_path_factory) -> pathlib.Path:
   out = tmp_path_factory.mktemp("lora")
-  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", out, "--max-steps", 6, *LORA) == 0
+  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", out, "--max-steps", 6,
+             *LORA) == 0
   return out
 
 def test_lora_checkpoint_resumes_exactly_and_merges(lora_run, s260, text_data, tmp_path, capsys):
   # 3 steps, then --resume (the fine-tuning options come back from the checkpoint) to 6: the same run
-  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", tmp_path, "--max-steps", 3, *LORA) == 0
+  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", tmp_path, "--max-steps", 3,
+             *LORA) == 0
   assert run("--out", tmp_path, "--max-steps", 6, "--resume", *SMALL) == 0
   assert log(tmp_path) == log(lora_run) and len(log(lora_run)) == 6
   got, want = safe_load(str(tmp_path / "adapters.safetensors")), safe_load(str(lora_run / "adapters.safetensors"))
@@ -187,8 +207,8 @@ def test_lora_checkpoint_resumes_exactly_and_merges(lora_run, s260, text_data, t
 
 def test_lora_data_parallel_two_devices(lora_run, s260, text_data, tmp_path):
   """--devices CPU:0,CPU:1 --parallel dp: the adapters copied, the batch split; the same two steps as one device."""
-  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", tmp_path, "--max-steps", 2, *LORA,
-             "--devices", "CPU:0,CPU:1") == 0
+  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", tmp_path, "--max-steps", 2,
+             *LORA, "--devices", "CPU:0,CPU:1") == 0
   for e, r in zip(runs.read_log(tmp_path), runs.read_log(lora_run)[:2]):
     for k in ("loss", "grad_norm"): assert e[k] == pytest.approx(r[k], rel=1e-5), (k, e, r)
 
@@ -199,7 +219,8 @@ def test_dry_run_counts_lora_memory(s260, capsys):
   m = memory.memory_per_device(args, 1, "dp", 8, 128, trainable=lora.num_params(args, 4, "wq,wv"))
   n = 5 * (4 * (64 + 64) + 4 * (64 + 32))       # 5 layers of wq (A 4x64, B 64x4) and wv (A 4x64, B 32x4)
   assert lora.num_params(args, 4, "wq,wv") == n and (m["grads"], m["adam"]) == (4 * n, 8 * n)   # float32, no masters
-  assert m["weights"] == full["weights"] + 4 * n and m["activations"] == full["activations"] and m["grads"] < full["grads"] / 10
+  assert m["weights"] == full["weights"] + 4 * n and m["activations"] == full["activations"] and m[
+    "grads"] < full["grads"] / 10
   assert f"LoRA rank 4 alpha 4 on wq,wv: {n:,} trainable" in capsys.readouterr().out
 
 # ***** chat data *****
@@ -219,7 +240,9 @@ def test_chat_rendering_equals_the_template(smol_tok):
   fmt = chat.chat_format(smol_tok)
   for conv in CONVS:
     ids, mask = chat.render_chat(smol_tok, fmt, conv)
-    assert ids == smol_tok.encode(jinja2.Template(smol_tok.chat_template).render(messages=conv, add_generation_prompt=False), special=True)
+    assert ids == smol_tok.encode(jinja2.Template(smol_tok.chat_template).render(messages=conv,
+                                                                                 add_generation_prompt=False),
+                                  special=True)
     runs, cur = [], []
     for i, m in zip(ids, mask):
       if m: cur.append(i)
@@ -249,8 +272,12 @@ def test_chat_dataset_rows(smol_tok, fixtures, tmp_path):
   wrote it, so changing what the user wrote at a row's last position (a target only) changes nothing."""
   lines = [json.dumps({"messages": CONVS[k % 2]}) for k in range(6)]
   (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
-  assert data.main(["--chat", str(tmp_path / "c.jsonl"), "--tokenizer", str(fixtures / "smollm2-135m-instruct-q4_1.gguf"),
-                    "--out", str(tmp_path / "ds")]) == 0
+  assert data.main([
+    "--chat",
+    str(tmp_path / "c.jsonl"), "--tokenizer",
+    str(fixtures / "smollm2-135m-instruct-q4_1.gguf"), "--out",
+    str(tmp_path / "ds")
+  ]) == 0
   meta, split = data.read_meta(tmp_path / "ds"), data.load_split(tmp_path / "ds", "train")
   assert meta["format"] == "chat" and (meta["train_documents"], meta["val_documents"]) == (5, 1)
   fmt = chat.chat_format(smol_tok)
@@ -258,13 +285,16 @@ def test_chat_dataset_rows(smol_tok, fixtures, tmp_path):
   for s, e in zip(split.starts[:-1], split.starts[1:]):
     assert list(split.mask[s:e]) == renders[tuple(split.tokens[s:e].tolist())]
   ids, mask = chat.render_chat(smol_tok, fmt, CONVS[0])
-  second = next(i for i in range(1, len(ids)) if mask[i] and not mask[i - 1] and any(mask[:i]))   # the second answer's start
+  second = next(
+    i for i in range(1, len(ids)) if mask[i] and not mask[i - 1] and any(mask[:i])) # the second answer's start
   j = max(i for i in range(second) if ids[i] == smol_tok.special_tokens["<|im_end|>"]) - 1   # the user's last token
   assert smol_tok.decode([ids[j]]) == "?" and not mask[j]
-  x, y = data.ChatSplit(np.array(ids), np.array(mask, np.uint8), np.array([0, len(ids)])).rows(1, j, np.random.default_rng(0))
+  x, y = data.ChatSplit(np.array(ids), np.array(mask, np.uint8), np.array([0, len(ids)])).rows(
+    1, j, np.random.default_rng(0))
   assert (x[0] == ids[:j]).all() and y[0, -1] == data.IGNORE
   assert [int(t) for t in y[0] if t != data.IGNORE] == [t for t, m in zip(ids[1:j + 1], mask[1:j + 1]) if m]
-  x2, y2 = data.ChatSplit(np.array(ids[:j] + [ids[j] + 1] + ids[j + 1:]), np.array(mask, np.uint8), np.array([0, len(ids)])).rows(1, j, np.random.default_rng(0))
+  x2, y2 = data.ChatSplit(np.array(ids[:j] + [ids[j] + 1] + ids[j + 1:]), np.array(mask, np.uint8),
+                          np.array([0, len(ids)])).rows(1, j, np.random.default_rng(0))
   assert (x2 == x).all() and (y2 == y).all()
   # short rows are padded, their padding never a target
   x, y = split.rows(3, 200, np.random.default_rng(1))
@@ -277,11 +307,14 @@ def test_lora_on_smollm2_gguf_with_chat_data(fixtures, tmp_path):
   gguf = fixtures / "smollm2-135m-instruct-q4_1.gguf"
   (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"messages": c}) for c in CONVS * 3) + "\n")
   assert data.main(["--chat", str(tmp_path / "c.jsonl"), "--tokenizer", str(gguf), "--out", str(tmp_path / "ds")]) == 0
-  assert run("--init-from", gguf, "--data", tmp_path / "ds", "--out", tmp_path / "out", "--lora-rank", 2, "--lora-targets", "wq",
-             "--max-steps", 1, "--batch-size", 1, "--seq-len", 48, "--eval-steps", 1, "--sample-tokens", 0) == 0
+  assert run("--init-from", gguf, "--data", tmp_path / "ds", "--out", tmp_path / "out", "--lora-rank", 2,
+             "--lora-targets", "wq", "--max-steps", 1, "--batch-size", 1, "--seq-len", 48, "--eval-steps", 1,
+             "--sample-tokens", 0) == 0
   losses = log(tmp_path / "out")
-  assert len(losses) == 1 and 0 < losses[0] < 6, losses        # ln(49152) ≈ 10.8: the instruct model knows ChatML answers
-  assert {"tokenizer.gguf", "model.safetensors", "adapters.safetensors"} <= {f.name for f in (tmp_path / "out").iterdir()}
+  assert len(losses) == 1 and 0 < losses[0] < 6, losses # ln(49152) ≈ 10.8: the instruct model knows ChatML answers
+  assert {"tokenizer.gguf", "model.safetensors",
+          "adapters.safetensors"} <= {f.name
+                                      for f in (tmp_path / "out").iterdir()}
 
 # ***** bad input: one line on stderr, exit 1 *****
 
@@ -297,9 +330,11 @@ def other_tok_data(fixtures, text_data, tmp_path_factory) -> pathlib.Path:
 
 @pytest.mark.parametrize("argv, message", [
   (["--init-from", "{txt}", "--data", "{data}"], "is not a checkpoint load() knows"),
-  (["--init-from", "{model}", "--tokenizer", "{tok}", "--data", "{other}"], "was encoded with another tokenizer than the model's (512 vs 512 tokens"),
+  (["--init-from", "{model}", "--tokenizer", "{tok}", "--data", "{other}"
+    ], "was encoded with another tokenizer than the model's (512 vs 512 tokens"),
   (["--init-from", "{model}", "--data", "{data}", "--lora-rank", "0"], "--lora-rank must be at least 1"),
-  (["--init-from", "{model}", "--data", "{data}", "--lora-rank", "65"], "--lora-rank must be between 1 and the model's dim (64)"),
+  (["--init-from", "{model}", "--data", "{data}", "--lora-rank", "65"
+    ], "--lora-rank must be between 1 and the model's dim (64)"),
   (["--init-from", "{model}", "--data", "{data}", "--lora-rank", "2", "--lora-targets", "wq,wz"], "--lora-targets"),
   (["--data", "{data}", "--lora-rank", "2"], "--lora-rank needs --init-from"),
   (["--init-from", "{model}"], "--init-from needs --data"),
@@ -308,14 +343,21 @@ def other_tok_data(fixtures, text_data, tmp_path_factory) -> pathlib.Path:
 ])
 def test_bad_input(argv, message, s260, text_data, other_tok_data, tmp_path, capsys):
   (tmp_path / "notes.txt").write_text("not a checkpoint\n")
-  fill = dict(txt=tmp_path / "notes.txt", data=text_data, other=other_tok_data, model=s260[0], tok=s260[1], tmp=tmp_path)
+  fill = dict(txt=tmp_path / "notes.txt",
+              data=text_data,
+              other=other_tok_data,
+              model=s260[0],
+              tok=s260[1],
+              tmp=tmp_path)
   assert run(*[a.format(**fill) for a in argv], *([] if "--out" in argv else ["--out", tmp_path / "out"]), *SMALL) == 1
   one_line_error(capsys, message)
 
 def test_bad_chat_lines(smol_tok, fixtures, tmp_path, capsys):
   gguf = str(fixtures / "smollm2-135m-instruct-q4_1.gguf")
-  for line, message in [({"messages": [{"role": "user", "content": "Hi"}]}, "line 2: the conversation has no assistant turn"),
-                        ({"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "?"}]}, "must alternate"),
+  for line, message in [({"messages": [{"role": "user",
+                                        "content": "Hi"}]}, "line 2: the conversation has no assistant turn"),
+                        ({"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user",
+                                                                                "content": "?"}]}, "must alternate"),
                         ({"text": "Hi"}, 'expected {"messages"')]:
     (tmp_path / "c.jsonl").write_text(json.dumps({"messages": CONVS[0]}) + "\n" + json.dumps(line) + "\n")
     assert data.main(["--chat", str(tmp_path / "c.jsonl"), "--tokenizer", gguf, "--out", str(tmp_path / "ds")]) == 1

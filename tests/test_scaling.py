@@ -12,10 +12,7 @@ ARGS = ["--sizes", ",".join(SIZES), "--tokens", "10000000", "--batch-size", "4",
         "--points", "3", "--decode-tokens", "8", "--decode-rounds", "1"]
 
 @pytest.fixture(scope="module")
-def dataset(fixtures, tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp("shakespeare")
-  data.prepare([str(fixtures / "tinyshakespeare.txt")], out, vocab_size=512, workers=2)
-  return out
+def dataset(shakespeare) -> pathlib.Path: return shakespeare   # conftest: prepared once a session
 
 @pytest.fixture(scope="module")
 def sweep(dataset, tmp_path_factory):

@@ -11,14 +11,14 @@ import data, generate, llama, plots, train, training, optim, steps, runs
 import checkpoint, parallel
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TINY = ["--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
-        "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "1000", "--eval-steps", "2", "--sample-tokens", "0"]
+TINY = [
+  "--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
+  "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "1000", "--eval-steps", "2",
+  "--sample-tokens", "0"
+]
 
 @pytest.fixture(scope="module")
-def dataset(fixtures, tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp("shakespeare")
-  data.prepare([str(fixtures / "tinyshakespeare.txt")], out, vocab_size=512, workers=2)
-  return out
+def dataset(shakespeare) -> pathlib.Path: return shakespeare   # conftest: prepared once a session
 
 def run(*argv) -> int: return train.main([str(a) for a in argv])
 
@@ -37,22 +37,35 @@ def run60(dataset, tmp_path_factory) -> pathlib.Path:
 @given(st.floats(1e-5, 1.0), st.integers(1, 50), st.integers(0, 400), st.floats(0.0, 1.0))
 def test_lr_schedule(peak, warmup, extra, ratio):
   a = training.TrainConfig(lr=peak, warmup_steps=warmup, lr_decay_steps=warmup + extra, min_lr_ratio=ratio)
-  for k in range(warmup): assert math.isclose(optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), peak * (k + 1) / warmup)   # linear warmup ...
-  assert math.isclose(optim.lr_at(warmup - 1, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), peak)                                     # ... up to the peak
-  after = [optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio) for k in range(warmup - 1, warmup + extra + 20)]
+  for k in range(warmup):
+    assert math.isclose(optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio),
+                        peak * (k + 1) / warmup) # linear warmup ...
+  assert math.isclose(optim.lr_at(warmup - 1, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio),
+                      peak) # ... up to the peak
+  after = [
+    optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio)
+    for k in range(warmup - 1, warmup + extra + 20)
+  ]
   assert all(x >= y - 1e-12 for x, y in zip(after, after[1:]))                              # never rises after it
   assert all(ratio * peak - 1e-12 <= x <= peak + 1e-12 for x in after)
-  for k in (max(warmup, warmup + extra - 1), warmup + extra, warmup + extra + 1000):       # update number lr-decay-steps
-    assert math.isclose(optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio), ratio * peak, rel_tol=1e-9, abs_tol=1e-15)     # and after: the floor
+  for k in (max(warmup, warmup + extra - 1), warmup + extra, warmup + extra + 1000): # update number lr-decay-steps
+    assert math.isclose(optim.lr_at(k, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio),
+                        ratio * peak,
+                        rel_tol=1e-9,
+                        abs_tol=1e-15) # and after: the floor
   if extra >= 2:   # cosine in between
     mid = optim.lr_at(warmup + extra // 2 - 1, a.lr, a.warmup_steps, a.lr_decay_steps, a.min_lr_ratio)
     assert math.isclose(mid, peak * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * (extra // 2) / extra))))
 
 def test_weight_decay_only_on_matrices():
   Tensor.manual_seed(0)
-  model = llama.Transformer(llama.ModelArgs(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, multiple_of=32, max_seq_len=16))
+  model = llama.Transformer(
+    llama.ModelArgs(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, multiple_of=32, max_seq_len=16))
   decay, keep = optim.param_groups(model)
-  assert set(keep) == {"tok_embeddings.weight", "norm.weight"} | {f"layers.{i}.{n}_norm.weight" for i in range(2) for n in ("attention", "ffn")}
+  assert set(keep) == {"tok_embeddings.weight", "norm.weight"
+                       } | {f"layers.{i}.{n}_norm.weight"
+                            for i in range(2)
+                            for n in ("attention", "ffn")}
   assert {k.rsplit(".", 2)[-2] for k in decay} == {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"}
   opt, params = optim.make_optimizer(model, lr=0.1, weight_decay=0.5)
   before = {k: t.numpy().copy() for k, t in (decay | keep).items()}
@@ -63,7 +76,8 @@ def test_weight_decay_only_on_matrices():
   for k, t in keep.items(): np.testing.assert_array_equal(t.numpy(), before[k])
 
 @settings(max_examples=25)
-@given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4), st.floats(1e-3, 1e3), st.floats(0.1, 5.0), st.integers(0, 1000))
+@given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4), st.floats(1e-3, 1e3),
+       st.floats(0.1, 5.0), st.integers(0, 1000))
 def test_clipping_bounds_the_global_norm(shapes, scale, max_norm, seed):
   rng = np.random.default_rng(seed)
   grads = [rng.standard_normal(s).astype(np.float32) * scale for s in shapes]
@@ -76,7 +90,8 @@ def test_clipping_bounds_the_global_norm(shapes, scale, max_norm, seed):
   after = math.sqrt(sum(float((c.astype(np.float64) ** 2).sum()) for c in clipped))
   assert after <= max_norm * (1 + 1e-4)                                          # bounded ...
   k = min(1.0, max_norm / (true + 1e-6))
-  for c, g in zip(clipped, grads): np.testing.assert_allclose(c, g * k, rtol=1e-4, atol=1e-6)   # ... same direction, untouched below
+  for c, g in zip(clipped, grads):
+    np.testing.assert_allclose(c, g * k, rtol=1e-4, atol=1e-6) # ... same direction, untouched below
 
 # ***** learning *****
 
@@ -87,7 +102,10 @@ def test_overfits_one_batch(dataset):
   opt, params = optim.make_optimizer(model, a.lr, a.weight_decay)
   step = steps.make_train_step(model, opt, params, a.grad_clip)
   x, y = data.get_batch(data.load_split(dataset, "train"), 4, 32, np.random.default_rng(0))
-  x, y = parallel.to_device(x[None], a.devices, a.parallel, batch_axis=1), parallel.to_device(y[None], a.devices, a.parallel, batch_axis=1)
+  x, y = parallel.to_device(x[None], a.devices, a.parallel, batch_axis=1), parallel.to_device(y[None],
+                                                                                              a.devices,
+                                                                                              a.parallel,
+                                                                                              batch_axis=1)
   lr = Tensor([3e-3], dtype=dtypes.float32).realize()
   with Context(USE_ATOMICS=1): hist = [step(x, y, lr)[0].item() for _ in range(250)]
   assert hist[0] > 5.5 and hist[-1] < 0.1, hist[::25]
@@ -134,11 +152,21 @@ def test_checkpoint_loads_in_llama_and_generate(run60, dataset, capsys):
   assert "8 new tokens" in capsys.readouterr().err
 
 def test_cli_smoke(dataset, tmp_path):
-  r = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY[:-2], "--sample-tokens", "12", "--max-steps", "3",
-                      "--data", str(dataset), "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+  r = subprocess.run([
+    sys.executable,
+    str(REPO / "train.py"), *TINY[:-2], "--sample-tokens", "12", "--max-steps", "3", "--data",
+    str(dataset), "--out",
+    str(tmp_path / "out")
+  ],
+                     capture_output=True,
+                     text=True,
+                     cwd=tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "--- sample ---" in r.stdout and "step 3" in r.stderr
-  assert {"config.json", "model.safetensors", "tokenizer.model", "optimizer.safetensors", "train_state.json", "log.jsonl"} <= {f.name for f in (tmp_path / "out").iterdir()}
+  assert {
+    "config.json", "model.safetensors", "tokenizer.model", "optimizer.safetensors", "train_state.json", "log.jsonl"
+  } <= {f.name
+        for f in (tmp_path / "out").iterdir()}
   assert [e["step"] for e in runs.read_log(tmp_path / "out")] == [1, 2, 3]
 
 # ***** bad input: one line on stderr, non-zero exit *****
@@ -158,7 +186,8 @@ def short_data(dataset, tmp_path_factory) -> pathlib.Path:
   (["--data", "{data}", "--batch-size", "100000000"], "lower --batch-size"),
   (["--data", "{data}", "--resume"], "no training checkpoint"),
   (["--data", "{data}", "--max-steps", "0"], "at least 1"),
-  (["--data", "{data}", "--devices", "CPU:0,CPU:1,CPU:2", "--parallel", "tp"], "tensor parallel over 3 devices needs n_heads (2) to be divisible by 3"),
+  (["--data", "{data}", "--devices", "CPU:0,CPU:1,CPU:2", "--parallel", "tp"
+    ], "tensor parallel over 3 devices needs n_heads (2) to be divisible by 3"),
   (["--data", "{data}", "--devices", "CPU:0,CPU:1", "--parallel", "tp"], "needs n_kv_heads (1) to be divisible by 2"),
   (["--data", "{data}", "--devices", "CPU:0,CPU:1", "--parallel", "dp+tp"], "dp+tp is not supported"),
   (["--data", "{data}", "--devices", "CPU:0,CPU:1,CPU:2"], "needs the batch size (4) to be divisible by 3"),
@@ -180,7 +209,8 @@ def test_plot(dataset, tmp_path, capsys):
 
 # ***** several devices (§2.4, issue 6), on virtual CPU devices: the same run as on one device *****
 
-MHA = TINY[:-2] + ["--n-kv-heads", "2", "--max-steps", "2", "--sample-tokens", "12"]   # tp splits kv-heads too: 2 for 2 devices
+MHA = TINY[:-2] + ["--n-kv-heads", "2", "--max-steps", "2", "--sample-tokens", "12"
+                   ] # tp splits kv-heads too: 2 for 2 devices
 
 def run_printed(*argv) -> str:
   """train.main's printed output (the sample); asserts it succeeded."""
@@ -206,19 +236,22 @@ def assert_same_run(out: pathlib.Path, ref: pathlib.Path):
   # ~1e-6 of weight (seen once in 3072), so 1e-5 leaves room for that and none for a wrong update
   got, want = safe_load(str(out / "model.safetensors")), safe_load(str(ref / "model.safetensors"))
   for k, t in want.items(): np.testing.assert_allclose(got[k].numpy(), t.numpy(), atol=1e-5, rtol=0, err_msg=k)
-  assert (out / "printed.txt").read_text().split("--- sample ---")[1] == (ref / "printed.txt").read_text().split("--- sample ---")[1]
+  assert (out / "printed.txt").read_text().split("--- sample ---")[1] == (
+    ref / "printed.txt").read_text().split("--- sample ---")[1]
 
 def test_data_parallel_two_devices_matches_one(one_device, dataset, tmp_path):
   """--parallel dp: weights copied, batch split, gradients all-reduced. (tinygrad's atomic embedding backward
   leaves each device with only its own tokens' part: use_atomics keeps it off here, and the norm would show it.)"""
-  (tmp_path / "printed.txt").write_text(run_printed(*MHA, "--data", dataset, "--out", tmp_path, "--devices", "CPU:0,CPU:1", "--parallel", "dp"))
+  (tmp_path / "printed.txt").write_text(
+    run_printed(*MHA, "--data", dataset, "--out", tmp_path, "--devices", "CPU:0,CPU:1", "--parallel", "dp"))
   assert_same_run(tmp_path, one_device)
 
 def test_tensor_parallel_with_checkpointing_matches_one(one_device, dataset, tmp_path):
   """--parallel tp --checkpoint-activations: every layer split over 2 devices (Megatron-LM), each block recomputed
   in the backward pass; the sample decodes through a KV cache split by kv-heads."""
-  (tmp_path / "printed.txt").write_text(run_printed(*MHA, "--data", dataset, "--out", tmp_path, "--devices", "CPU:0,CPU:1", "--parallel", "tp",
-                                                    "--checkpoint-activations"))
+  (tmp_path / "printed.txt").write_text(
+    run_printed(*MHA, "--data", dataset, "--out", tmp_path, "--devices", "CPU:0,CPU:1", "--parallel", "tp",
+                "--checkpoint-activations"))
   assert_same_run(tmp_path, one_device)
 
 def test_float16_keeps_float32_masters(one_device, dataset, tmp_path, capsys):
@@ -226,9 +259,10 @@ def test_float16_keeps_float32_masters(one_device, dataset, tmp_path, capsys):
   holds them rounded to float16, and they keep what float16 cannot (else small updates would be rounded away).
   Resuming needs the same --dtype. (bfloat16 would be the accelerator choice; Debian 12's clang 14 cannot compile
   bfloat16 CPU kernels, float16 takes the same path.)"""
-  assert run(*MHA, "--data", dataset, "--out", tmp_path, "--devices", "CPU:0,CPU:1", "--parallel", "tp", "--dtype", "float16",
-             "--sample-tokens", "0") == 0
-  for e, r in zip(runs.read_log(tmp_path), runs.read_log(one_device)): assert e["loss"] == pytest.approx(r["loss"], abs=2e-3)
+  assert run(*MHA, "--data", dataset, "--out", tmp_path, "--devices", "CPU:0,CPU:1", "--parallel", "tp", "--dtype",
+             "float16", "--sample-tokens", "0") == 0
+  for e, r in zip(runs.read_log(tmp_path), runs.read_log(one_device)):
+    assert e["loss"] == pytest.approx(r["loss"], abs=2e-3)
   weights, opt = safe_load(str(tmp_path / "model.safetensors")), safe_load(str(tmp_path / "optimizer.safetensors"))
   model = llama.Transformer(training.model_args(train.parse_args(MHA), 512), init=False)
   names = [k for g in optim.param_groups(model) for k in g]
@@ -242,7 +276,8 @@ def test_float16_keeps_float32_masters(one_device, dataset, tmp_path, capsys):
   assert finer > 0
   capsys.readouterr()
   assert run(*MHA, "--data", dataset, "--out", tmp_path, "--max-steps", "3", "--resume") == 1
-  assert capsys.readouterr().err.strip() == "train.py: error: --resume: the checkpoint was trained with --dtype float16, not float32"
+  assert capsys.readouterr().err.strip(
+  ) == "train.py: error: --resume: the checkpoint was trained with --dtype float16, not float32"
 
 def test_dry_run_prints_memory_without_allocating(capsys):
   """The printed figures against first principles: 65.3B fp32 parameters are 243 GiB; tensor parallel over 4 devices
@@ -251,7 +286,8 @@ def test_dry_run_prints_memory_without_allocating(capsys):
   assert run("--dry-run", "--preset", "65B", "--devices", "CPU:0,CPU:1,CPU:2,CPU:3", "--parallel", "tp") == 0
   assert GlobalCounters.mem_used == before
   printed = capsys.readouterr().out
-  rows = {(c[1], c[2]): c for line in printed.splitlines() if (c := [x.strip() for x in line.split("|")])[1:2] == ["65B"]}
+  rows = {(c[1], c[2]): c
+          for line in printed.splitlines() if (c := [x.strip() for x in line.split("|")])[1:2] == ["65B"]}
   whole = 65_285_660_672 * 4 / 2**30                                    # Table 2's 65B, float32 bytes, in GiB
   for mode, share in (("tp", 4), ("dp", 1)):
     weights, grads, adam = (float(x) for x in rows["65B", mode][4:7])
