@@ -13,8 +13,9 @@ def lane_sum(x: Tensor, lanes: int = 8) -> Tensor:
 
 def matvec_linear(weight: Tensor, x: Tensor) -> Tensor:
   """x @ weight.T for a bias-free linear layer. One token: lane sums, input and output realised so that SwiGLU's gate
-  and up products do not fuse into one two-reduction kernel; longer inputs (prefill): the ordinary matmul."""
-  if x.shape[-2] != 1: return x @ weight.T
+  and up products do not fuse into one two-reduction kernel; longer inputs (prefill): the ordinary matmul, of a float
+  copy where the weight is a lazy expression (a compact embedding, quant.py, as the tied classifier)."""
+  if x.shape[-2] != 1: return x @ weight.contiguous().T
   return lane_sum(x.contiguous().unsqueeze(-2) * weight).contiguous()
 
 class MatVecLinear:

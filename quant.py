@@ -66,15 +66,18 @@ def matmul(weight: Tensor, x: Tensor) -> Tensor: return x @ weight.T
 
 class QuantLinear:
   """A bias-free linear layer (nn.Linear's call) whose weight stays in a GGUF block format: `weight` is the lazy
-  dequantised (out, in) matrix, so `product(weight, x)` (x @ weight.T unless kernels.use_decode_kernels swaps in its
-  matvec) compiles to one kernel reading the packed bytes. The state dict holds the parts, so it counts their bytes."""
+  dequantised (out, in) matrix. One token: `product(weight, x)` (x @ weight.T unless kernels.use_decode_kernels swaps
+  in its matvec) compiles to one kernel reading the packed bytes. Longer inputs (prefill) are compute-bound: there a
+  float copy made first feeds tinygrad's matmul faster than unpacking inside it. The state dict holds the parts."""
   def __init__(self, parts: dict[str, Tensor], ggml_type: int, shape: tuple[int, int], dtype):
     self.parts, self.ggml_type, self.shape, self.dtype, self.product = parts, ggml_type, shape, dtype, matmul
 
   @property
   def weight(self) -> Tensor: return dequantise(self.parts, self.ggml_type, self.dtype).reshape(self.shape)
 
-  def __call__(self, x: Tensor) -> Tensor: return self.product(self.weight, x.cast(self.dtype))
+  def __call__(self, x: Tensor) -> Tensor:
+    x = x.cast(self.dtype)
+    return self.product(self.weight, x) if x.shape[-2] == 1 else x @ self.weight.contiguous().T
 
 class QuantEmbedding(QuantLinear):
   """nn.Embedding's lookup on a compact table (vocab, dim); a tied classifier reads the same `weight`."""
