@@ -133,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--decode-kernels", choices=("on", "off", "both"), default="on",
                  help="kernels.use_decode_kernels (generate.py: on)")
   p.add_argument("--compact", choices=("on", "off", "both"), default="off",
-                 help="GGUF: quantised weights kept compact, checkpoint.load(compact=True) (generate.py: off), or float32")
+                 help="GGUF: quantised weights kept compact, checkpoint.load(compact=True), or float32 (generate.py)")
   p.add_argument("--time-limit", type=float, default=0,
                  help="start no timed round after this many seconds since the start (one always runs); 0: none")
   p.add_argument("--beam", type=int, default=0, help="tinygrad BEAM search width for our kernels (0: heuristics)")

@@ -56,6 +56,7 @@ def use_decode_kernels(model: llama.Transformer, min_size: int = 1 << 16) -> lla
   w1‖w3, and matvec_linear for wo, w2 and the classifier (tied or not) where the matrix is big enough (>= min_size
   weights) that kernel time outweighs the cost of the extra kernels. The state dict keeps its names and shapes, so
   saving works as before; calling it twice changes nothing. For decoding only: the fused weights are new buffers.
+  Compact layers (quant.QuantLinear) keep their blocks, unfused, and get the lane-summed matvec as their product.
   CPU only: on accelerators tinygrad's own reductions are faster than these lane sums (measured 19% on an H200), so a
   model elsewhere is returned as it is."""
   if parallel.model_backend(model) != "CPU": return model

@@ -38,7 +38,8 @@ def ref_q4_k(b):   # d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes: 4 ch
   return np.concatenate(y, 1)
 
 def ref_q6_k(b):   # ql 128 bytes, qh 64, 16 int8 scales, d: two halves of 128 weights, each four quadrants of 32
-  ql, qh, sc, d, y = b[:, 0:128].astype(np.int32), b[:, 128:192].astype(np.int32), b[:, 192:208].view(np.int8), f16(b[:, 208:210]), []
+  ql, qh, sc = b[:, 0:128].astype(np.int32), b[:, 128:192].astype(np.int32), b[:, 192:208].view(np.int8)
+  d, y = f16(b[:, 208:210]), []
   for n in range(2):
     l, h, s = ql[:, 64 * n:64 * n + 64], qh[:, 32 * n:32 * n + 32], sc[:, 8 * n:8 * n + 8].astype(np.float32)
     quads = [(l[:, :32] & 0xF) | ((h & 3) << 4), (l[:, 32:] & 0xF) | (((h >> 2) & 3) << 4),
@@ -99,7 +100,8 @@ def test_matvec_is_one_kernel_reading_the_compact_bytes(ggml_type):
 
 # ***** checkpoint.load(compact=True) *****
 
-TYPES = {"token_embd": 8, "attn_q": 3, "attn_k": 8, "attn_v": 3, "attn_output": 8, "ffn_gate": 3, "ffn_up": 8, "output": 3}
+TYPES = {"token_embd": 8, "attn_q": 3, "attn_k": 8, "attn_v": 3, "attn_output": 8, "ffn_gate": 3, "ffn_up": 8,
+         "output": 3}
 
 def test_compact_load_gives_the_dequantised_models_outputs(tmp_path):
   """A written GGUF (Q8_0 and Q4_1 matrices, an F16 w2, an untied classifier) loaded compact: its layers are
