@@ -103,6 +103,7 @@ class Packed:
     """The compact layer on `device`: its parts realised there, dequantising to `dtype` (default compute_dtype)."""
     dtype = dtype or compute_dtype(device)
     _, n, nbytes = FORMATS[self.ggml_type]
-    blocks = self.data.to(device).reshape(self.shape[0], self.shape[1] // n, nbytes)
-    parts = {k: v.contiguous().realize() for k, v in split(blocks, self.ggml_type, dtype).items()}
+    blocks = self.data.to(device).realize().reshape(self.shape[0], self.shape[1] // n, nbytes)   # read once
+    parts = {k: v.contiguous() for k, v in split(blocks, self.ggml_type, dtype).items()}
+    Tensor.realize(*parts.values())
     return (QuantEmbedding if embedding else QuantLinear)(parts, self.ggml_type, self.shape, dtype)
