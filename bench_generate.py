@@ -7,9 +7,11 @@ Two anchors:
   optional extra) in float16, saved with save_pretrained, read back by checkpoint.load, so both sides hold the same
   weights; the anchor is transformers eager (PyTorch, its default SDPA attention, no compilation), prefill then greedy
   decode through its KV cache (past_key_values).
-Levers compared in the same run: --chunks (prefill chunk sizes) and --decode-kernels (kernels.use_decode_kernels).
+Levers compared in the same run: --chunks (prefill chunk sizes), --decode-kernels (kernels.use_decode_kernels) and,
+for a GGUF file, --compact (quantised weights kept in their blocks, checkpoint.load(compact=True), or float32). Each of
+our models also prints the bytes one decode step reads (tinygrad's GlobalCounters), against the file's weight bytes.
 
-  python bench_generate.py ../shared/fixtures/smollm2-135m-instruct-q4_1.gguf --llama-cpp
+  python bench_generate.py ../shared/fixtures/smollm2-135m-instruct-q4_1.gguf --llama-cpp --compact both
   DEV=CUDA python3 bench_generate.py --chunks 32,512 --decode-kernels both     # TinyLlama-1.1B's shape on the GPU
   DEV=CPU python bench_generate.py --shape tiny --prompt-tokens 64 -n 8        # the same code path, CPU-sized
 """
@@ -19,8 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, NamedTuple
 import numpy as np
-from tinygrad import Device, Tensor
-import checkpoint, kernels
+from tinygrad import Device, GlobalCounters, Tensor
+import checkpoint, gguf, kernels
 from decode import Generator, Sampling, common_prefix
 from engine import use_all_cores, use_matvec_options
 try: import torch, transformers
@@ -134,6 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--chunks", default="32", help="comma-separated prefill chunk sizes to compare (generate.py's: 32)")
   p.add_argument("--decode-kernels", choices=("on", "off", "both"), default="on",
                  help="kernels.use_decode_kernels (generate.py: on)")
+  p.add_argument("--compact", choices=("on", "off", "both"), default="off",
+                 help="GGUF: quantised weights kept compact, checkpoint.load(compact=True), or float32 (generate.py)")
   p.add_argument("--time-limit", type=float, default=0,
                  help="start no timed round after this many seconds since the start (one always runs); 0: none")
   p.add_argument("--beam", type=int, default=0,
@@ -161,20 +165,24 @@ def median_rate(runs: list[Run], tokens: int, part: int) -> float:
 
 def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[int], what: str, t_start: float):
   """Compile and warm our runs (one Generator per model and chunk size) and the anchor's, time them interleaved;
-  returns the table's rows. models: {decode kernels on?: model}."""
+  returns the table's rows. models: {(compact?, decode kernels on?): model}."""
   ctx, runs = len(ids) + a.new_tokens + 1, {}
-  for k, model in models.items():
+  for (c, k), model in models.items():
     if k: kernels.use_decode_kernels(model)
     for chunk in a.chunks:
       # each Generator is warmed before the next one on this model is made: its steps, once captured, keep the KV
       # cache buffers they were captured with, and a new Generator gives the model new ones
-      name, t0 = f"chunk {chunk}, decode kernels {'on' if k else 'off'}", time.perf_counter()
+      weights = ("compact" if c else "float32") if a.model else "fp16"
+      name, t0 = f"{weights}, chunk {chunk}, decode kernels {'on' if k else 'off'}", time.perf_counter()
       gen = Generator(model, ctx, Sampling(0.0), chunk=chunk, beam=a.beam)
       for cores, on in CORES[a.cores].items():
         runs[name + cores] = lambda gen=gen, on=on: (use_all_cores(on), ours(gen, ids, a.new_tokens))[1]
       for _ in range(2): warm = ours(gen, ids, a.new_tokens)
+      GlobalCounters.reset()
+      gen.next()   # one more decode step (the context has room for it), counted
       print(f"ours, {name}: two warm-up runs (compiling) in {time.perf_counter() - t0:.1f} s; the second: "
-            f"prefill {len(ids) / warm[0]:.1f} tok/s, decode {a.new_tokens / warm[1]:.1f} tok/s", flush=True)
+            f"prefill {len(ids) / warm[0]:.1f} tok/s, decode {a.new_tokens / warm[1]:.1f} tok/s; "
+            f"{GlobalCounters.global_mem / 1e6:.1f} MB read per decoded token", flush=True)
   if anchor is not None:
     runs[anchor.name] = lambda: anchor.run(ids, a.new_tokens)
     t0 = time.perf_counter()
@@ -213,6 +221,7 @@ def main(argv=None) -> int:
   on = {"on": [True], "off": [False], "both": [False, True]}[a.decode_kernels]
   use_all_cores(a.cores != "one")
   use_matvec_options()
+  compact = [False] if a.shape else {"on": [True], "off": [False], "both": [False, True]}[a.compact]
   with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
     anchor = None
     try:
@@ -222,20 +231,22 @@ def main(argv=None) -> int:
         anchor = Anchor(f"transformers {transformers.__version__}", lambda ids, n: pool.submit(hf_run, ids, n).result())
         print(f"tinygrad on {Device.DEFAULT} against {anchor.name}, {pool.submit(hf_where).result()}; random model "
               f"saved in {time.perf_counter() - t_start:.1f} s", flush=True)
-      # a model per decode-kernel setting (use_decode_kernels changes the model in place); both hold the same weights
-      loaded = {k: checkpoint.load(a.model or tmp, dtype="float16" if a.shape else None) for k in on}
-      models, tok = {k: m for k, (m, _) in loaded.items()}, loaded[on[0]][1]
+      # a model per setting (use_decode_kernels changes the model in place); all hold the same weights
+      loaded = {(c, k): checkpoint.load(a.model or tmp, dtype="float16" if a.shape else None, compact=c)
+                for c in compact for k in on}
+      models, tok = {ck: m for ck, (m, _) in loaded.items()}, next(iter(loaded.values()))[1]
       print(f"loaded {len(models)} model(s) in {time.perf_counter() - t_start:.1f} s since the start", flush=True)
       if a.shape:
         what = f"{a.shape} shape fp16"
         ids = np.random.default_rng(0).integers(3, SHAPES[a.shape]["vocab_size"], a.prompt_tokens).tolist()  # not 0-2
         check = ids[:64]   # the same function on both sides: logits of a one-shot forward (no KV cache yet)
-        mine, ref = models[on[0]](Tensor([check])).numpy()[0], pool.submit(hf_logits, check).result()
+        mine, ref = next(iter(models.values()))(Tensor([check])).numpy()[0], pool.submit(hf_logits, check).result()
         print(f"logits of {len(check)} tokens against transformers: relative error "
               f"{np.linalg.norm(mine - ref) / np.linalg.norm(ref):.1e}, same argmax at "
               f"{(mine.argmax(-1) == ref.argmax(-1)).mean():.0%} of positions", flush=True)
       else:
         what = os.path.basename(a.model)
+        print(f"{what}: {sum(t.nbytes for t in gguf.read_header(a.model).tensors) / 1e6:.1f} MB of weights in the file")
         text = PROMPT * (a.prompt_tokens // 20 + 1)
         ids = (([tok.bos_id] if tok.add_bos else []) + tok.encode(text))[:a.prompt_tokens]
         if a.llama_cpp: anchor = llama_cpp(a.model, len(ids) + a.new_tokens + 1, a.threads)

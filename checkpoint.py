@@ -1,16 +1,15 @@
 # Checkpoints in and out: load() opens the five common LLaMA formats (our own, Meta's release, Hugging Face, GGUF,
-# llama2.c), telling them apart by what is at the path; save() writes our own. Each format's reader parses its headers
-# with plain file reads and checks every name, type, shape and offset against the file before any tensor exists; it
-# returns (Meta name, lazy tensor) pairs that build() checks against the config, then realises on the device one at a
-# time, so loading needs about the model's own size in memory (plus one tensor), never a second full copy.
+# llama2.c), told apart by what is at the path; save() writes our own. Each reader parses its headers with plain file
+# reads and checks every name, type, shape and offset against the file before any tensor exists; it returns (Meta name,
+# lazy tensor) pairs that build() checks against the config, then realises on the device one at a time, so loading
+# needs about the model's own size in memory (plus one tensor), never a second full copy.
 from __future__ import annotations
 import dataclasses, json, math, pathlib, re, struct
 from typing import Callable, Iterable, Iterator
 import numpy as np
 from tinygrad import Device, Tensor, dtypes
-from tinygrad.llm.gguf import ggml_data_to_tensor
 from tinygrad.nn.state import safe_save
-import gguf
+import gguf, quant
 from engine import drop_file_pages
 from files import publish_dir, recover_dir, staging_dir
 from llama import ModelArgs, Transformer, learned
@@ -42,9 +41,8 @@ _KINDS = {"int": ("a positive integer", lambda v: type(v) is int and v > 0),
 
 def _get(cfg: dict, key: str, kind: str, source, default=_REQUIRED):
   """cfg[key], checked to be of `kind` (a key of _KINDS); `default` when it is absent or null."""
-  if (v := cfg.get(key)) is None:
-    if default is _REQUIRED: raise CheckpointError(f"{source} lacks the setting '{key}'")
-    return default
+  if (v := cfg.get(key)) is None and default is _REQUIRED: raise CheckpointError(f"{source} lacks the setting '{key}'")
+  if v is None: return default
   what, ok = _KINDS[kind]
   if not ok(v): raise CheckpointError(f"{source} gives '{key}' the value {v!r:.60}, not {what}")
   return v
@@ -79,7 +77,7 @@ def weight_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
   return top | {f"layers.{i}.{k}.weight": s for i in range(args.n_layers) for k, s in _layer_shapes(args).items()}
 
 def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, devices: tuple,
-           src: pathlib.Path) -> Transformer:
+           src: pathlib.Path, compact: bool) -> Transformer:
   # every name and shape is checked on the lazy views first: a broken checkpoint is refused before anything is read
   pairs = list(weights)
   if len(_layer_shapes(args)) * args.n_layers > len(pairs):   # before a name table as long as n_layers is made
@@ -96,17 +94,20 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
     raise CheckpointError(f"{src} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
   check_parallel(args, len(devices), "tp")
   model = Transformer(args, init=False)
-  for i in range(len(pairs)):
+  for i in range(len(pairs)):               # a quantised matrix: its layer becomes its compact twin, or dequantised
     (name, t), pairs[i] = pairs[i], None   # let go of each source view once it is realised
+    *parents, layer, leaf = name.split(".")
+    obj = model
+    for part in parents: obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    if isinstance(t, quant.Packed) and compact and len(devices) == 1 and t.ggml_type in quant.FORMATS and t.ndim == 2:
+      setattr(obj, layer, t.module(devices[0], dtype, embedding=layer == "tok_embeddings")); continue
+    if isinstance(t, quant.Packed): t = _bits(t.dequantised(devices[0]))
     t = place(name, t, devices, "tp")      # off the disk first (disk tensors cannot be cast in place); split under tp
     if t.dtype == dtypes.uint16:           # bfloat16 carried as its bits (see _bits): keep it, or widen exactly
       if dtype in (None, dtypes.bfloat16): t = t.contiguous().realize().bitcast(dtypes.bfloat16)
       else: t = (t.cast(dtypes.uint32) << 16).bitcast(dtypes.float32)
     if dtype is not None: t = t.cast(dtype)
-    *parents, leaf = name.split(".")
-    obj = model
-    for part in parents: obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    setattr(obj, leaf, t.contiguous().realize())
+    setattr(getattr(obj, layer), leaf, t.contiguous().realize())
     for f in files: drop_file_pages(str(f.resolve()))
   model.freqs = place("freqs", model.freqs, devices, "tp").realize()
   return model
@@ -120,12 +121,9 @@ def _safetensors(fn: pathlib.Path) -> dict[str, Tensor]: return {k: _bits(t) for
 
 def _beside(*candidates: pathlib.Path) -> Callable[[], Tokenizer] | None:
   """The first tokenizer file that exists among the candidates, loaded when called."""
-  for c in candidates:
-    if c.is_file(): return lambda: load_tokenizer(c)
-  return None
+  return next(((lambda c=c: load_tokenizer(c)) for c in candidates if c.is_file()), None)
 
 # ----- our own format: config.json (ModelArgs) + model.safetensors (Meta names) + tokenizer.model or .gguf -----
-
 def _read_ours(path: pathlib.Path, device) -> Reader:
   cfg, src, weights = _json(path / "config.json"), path / "config.json", path / "model.safetensors"
   fields = dataclasses.fields(ModelArgs)
@@ -141,6 +139,8 @@ def save(model: Transformer, path, tokenizer: Tokenizer | None = None) -> None:
   files."""
   path = pathlib.Path(path)
   if path.exists() and not path.is_dir(): raise CheckpointError(f"{path} exists and is not a directory")
+  if any(dtypes.is_int(t.dtype) for t in learned(model).values()):
+    raise CheckpointError("a compact (quantised) model cannot be saved: load it with compact=False")
   tmp = staging_dir(path)
   (tmp / "config.json").write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
   safe_save(learned(model), str(tmp / "model.safetensors"))
@@ -317,7 +317,7 @@ _GGUF_NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": 
 
 def _read_gguf(path: pathlib.Path, device) -> Reader:
   # only the header is parsed here (gguf.read_header checks it against the file's size); each tensor's bytes are read
-  # and dequantised by tinygrad one at a time, where gguf_load would first copy the whole file into memory
+  # one at a time, where gguf_load would first copy the whole file into memory: kept compact (quant.py) or dequantised
   try: header = gguf.read_header(path)
   except gguf.GGUFError as e: raise CheckpointError(f"{path} {e}") from None
   kv = header.metadata
@@ -348,12 +348,11 @@ def _read_gguf(path: pathlib.Path, device) -> Reader:
       parts = t.name.split(".")
       name = ".".join(["layers", parts[1], _GGUF_NAMES.get(parts[2], parts[2]), *parts[3:]]
                       if parts[0] == "blk" and len(parts) > 2 else [_GGUF_NAMES.get(parts[0], parts[0]), *parts[1:]])
-      data = disk[t.start:t.start + t.nbytes].to(device)
-      yield name, _bits(ggml_data_to_tensor(data, math.prod(t.shape), t.ggml_type)).reshape(*reversed(t.shape))
+      data, shape = disk[t.start:t.start + t.nbytes], tuple(reversed(t.shape))
+      yield name, quant.Packed(data, t.ggml_type, shape)   # read by _build, compact or as floats
   return args, weights(), (lambda: tokenizer_from_gguf(kv)) if "tokenizer.ggml.model" in kv else None, [path]
 
 # ----- the entry point -----
-
 _READERS: dict[str, Callable[[pathlib.Path, object], Reader]] = {
   "our own": _read_ours, "llama2.c": _read_llama2c, "Meta": _read_meta, "Hugging Face": _read_hf, "GGUF": _read_gguf}
 
@@ -370,13 +369,14 @@ def _sniff(path: pathlib.Path) -> str:
   raise CheckpointError(f"{path} is not a checkpoint load() knows "
                         "(GGUF, llama2.c .bin, or a Meta, Hugging Face or own-format directory)")
 
-def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, Tokenizer | None]:
+def load(path, tokenizer=None, dtype=None, device=None, compact=False) -> tuple[Transformer, Tokenizer | None]:
   """Open a checkpoint in any of the five formats: (model, tokenizer or None). `tokenizer` is a tokenizer file that
   overrides or adds one; `dtype` (a tinygrad dtype or its name) casts every weight. By default what is stored is kept:
-  float16 and bfloat16 stay half precision (CPU kernels in bfloat16 need a clang newer than Debian 12's 14: pass
-  dtype="float32" there), quantised GGUF tensors dequantise to float32. `device` defaults to tinygrad's default; a
-  tuple of devices loads the model tensor-parallel (§2.4), each tensor split as it is read, so no device ever holds
-  the whole model."""
+  float16 and bfloat16 stay half precision (a CPU needs a clang newer than Debian 12's 14 for bfloat16: pass
+  dtype="float32"), quantised GGUF tensors dequantise to float32 (training needs that); compact=True (inference, one
+  device) keeps GGUF's Q8_0, Q4_0, Q4_1, Q4_K and Q6_K matrices in their blocks, dequantised inside each product to
+  `dtype` (default quant.compute_dtype). `device` defaults to tinygrad's; a tuple of devices loads the model
+  tensor-parallel (§2.4), each tensor split as it is read, so no device ever holds the whole model."""
   path = pathlib.Path(path)
   if not path.exists(): recover_dir(path)   # a save killed between publish_dir's two renames: the previous checkpoint
   devices = tuple(device) if isinstance(device, (tuple, list)) else (device or Device.DEFAULT,)
@@ -385,7 +385,7 @@ def load(path, tokenizer=None, dtype=None, device=None) -> tuple[Transformer, To
   try:
     fmt = _sniff(path)
     args, weights, make_tokenizer, files = _READERS[fmt](path, devices[0])
-    model = _build(args, weights, files, dtype, devices, path)
+    model = _build(args, weights, files, dtype, devices, path, compact)
   except (CheckpointError, ParallelError): raise
   except OSError as e:
     raise CheckpointError(f"{path} could not be read ({e.strerror or e}: {e.filename or path})") from None

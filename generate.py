@@ -132,7 +132,8 @@ def run(args):
   t0 = time.perf_counter()
   # several devices: each tensor is split as it is read, so no device ever holds the whole model
   with phase(f"loading {args.model}", after=1.0):
-    model, tok = checkpoint.load(args.model, tokenizer=args.tokenizer, device=devices)
+    # compact: a GGUF's quantised blocks stay as they are (fewer bytes read per decoded token, quant.py)
+    model, tok = checkpoint.load(args.model, tokenizer=args.tokenizer, device=devices, compact=True)
   if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_seq = model.args.max_seq_len
   ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)

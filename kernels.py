@@ -3,7 +3,7 @@
 from __future__ import annotations
 import math
 from tinygrad import Tensor
-import llama, parallel
+import llama, parallel, quant
 
 def lane_sum(x: Tensor, lanes: int = 8) -> Tensor:
   """x summed over its last axis in `lanes` independent partial sums, then those added: tinygrad's CPU code for a
@@ -13,8 +13,9 @@ def lane_sum(x: Tensor, lanes: int = 8) -> Tensor:
 
 def matvec_linear(weight: Tensor, x: Tensor) -> Tensor:
   """x @ weight.T for a bias-free linear layer. One token: lane sums, input and output realised so that SwiGLU's gate
-  and up products do not fuse into one two-reduction kernel; longer inputs (prefill): the ordinary matmul."""
-  if x.shape[-2] != 1: return x @ weight.T
+  and up products do not fuse into one two-reduction kernel; longer inputs (prefill): the ordinary matmul, of a float
+  copy where the weight is a lazy expression (a compact embedding, quant.py, as the tied classifier)."""
+  if x.shape[-2] != 1: return x @ weight.contiguous().T
   return lane_sum(x.contiguous().unsqueeze(-2) * weight).contiguous()
 
 class MatVecLinear:
@@ -55,16 +56,22 @@ def use_decode_kernels(model: llama.Transformer, min_size: int = 1 << 16) -> lla
   w1‖w3, and matvec_linear for wo, w2 and the classifier (tied or not) where the matrix is big enough (>= min_size
   weights) that kernel time outweighs the cost of the extra kernels. The state dict keeps its names and shapes, so
   saving works as before; calling it twice changes nothing. For decoding only: the fused weights are new buffers.
+  Compact layers (quant.QuantLinear) keep their blocks, unfused, and get the lane-summed matvec as their product.
   CPU only: on accelerators tinygrad's own reductions are faster than these lane sums (measured 19% on an H200), so a
   model elsewhere is returned as it is."""
   if parallel.model_backend(model) != "CPU": return model
   def big(w: Tensor) -> bool: return w.numel() >= min_size and w.shape[1] % 8 == 0
-  def swap(lin): return MatVecLinear(lin.weight) if not isinstance(lin, MatVecLinear) and big(lin.weight) else lin
+  def swap(lin):
+    # a compact layer (quant.py) keeps its blocks, so the state dict still counts them; its `weight` is a lazy
+    # dequantising expression, which the matvec reads as one kernel
+    if isinstance(lin, quant.QuantLinear): lin.product = matvec_linear; return lin
+    return MatVecLinear(lin.weight) if not isinstance(lin, MatVecLinear) and big(lin.weight) else lin
   for layer in model.layers:
     a, f = layer.attention, layer.feed_forward
     a.attend = decode_attention
-    a.wq, a.wk, a.wv = fuse([a.wq, a.wk, a.wv])
-    f.w1, f.w3 = fuse([f.w1, f.w3])
+    if any(isinstance(l, quant.QuantLinear) for l in (a.wq, a.wk, a.wv, f.w1, f.w3)):   # unfused, each compact
+      a.wq, a.wk, a.wv, f.w1, f.w3 = map(swap, (a.wq, a.wk, a.wv, f.w1, f.w3))
+    else: (a.wq, a.wk, a.wv), (f.w1, f.w3) = fuse([a.wq, a.wk, a.wv]), fuse([f.w1, f.w3])
     a.wo, f.w2 = swap(a.wo), swap(f.w2)
   if model.output is not None: model.output = swap(model.output)
   # a tied classifier reads the embedding matrix; llama.learned() leaves 'output.weight' out, so the model stays tied
