@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from tinygrad import Device, GlobalCounters, Tensor
 import checkpoint, gguf, kernels
+from cli import add_benchmark_flags, interleaved, one_line_errors
 from decode import Generator, Sampling, common_prefix
 from engine import use_all_cores, use_matvec_options
 try: import torch, transformers
@@ -138,12 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="kernels.use_decode_kernels (generate.py: on)")
   p.add_argument("--compact", choices=("on", "off", "both"), default="off",
                  help="GGUF: quantised weights kept compact, checkpoint.load(compact=True), or float32 (generate.py)")
-  p.add_argument("--time-limit", type=float, default=0,
-                 help="start no timed round after this many seconds since the start (one always runs); 0: none")
   p.add_argument("--beam", type=int, default=0,
                  help="tinygrad BEAM search width for the compiled steps' kernels (0: heuristics); not the loader's")
-  p.add_argument("--cores", choices=CORES, default="all",
-                 help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both interleaved")
+  add_benchmark_flags(p, "round")
   a = p.parse_args(argv)
   try: a.chunks = [int(c) for c in a.chunks.split(",")]
   except ValueError: p.error(f"--chunks takes comma-separated integers, got {a.chunks!r}")
@@ -188,12 +186,7 @@ def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[
     t0 = time.perf_counter()
     for _ in range(2): anchor.run(ids, a.new_tokens)
     print(f"{anchor.name}: two warm-up runs in {time.perf_counter() - t0:.1f} s", flush=True)
-  times: dict[str, list[Run]] = {k: [] for k in runs}
-  for r in range(a.runs):
-    if r and a.time_limit and time.perf_counter() - t_start > a.time_limit:
-      print(f"--time-limit of {a.time_limit:.0f} s reached: {r} timed rounds instead of {a.runs}")
-      break
-    for name, f in runs.items(): times[name].append(f())
+  times: dict[str, list[Run]] = interleaved(runs, a.runs, a.time_limit, t_start, "rounds")
   done = len(next(iter(times.values())))
   print(f"{what}: {len(ids)} prompt tokens, {a.new_tokens} new, medians of {done} interleaved runs")
   rows = []
@@ -216,48 +209,44 @@ def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[
         rows.append(f"{row} {mine:,.1f} tok/s | {anchor.name} {ref:,.1f} tok/s | {mine / ref:.2f}x |")
   return rows
 
-def main(argv=None) -> int:
-  a, t_start = parse_args(argv), time.perf_counter()
+def run(a: argparse.Namespace) -> int:
+  t_start = time.perf_counter()
   on = {"on": [True], "off": [False], "both": [False, True]}[a.decode_kernels]
   use_all_cores(a.cores != "one")
   use_matvec_options()
   compact = [False] if a.shape else {"on": [True], "off": [False], "both": [False, True]}[a.compact]
   with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
     anchor = None
-    try:
-      if a.shape:
-        setup = (a.shape, "cpu" if Device.DEFAULT == "CPU" else "cuda", tmp)
-        pool = stack.enter_context(ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), hf_setup, setup))
-        anchor = Anchor(f"transformers {transformers.__version__}", lambda ids, n: pool.submit(hf_run, ids, n).result())
-        print(f"tinygrad on {Device.DEFAULT} against {anchor.name}, {pool.submit(hf_where).result()}; random model "
-              f"saved in {time.perf_counter() - t_start:.1f} s", flush=True)
-      # a model per setting (use_decode_kernels changes the model in place); all hold the same weights
-      loaded = {(c, k): checkpoint.load(a.model or tmp, dtype="float16" if a.shape else None, compact=c)
-                for c in compact for k in on}
-      models, tok = {ck: m for ck, (m, _) in loaded.items()}, next(iter(loaded.values()))[1]
-      print(f"loaded {len(models)} model(s) in {time.perf_counter() - t_start:.1f} s since the start", flush=True)
-      if a.shape:
-        what = f"{a.shape} shape fp16"
-        ids = np.random.default_rng(0).integers(3, SHAPES[a.shape]["vocab_size"], a.prompt_tokens).tolist()  # not 0-2
-        check = ids[:64]   # the same function on both sides: logits of a one-shot forward (no KV cache yet)
-        mine, ref = next(iter(models.values()))(Tensor([check])).numpy()[0], pool.submit(hf_logits, check).result()
-        print(f"logits of {len(check)} tokens against transformers: relative error "
-              f"{np.linalg.norm(mine - ref) / np.linalg.norm(ref):.1e}, same argmax at "
-              f"{(mine.argmax(-1) == ref.argmax(-1)).mean():.0%} of positions", flush=True)
-      else:
-        what = os.path.basename(a.model)
-        print(f"{what}: {sum(t.nbytes for t in gguf.read_header(a.model).tensors) / 1e6:.1f} MB of weights in the file")
-        text = PROMPT * (a.prompt_tokens // 20 + 1)
-        ids = (([tok.bos_id] if tok.add_bos else []) + tok.encode(text))[:a.prompt_tokens]
-        if a.llama_cpp: anchor = llama_cpp(a.model, len(ids) + a.new_tokens + 1, a.threads)
-      rows = bench(a, models, anchor, ids, what, t_start)
-    except ValueError as e:   # checkpoint.CheckpointError: a file that does not load
-      print(f"bench_generate.py: error: {e}", file=sys.stderr)
-      return 1
-    except BrokenProcessPool:
-      print("bench_generate.py: error: the transformers process failed (its traceback is above)", file=sys.stderr)
-      return 1
+    if a.shape:
+      setup = (a.shape, "cpu" if Device.DEFAULT == "CPU" else "cuda", tmp)
+      pool = stack.enter_context(ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), hf_setup, setup))
+      anchor = Anchor(f"transformers {transformers.__version__}", lambda ids, n: pool.submit(hf_run, ids, n).result())
+      print(f"tinygrad on {Device.DEFAULT} against {anchor.name}, {pool.submit(hf_where).result()}; random model "
+            f"saved in {time.perf_counter() - t_start:.1f} s", flush=True)
+    # a model per setting (use_decode_kernels changes the model in place); all hold the same weights
+    loaded = {(c, k): checkpoint.load(a.model or tmp, dtype="float16" if a.shape else None, compact=c)
+              for c in compact for k in on}
+    models, tok = {ck: m for ck, (m, _) in loaded.items()}, next(iter(loaded.values()))[1]
+    print(f"loaded {len(models)} model(s) in {time.perf_counter() - t_start:.1f} s since the start", flush=True)
+    if a.shape:
+      what = f"{a.shape} shape fp16"
+      ids = np.random.default_rng(0).integers(3, SHAPES[a.shape]["vocab_size"], a.prompt_tokens).tolist()  # not 0-2
+      check = ids[:64]   # the same function on both sides: logits of a one-shot forward (no KV cache yet)
+      mine, ref = next(iter(models.values()))(Tensor([check])).numpy()[0], pool.submit(hf_logits, check).result()
+      print(f"logits of {len(check)} tokens against transformers: relative error "
+            f"{np.linalg.norm(mine - ref) / np.linalg.norm(ref):.1e}, same argmax at "
+            f"{(mine.argmax(-1) == ref.argmax(-1)).mean():.0%} of positions", flush=True)
+    else:
+      what = os.path.basename(a.model)
+      print(f"{what}: {sum(t.nbytes for t in gguf.read_header(a.model).tensors) / 1e6:.1f} MB of weights in the file")
+      text = PROMPT * (a.prompt_tokens // 20 + 1)
+      ids = (([tok.bos_id] if tok.add_bos else []) + tok.encode(text))[:a.prompt_tokens]
+      if a.llama_cpp: anchor = llama_cpp(a.model, len(ids) + a.new_tokens + 1, a.threads)
+    rows = bench(a, models, anchor, ids, what, t_start)
   print("\n| workload | ours | anchor | ratio |\n|---|---|---|---|\n" + "\n".join(rows))
   return 0
+
+def main(argv=None) -> int:   # checkpoint.CheckpointError: a file that does not load; a dead transformers process
+  return one_line_errors("bench_generate.py", lambda: run(parse_args(argv)), (ValueError, OSError, BrokenProcessPool))
 
 if __name__ == "__main__": sys.exit(main())

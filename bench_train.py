@@ -15,6 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
 import llama, parallel
+from cli import add_benchmark_flags, interleaved
 from optim import make_optimizer
 from steps import make_train_step
 from engine import use_all_cores
@@ -114,10 +115,7 @@ def main(argv=None) -> int:
   b = p.add_argument_group("the benchmark")
   b.add_argument("--steps", type=int, default=5, help="timed steps of each (after 2 warm-up steps), interleaved")
   b.add_argument("--torch", action="store_true", help="also time transformers in PyTorch (optional extras)")
-  b.add_argument("--cores", choices=CORES, default="all",
-                 help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both interleaved")
-  b.add_argument("--time-limit", type=float, default=0,
-                 help="start no timed step after this many seconds since the start (one always runs); 0: none")
+  add_benchmark_flags(b, "step")
   b.add_argument("--peak-tflops", type=float, default=989.0,
                  help="the GPU's peak for the share shown on a GPU (default 989: H100/H200 SXM, dense bf16, datasheet)")
   a = p.parse_args(argv)
@@ -143,12 +141,7 @@ def main(argv=None) -> int:
         w = time.perf_counter()
         for _ in range(2): run()   # tinygrad: runs eagerly, then captures
         print(f"{name}: two warm-up steps in {time.perf_counter() - w:.1f} s", flush=True)
-      times: dict[str, list[Step]] = {name: [] for name in runs}
-      for i in range(a.steps):
-        if i and a.time_limit and time.perf_counter() - t_start > a.time_limit:
-          print(f"--time-limit of {a.time_limit:.0f} s reached: {i} timed steps instead of {a.steps}")
-          break
-        for name, run in runs.items(): times[name].append(run())
+      times: dict[str, list[Step]] = interleaved(runs, a.steps, a.time_limit, t_start, "steps")
     except BrokenProcessPool:
       print("bench_train.py: error: the PyTorch process failed (its traceback is above)", file=sys.stderr)
       return 1

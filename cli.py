@@ -14,6 +14,14 @@ def one_line_errors(prog: str, run: Callable[[], int | None], errors: tuple = (V
     print(f"{prog}: interrupted", file=sys.stderr)
     return 130
 
+def add_benchmark_flags(parser, unit: str) -> None:
+  """--cores (engine.use_all_cores: all, one, or both interleaved) and --time-limit, as both benchmarks take them."""
+  parser.add_argument("--cores", choices=("all", "one", "both"), default="all",
+                      help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both "
+                      "interleaved")
+  parser.add_argument("--time-limit", type=float, default=0, help=f"start no timed {unit} after this many seconds "
+                      f"since the start (one always runs); 0: none")
+
 def interleaved(runs: dict[str, Callable], rounds: int, time_limit: float, t_start: float,
                 unit: str) -> dict[str, list]:
   """Each contender once per round, so that a noisy shared machine slows all of them alike; no round starts after

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import data, kernels, llama, plots, runs, training
 from checkpoint import load
 from decode import Generator, Sampling, Stats, generate, weight_bytes
+from cli import one_line_errors
 from files import atomic_write
 
 class ScalingError(ValueError):
@@ -250,13 +251,7 @@ def sweep(a: argparse.Namespace) -> int:
                                           " (pip install matplotlib for scaling.png)"))
   return 0
 
-def main(argv=None) -> int:
-  try: return sweep(parse_args(argv))
-  except (ValueError, OSError) as e:   # ScalingError, TrainError, DataError, CheckpointError: one line
-    print(f"scaling.py: error: {e}", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print("scaling.py: interrupted", file=sys.stderr)
-    return 130
+def main(argv=None) -> int:   # ScalingError, TrainError, DataError, CheckpointError: one line, no traceback
+  return one_line_errors("scaling.py", lambda: sweep(parse_args(argv)))
 
 if __name__ == "__main__": sys.exit(main())

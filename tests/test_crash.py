@@ -9,13 +9,9 @@ import pytest
 from safetensors.numpy import load_file
 from tinygrad import Tensor
 import checkpoint, data, llama, train, training, optim, runs
+from common import TINY
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TINY = [
-  "--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
-  "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "1000", "--eval-steps", "2",
-  "--sample-tokens", "0"
-]
 FILE_EVENTS = ("open", "os.remove", "os.rename", "os.link", "shutil.rmtree", "os.mkdir", "os.truncate")   # audit events
 
 def bump(name: str, x):

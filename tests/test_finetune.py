@@ -82,14 +82,17 @@ def test_data_with_llama2c_and_gguf_tokenizers(fixtures, text_data, tmp_path):
   ids = np.concatenate([data.load_split(tmp_path / "gguf", s) for s in ("train", "val")]).tolist()
   assert tok.decode(ids) == text and tok.bos_id not in ids
 
+def finetune(s260, data_dir: pathlib.Path, out: pathlib.Path, steps: int, *flags) -> pathlib.Path:
+  """train.py --init-from stories260K on data_dir for `steps` steps into out; returns out."""
+  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", data_dir, "--out", out, "--max-steps", steps,
+             *flags) == 0
+  return out
+
 # ***** full fine-tuning *****
 
 @pytest.fixture(scope="module")
 def full_run(s260, text_data, tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp("full")
-  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", out, "--max-steps", 12,
-             "--lr", "1e-3", "--warmup-steps", 2, *SMALL) == 0
-  return out
+  return finetune(s260, text_data, tmp_path_factory.mktemp("full"), 12, "--lr", "1e-3", "--warmup-steps", 2, *SMALL)
 
 def test_full_finetune_starts_from_the_checkpoint(full_run, s260, text_data, capsys):
   model = base_model(s260)
@@ -176,10 +179,7 @@ LORA = ["--lora-rank", "4", "--lr", "3e-3", "--warmup-steps", "2", "--lr-decay-s
 
 @pytest.fixture(scope="module")
 def lora_run(s260, text_data, tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp("lora")
-  assert run("--init-from", s260[0], "--tokenizer", s260[1], "--data", text_data, "--out", out, "--max-steps", 6,
-             *LORA) == 0
-  return out
+  return finetune(s260, text_data, tmp_path_factory.mktemp("lora"), 6, *LORA)
 
 def test_lora_checkpoint_resumes_exactly_and_merges(lora_run, s260, text_data, tmp_path, capsys):
   # 3 steps, then --resume (the fine-tuning options come back from the checkpoint) to 6: the same run

@@ -7,7 +7,7 @@ from tinygrad import Tensor, TinyJit
 import llama, generate as G
 import checkpoint, kernels
 import decode, chat, gguf
-from clicheck import one_line_error
+from common import one_line_error
 from engine import compiled_kernels
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@ leaves it whole; --force replaces it and leaves nothing of the old run behind, a
 import hashlib, pathlib
 import pytest
 import data, runs, train
-from clicheck import one_line_error
+from common import one_line_error
 
 TINY = ["--preset", "tiny", "--max-steps", "1", "--batch-size", "2", "--seq-len", "32", "--eval-every", "1000",
         "--eval-steps", "1", "--sample-tokens", "0", "--save-every", "1000"]

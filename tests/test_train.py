@@ -9,13 +9,9 @@ from tinygrad import Context, GlobalCounters, Tensor, dtypes
 from tinygrad.nn.state import safe_load
 import data, generate, llama, plots, train, training, optim, steps, runs
 import checkpoint, parallel
+from common import TINY
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TINY = [
-  "--preset", "tiny", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--seq-len", "32",
-  "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "1000", "--eval-steps", "2",
-  "--sample-tokens", "0"
-]
 
 @pytest.fixture(scope="module")
 def dataset(shakespeare) -> pathlib.Path: return shakespeare   # conftest: prepared once a session
