@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from tinygrad import Context, GlobalCounters, Tensor, dtypes
 from tinygrad.nn.state import safe_load
 import data, generate, llama, plots, train, training, optim, steps, runs
-import checkpoint, parallel
+import checkpoint, parallel, words
+import decode
 from common import TINY
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -158,7 +159,7 @@ def test_cli_smoke(dataset, tmp_path):
                      text=True,
                      cwd=tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "--- sample ---" in r.stdout and "step 3" in r.stderr
+  assert "--- sample (" in r.stdout and "step 3" in r.stderr
   assert {
     "config.json", "model.safetensors", "tokenizer.model", "optimizer.safetensors", "train_state.json", "log.jsonl"
   } <= {f.name
@@ -232,8 +233,8 @@ def assert_same_run(out: pathlib.Path, ref: pathlib.Path):
   # ~1e-6 of weight (seen once in 3072), so 1e-5 leaves room for that and none for a wrong update
   got, want = safe_load(str(out / "model.safetensors")), safe_load(str(ref / "model.safetensors"))
   for k, t in want.items(): np.testing.assert_allclose(got[k].numpy(), t.numpy(), atol=1e-5, rtol=0, err_msg=k)
-  assert (out / "printed.txt").read_text().split("--- sample ---")[1] == (
-    ref / "printed.txt").read_text().split("--- sample ---")[1]
+  assert (out / "printed.txt").read_text().split("--- sample")[1] == (
+    ref / "printed.txt").read_text().split("--- sample")[1]
 
 def test_data_parallel_two_devices_matches_one(one_device, dataset, tmp_path):
   """--parallel dp: weights copied, batch split, gradients all-reduced. (tinygrad's atomic embedding backward
@@ -295,3 +296,21 @@ def test_dry_run_prints_memory_without_allocating(capsys):
   this = printed.split("this run:")[1]
   total, acts = (float(this.split(k)[1].split(" ")[0]) for k in ("total ", "activations "))
   assert total - acts == pytest.approx(4 * whole / 4, rel=0.01)        # weights + grads + m + v of a quarter each
+
+# ***** the sample reads as the corpus: words.py's measure *****
+
+def sample_share(model, tok, words_set: set[str], seed: int) -> float:
+  gen = decode.Generator(model, 128, decode.Sampling(temperature=0.8, top_p=1.0), seed=seed, chunk=1)
+  text = tok.decode(decode.generate(gen, [tok.bos_id], 100, tok.eos_id, decode.Stats()))
+  model.drop_cache()
+  return words.known_share(text, words_set)
+
+def test_training_makes_the_sample_corpus_words(run60, dataset):
+  """60 steps of a one-layer 32-wide model on Shakespeare: its samples' words are at least twice as often words of the
+  corpus as an untrained model's of the same shape (the measure train.py prints under its sample; the default
+  run's figure is in the README)."""
+  model, tok = checkpoint.load(run60)
+  vocab = words.corpus_words(dataset)
+  trained = np.median([sample_share(model, tok, vocab, s) for s in range(3)])
+  untrained = np.median([sample_share(llama.Transformer(model.args), tok, vocab, s) for s in range(3)])
+  assert trained >= 2 * untrained and trained >= untrained + 0.1, (trained, untrained)
