@@ -296,7 +296,7 @@ def evaluate(args) -> int:
   if args.model is None and not runs.DEFAULT_OUT.exists():
     raise EvalError(
       f"no MODEL given and no checkpoint in {runs.DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
-  with phase(f"loading {model_path}", after=1.0): model, tok = checkpoint.load(model_path, tokenizer=args.tokenizer)
+  with phase(f"loading {model_path}"): model, tok = checkpoint.load(model_path, tokenizer=args.tokenizer)
   if tok is None: raise EvalError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
   max_len = min(args.max_context or model.args.max_seq_len, model.args.max_seq_len)
   t0 = time.perf_counter()

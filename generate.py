@@ -131,7 +131,7 @@ def run(args):
   devices = parallel.parse_devices(args.devices)
   t0 = time.perf_counter()
   # several devices: each tensor is split as it is read, so no device ever holds the whole model
-  with phase(f"loading {args.model}", after=1.0):
+  with phase(f"loading {args.model}"):
     # compact: a GGUF's quantised blocks stay as they are (fewer bytes read per decoded token, quant.py)
     model, tok = checkpoint.load(args.model, tokenizer=args.tokenizer, device=devices, compact=True)
   if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
