@@ -111,6 +111,9 @@ class SentencePieceTokenizer(Tokenizer):
     sp, n = self.sp, self.sp.vocab_size()
     # add_dummy_prefix is not exposed by the library: its normaliser shows it as a leading '▁'
     self.bos_id, self.eos_id, self.strip_prefix = sp.bos_id(), sp.eos_id(), sp.normalize("a").startswith("\u2581")
+    # the library says -1 for a model without <s> or </s> (or with a damaged one): LLaMA's prompts need both
+    if not (0 <= self.bos_id < n and 0 <= self.eos_id < n):
+      raise TokenizerError(f"has no usable BOS/EOS pieces (ids {self.bos_id}, {self.eos_id} of {n})")
     self.types = [UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else BYTE if sp.is_byte(i) else
                   UNUSED if sp.is_unused(i) else NORMAL for i in range(n)]
     self.pieces = [_piece_bytes(sp.id_to_piece(i).replace("\u2581", " "), t) for i, t in enumerate(self.types)]
@@ -248,6 +251,7 @@ def load_tokenizer(path) -> Tokenizer:
   try: return _read_llama2c_tokenizer(data)
   except TokenizerError as e: llama2c = e
   try: tok = SentencePieceTokenizer(data)
+  except TokenizerError as e: raise TokenizerError(f"{path} {e}") from None
   except RuntimeError as e:   # the library's parse error, which may quote the file's bytes
     sp = " ".join(str(e).split())[:200]
   except UnicodeDecodeError: sp = "a damaged piece"   # a parse error whose message quotes bytes that are not UTF-8

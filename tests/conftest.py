@@ -1,8 +1,8 @@
-# The suite's shared pieces: the hypothesis profile, the shared fixtures directory, and what several test files
-# need built once per session (stories260K's paths, a prepared Shakespeare dataset).
+# The suite's shared pieces: the hypothesis profile, the shared fixtures directory, what several test files need built
+# once per session (stories260K's paths, a prepared Shakespeare dataset), and the fuzz tests' sandbox and watch.
 import pathlib, pytest
 from hypothesis import settings
-import data
+import data, fuzzing
 
 # property tests compile tinygrad kernels: no per-example deadline, example counts set per test
 settings.register_profile("llama", deadline=None, print_blob=True)
@@ -29,3 +29,14 @@ def shakespeare(fixtures, tmp_path_factory) -> pathlib.Path:
   out = tmp_path_factory.mktemp("shakespeare")
   data.prepare([str(fixtures / "tinyshakespeare.txt")], out, vocab_size=512, workers=2)
   return out
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+  """copy(original) -> a fresh copy of a file or directory under a path never used before (fuzzing.sandbox_in)."""
+  return fuzzing.sandbox_in(tmp_path_factory.mktemp("cases"))
+
+@pytest.fixture(scope="module")
+def watch():
+  """attempt(load, path): load(path) under a timeout and memory bounds (fuzzing.watching)."""
+  if not pathlib.Path("/proc/self/clear_refs").exists(): pytest.skip("the peak-memory check reads Linux's /proc/self")
+  with fuzzing.watching() as attempt: yield attempt
