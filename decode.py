@@ -8,6 +8,7 @@ import math, resource, secrets, sys, time
 from dataclasses import dataclass
 from tinygrad import Context, Tensor, TinyJit, UOp, dtypes
 import llama, parallel
+from engine import load_captured, save_captured
 from progress import phase
 
 # ***** sampling on the device *****
@@ -44,6 +45,10 @@ class Sampling:
     if self.top_k < 0: raise ValueError(f"top-k must be >= 0 (0 turns it off), got {self.top_k}")
     return self
 
+  def kind(self) -> tuple[bool, bool, bool]:
+    """What changes sample()'s graph, and so the compiled steps: greedy or not, top-k on, top-p on."""
+    return self.temperature == 0, self.top_k > 0, self.top_p < 1
+
   def knobs(self) -> Tensor:
     """The values as one device buffer, an input of the compiled step: one compilation serves every value."""
     return Tensor([1 / self.temperature if self.temperature else 0.0, self.top_p,
@@ -66,10 +71,16 @@ def sample(logits: Tensor, knobs: Tensor, s: Sampling, uniform: Tensor | None = 
 
 class Rng:
   """Counter-based randomness on the device: draw k is threefry(k << 32 | i) under the key `seed`, so a seed
-  fixes every draw of a run, and the state is one small buffer that the compiled step advances itself."""
-  def __init__(self, seed: int | None, device: str | None = None):
+  fixes every draw of a run, and the state is one small buffer that the compiled step advances itself.
+  `state`: such a buffer to keep using (the one a restored compiled step holds), reseeded in place."""
+  def __init__(self, seed: int | None, device: str | None = None, state: Tensor | None = None):
+    self.state = Tensor([0, 0], dtype=dtypes.uint32, device=device).realize() if state is None else state
+    self.reseed(seed)
+
+  def reseed(self, seed: int | None):
+    """Start over from draw 0 under the key `seed` (None: a random one), in the same buffer."""
     self.seed = secrets.randbits(32) if seed is None else seed % 2**32
-    self.state = Tensor([self.seed, 0], dtype=dtypes.uint32, device=device).realize()   # key, counter
+    self.state.assign(Tensor([self.seed, 0], dtype=dtypes.uint32, device=self.state.device)).realize()   # key, counter
 
   def uniform(self, *shape: int) -> Tensor:
     """Uniform floats in (0, 1), a new set at every realisation (also on every replay of a TinyJit)."""
@@ -134,14 +145,16 @@ class Generator:
   def resample(self, sampling: Sampling, seed: int | None = None):
     """Sample with other values and a new seed from the next step on, keeping the KV cache. The values are inputs of
     the compiled steps; each kind of sampling (greedy or not, which filters are on) compiles its own pair once."""
-    kind = lambda s: (s.temperature == 0, s.top_k > 0, s.top_p < 1)   # what changes sample()'s graph
-    self.compiled[kind(self.sampling)] = self.prefill_step, self.decode_step, self.steps, self.prefills
-    self.sampling = sampling.check()
-    if kind(sampling) not in self.compiled:
-      self.compiled[kind(sampling)] = TinyJit(self._step), TinyJit(self._step), 0, 0
-    self.prefill_step, self.decode_step, self.steps, self.prefills = self.compiled[kind(sampling)]
+    self.compiled[self.sampling.kind()] = self.prefill_step, self.decode_step, self.steps, self.prefills
+    if (kind := sampling.check().kind()) not in self.compiled:
+      if self.model is None:
+        raise ValueError("this Generator was restored from a file without its model: it samples as it was saved "
+                         f"(greedy, top-k, top-p on: {self.sampling.kind()}), not {kind}")
+      self.compiled[kind] = TinyJit(self._step), TinyJit(self._step), 0, 0
+    self.sampling = sampling
+    self.prefill_step, self.decode_step, self.steps, self.prefills = self.compiled[kind]
     self.knobs = sampling.knobs().to(self.devices[0]).realize()
-    self.rng.state.assign(Rng(seed, self.devices[0]).state).realize()   # the compiled steps hold this buffer
+    self.rng.reseed(seed)   # in the buffer the compiled steps hold
 
   def feed(self, ids: list[int]) -> int:
     """Prefill ids at the current position; return the id sampled after the last of them."""
@@ -167,6 +180,44 @@ class Generator:
       self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
     self.pos, self.steps = self.pos + 1, self.steps + 1
     return self.pending.item()
+
+  # ***** kept for the next process *****
+
+  def save(self, path, **extra) -> None:
+    """Write both compiled steps to `path` with what replaying them needs (engine.save_captured), and `extra`
+    (picklable values restore hands back), so that a later process neither loads the checkpoint nor compiles. The
+    steps hold the weights and the KV cache: the file is about their size. A step not captured yet (TinyJit captures
+    on its second call) is run first on a dummy token, which leaves the cache empty (pos 0)."""
+    if self.model is None: raise ValueError("a Generator restored without its model cannot be saved again")
+    with phase("saving the compiled steps for the next launch"):
+      while self.prefills < 2 or self.steps < 2:
+        self.rewind(0)
+        self.feed([0])
+        if self.steps < 2: self.next()
+        self.rewind(0)
+      save_captured(path, {"steps": (self.prefill_step, self.decode_step), "rng": self.rng.state, "one": self.one,
+                           "v_pos": self.v_pos, "kind": self.sampling.kind(), "max_context": self.max_context,
+                           "chunk": self.chunk, "devices": self.devices, "extra": extra},
+                    self.prefill_step, self.decode_step)
+
+  @classmethod
+  def restore(cls, path, sampling: Sampling, seed: int | None = None) -> tuple[Generator, dict]:
+    """The Generator `save` wrote to `path` (its cache empty), sampling with these values and this seed, and the
+    `extra` saved with it. It has no model: it replays the saved steps, so `sampling` must be of the kind it was
+    saved with (and resample keeps to that kind). ValueError for a file that is not such a Generator."""
+    saved = load_captured(path)
+    if not isinstance(saved, dict) or not {"steps", "rng", "kind", "extra"} <= saved.keys():
+      raise ValueError(f"{path} holds no saved Generator")
+    if saved["kind"] != sampling.check().kind():
+      raise ValueError(f"{path} samples with (greedy, top-k, top-p on) = {saved['kind']}, not {sampling.kind()}")
+    gen = cls.__new__(cls)
+    gen.model, gen.sampling, gen.beam, gen.compiled = None, sampling, 0, {}
+    gen.max_context, gen.chunk, gen.devices = saved["max_context"], saved["chunk"], saved["devices"]
+    gen.prefill_step, gen.decode_step = saved["steps"]
+    gen.v_pos, gen.one, gen.rng = saved["v_pos"], saved["one"], Rng(seed, state=saved["rng"])
+    gen.knobs = sampling.knobs().to(gen.devices[0]).realize()
+    gen.pos, gen.pending, gen.steps, gen.prefills = 0, None, 2, 2   # both steps captured: they replay from call 1
+    return gen, saved["extra"]
 
 @dataclass
 class Stats:

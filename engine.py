@@ -2,15 +2,18 @@
 # is not public API lives here, each with why and the version it was checked on (tinygrad 0.14.0, Python 3.11), so an
 # upgrade starts by re-checking this file alone (tests/test_engine.py exercises each trick).
 from __future__ import annotations
-import ctypes, mmap, os, pickle, threading, time
+import copyreg, ctypes, dataclasses, mmap, os, pickle, threading, time
 from concurrent.futures import ThreadPoolExecutor
-from tinygrad import Device, Tensor, TinyJit, function
+from tinygrad import Device, Tensor, TinyJit, dtypes, function
+from tinygrad.device import Buffer
 from tinygrad.engine import worker as compile_workers
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
 from tinygrad.runtime.ops_cpu import CPUProgram
 from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, heuristic
-from tinygrad.uop.ops import AxisType
+from tinygrad.tensor import all_tensors
+from tinygrad.uop.ops import AxisType, Ops, UOp
+from files import atomic_file
 
 def write_then_read(buf: Tensor, region: Tensor, value: Tensor) -> Tensor:
   """`region` (a slice of `buf`) := value, and `buf` as it is after the write, as one graph: no realize in between,
@@ -59,6 +62,67 @@ def drop_file_pages(path: str) -> None:
   0.14.0."""
   dev = Device[f"DISK:{path}"]
   if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
+
+def scratch_buffers(jit: TinyJit) -> set[int]:
+  """The ids of the Buffers a captured TinyJit uses as scratch: the memory planner's arenas (memory_plan_rewrite makes
+  one int8 buffer per device and lane for the step's intermediates), which no live Tensor holds. What they hold does
+  not outlive a call. Call it while the step's state (weights, caches) is held by live Tensors. CapturedJit._linear,
+  Buffer.base, all_tensors: 0.14.0."""
+  live = {id(u.buffer.base) for ref in list(all_tensors) if (t := ref()) is not None for u in t.uop.toposort()
+          if u.op is Ops.BUFFER and u.is_realized and isinstance(u.buffer, Buffer)}
+  used = {id(b): b for u in jit.captured._linear.toposort()
+          if u.op is Ops.BUFFER and u.is_realized and isinstance(b := u.buffer.base, Buffer)}
+  return {i for i, b in used.items() if i not in live and b.dtype == dtypes.int8}
+
+def save_captured(path, obj, *jits: TinyJit) -> None:
+  """Pickle `obj`, which holds captured TinyJits, to `path` (written beside it and renamed into place), so that
+  another process can replay them with neither the model's code nor a compile (load_captured). A captured TinyJit
+  pickles as its linear program: each kernel and every buffer it reads or writes, those with their contents
+  (Buffer.__reduce_ex__ with protocol 5), so weights and a KV cache go to disk, and buffers that two steps share in
+  `obj` stay shared (one pickle, one memo). The scratch of `jits` (scratch_buffers) is written as an unallocated buffer
+  of its size: for SmolLM2-135M the prefill's arena alone is 552 MB, more than the weights and KV cache together.
+  An uncaptured TinyJit refuses to pickle. _TinyJit.__reduce__, CapturedJit.__reduce__, Buffer.__reduce_ex__ and
+  Buffer's constructor arguments: 0.14.0."""
+  scratch = set().union(*map(scratch_buffers, jits))
+  def reduce_buffer(b: Buffer):
+    if id(b) not in scratch: return b.__reduce_ex__(5)
+    return Buffer, (b.device, b.size, b.dtype, None, b.options, None, b.uop_refcount)
+  with atomic_file(path) as f:
+    pickler = pickle.Pickler(f, protocol=5)
+    pickler.dispatch_table = copyreg.dispatch_table | {Buffer: reduce_buffer}
+    pickler.dump(obj)
+
+class FreshBufferUnpickler(pickle.Unpickler):
+  """Unpickles UOps with every BUFFER renumbered from this process's counter. tinygrad interns UOps by their content,
+  and a BUFFER's identity is its slot number (UOp.unique_num in the process that made it): unpickled as they are, a
+  saved buffer whose slot, size and dtype match a live one of this process would silently become that one (its
+  pickled contents dropped), and a buffer made later could become a restored one. UOp.__reduce__, the UOpMetaClass
+  cache, ParamArg.slot: 0.14.0."""
+  def __init__(self, f):
+    super().__init__(f)
+    self.slots: dict = {}
+
+  def find_class(self, module: str, name: str):
+    found = super().find_class(module, name)
+    return self.fresh_uop if found is UOp else found
+
+  def fresh_uop(self, op, dtype=None, src=(), arg=None, tag=None, metadata=None, buffer=None) -> UOp:
+    if op is Ops.BUFFER:
+      arg = dataclasses.replace(arg, slot=self.slots.setdefault(arg.slot, next(UOp.unique_num)))
+    return UOp(op, dtype, src, arg, tag, metadata, buffer)
+
+def load_captured(path):
+  """What save_captured wrote to `path` (through FreshBufferUnpickler); its TinyJits replay from their first call
+  (cnt 2, no function). Unpickling runs whatever code the file names: read only files this program wrote. A file
+  that cannot be read back (truncated, damaged, from another tinygrad) raises ValueError with the reason in one line.
+  """
+  try:
+    with open(path, "rb") as f:
+      obj = FreshBufferUnpickler(f).load()
+      if f.read(1): raise ValueError("bytes after the end of the pickle")
+    return obj
+  except Exception as e:   # a damaged pickle can fail in any way (EOFError, UnpicklingError, AttributeError, ...)
+    raise ValueError(f"{path} could not be read back ({type(e).__name__}: {e})") from None
 
 # Python's pure-Python unpickler: its dispatch table can be changed per class, and it keeps its memo in a dict, where
 # the C one allocates an array as long as the largest memo index a stream names (a corrupt index asks for GBs).

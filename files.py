@@ -8,17 +8,23 @@ def _umask() -> int:
   os.umask(mask)
   return mask
 
-def atomic_write(path, data: bytes) -> None:
-  """`path` holds either its old content or `data`, never a part of it (with the permissions a plain write gives)."""
+@contextlib.contextmanager
+def atomic_file(path):
+  """A binary file to write `path` through, for content streamed in parts: when the block ends, `path` holds all of
+  it (with the permissions a plain write gives); if the block fails, `path` keeps its old content."""
   path = pathlib.Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
-    with os.fdopen(fd, "wb") as f: f.write(data)
+    with os.fdopen(fd, "wb") as f: yield f
     os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it 0600
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise
+
+def atomic_write(path, data: bytes) -> None:
+  """`path` holds either its old content or `data`, never a part of it (with the permissions a plain write gives)."""
+  with atomic_file(path) as f: f.write(data)
 
 @contextlib.contextmanager
 def new_dir(path):

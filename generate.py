@@ -7,9 +7,11 @@
 The prompt is prefilled through the KV cache in fixed-size chunks, then one TinyJit-compiled step per token runs the
 model at a symbolic position and samples the next id on the device, so only that id crosses to the host.
 Sampling is Meta's: temperature, then nucleus (top-p) sampling as in `sample_top_p`, optionally top-k first.
+The two compiled steps, with the weights and the KV cache they hold, are kept in --cache-dir after a launch, so that
+the next launch with the same checkpoint and settings neither loads the checkpoint nor compiles.
 """
 from __future__ import annotations
-import argparse, statistics, sys, time
+import argparse, hashlib, importlib.metadata, pathlib, statistics, sys, time
 import chat, checkpoint, kernels, parallel, serve
 from cli import one_line_errors
 from runs import DEFAULT_OUT
@@ -81,6 +83,59 @@ def run_benchmark(gen: Generator, model, tok, args, prompt_ids: list[int], runs:
     f"  warm: time to first token {statistics.median(ttft):.3f} s | prefill {statistics.median(prefill):.1f} tok/s | "
     f"decode {tps:.1f} tok/s | weights {nbytes / 1e6:.1f} MB/token -> {nbytes * tps / 1e9:.2f} GB/s", file=sys.stderr)
 
+# ***** the cache of compiled steps *****
+
+# the code that builds, loads and runs the model and the steps, and what a kept launch restores (this file)
+CODE = [pathlib.Path(__file__).resolve().parent / f"{m}.py" for m in (
+  "checkpoint", "decode", "engine", "generate", "gguf", "kernels", "llama", "parallel", "quant", "tensorfiles",
+  "tokenizer")]
+
+def fingerprint(path) -> list[str]:
+  """A checkpoint's (or tokenizer's) resolved path, size and modification time, with those of the files in it (a
+  directory) and of the tokenizer files checkpoint.load would find beside it."""
+  p = pathlib.Path(path).expanduser().resolve()
+  out = []
+  for f in [p, *(sorted(p.iterdir()) if p.is_dir() else ()), p.parent / "tokenizer.model", p.parent / "tokenizer.bin"]:
+    try: st = f.stat()
+    except OSError: continue
+    out.append(f"{f} {st.st_size} {st.st_mtime_ns}")
+  return out
+
+def cache_file(args, sampling: Sampling, devices: tuple[str, ...]) -> pathlib.Path | None:
+  """The file that keeps this launch's compiled steps (Generator.save): SLOT-VERSION.jit, SLOT a digest of the
+  checkpoint's and tokenizer's paths, the context, the kind of sampling (decode.Sampling.kind), --beam and the device,
+  VERSION a digest of those files' sizes and modification times, tinygrad's and Python's versions and the contents of
+  CODE. None: --cache-dir "", or --serve, --benchmark or several devices, which it does not serve."""
+  if not args.cache_dir or args.serve or args.benchmark or len(devices) > 1: return None
+  files = [pathlib.Path(p).expanduser().resolve() for p in (args.model, args.tokenizer) if p]
+  slot = [files, args.max_context, sampling.kind(), args.beam, devices]
+  version = [*map(fingerprint, files), importlib.metadata.version("tinygrad"), sys.version_info[:2],
+             *(f.read_bytes() for f in CODE)]
+  digest = lambda x: hashlib.sha256(repr(x).encode()).hexdigest()[:16]
+  return pathlib.Path(args.cache_dir).expanduser() / f"{digest(slot)}-{digest(version)}.jit"
+
+def restore(path: pathlib.Path | None, sampling: Sampling, seed: int | None):
+  """(Generator, tokenizer, ModelArgs, weight bytes) from the cache file `path`; None when there is none, or when it
+  cannot be read back, which one line on stderr says (it is then rebuilt)."""
+  if path is None or not path.is_file(): return None
+  try:
+    with phase(f"loading the compiled steps from {path}"):
+      gen, extra = Generator.restore(path, sampling, seed)
+    return gen, extra["tokenizer"], extra["args"], extra["weight_bytes"]
+  except (ValueError, KeyError) as e:
+    print(f"generate.py: ignoring the unreadable cache file (it is rebuilt): {e}", file=sys.stderr)
+    return None
+
+def keep(gen: Generator, path: pathlib.Path, tok, margs, nbytes: int):
+  """Save the compiled steps to `path` for the next launch and remove the files of the same slot that it replaces
+  (an older checkpoint file or code). A failure to write only says so: this launch's text is out already."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen.save(path, tokenizer=tok, args=margs, weight_bytes=nbytes)
+    for old in path.parent.glob(f"{path.name.split('-')[0]}-*.jit"):
+      if old != path: old.unlink(missing_ok=True)
+  except OSError as e: print(f"generate.py: the compiled steps were not kept for the next launch: {e}", file=sys.stderr)
+
 BENCH_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,6 +166,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--beam", type=int, default=0,
     help="BEAM search width for the kernel options of the compiled steps (0: tinygrad's heuristics); the first run "
     "searches, later runs read the cache")
+  p.add_argument(
+    "--cache-dir", default="~/.cache/llama-tinygrad",
+    help="where the compiled steps are kept for the next launch with the same checkpoint and settings, which then "
+    "starts in about a second; a kept model takes its weights' and KV cache's size on disk (SmolLM2-135M Q4_1: "
+    "215 MB); \"\" turns it off. Not used by --serve, --benchmark or several --devices")
   return p.parse_args(argv)
 
 def main(argv=None) -> int:   # checkpoint.CheckpointError, TokenizerError are ValueErrors: one line, no traceback
@@ -129,25 +189,30 @@ def run(args):
         f"no MODEL given and no checkpoint in {DEFAULT_OUT}/: run `python train.py` first or pass a checkpoint path")
     args.model = str(DEFAULT_OUT)
   devices = parallel.parse_devices(args.devices)
-  t0 = time.perf_counter()
-  # several devices: each tensor is split as it is read, so no device ever holds the whole model
-  with phase(f"loading {args.model}"):
-    # compact: a GGUF's quantised blocks stay as they are (fewer bytes read per decoded token, quant.py)
-    model, tok = checkpoint.load(args.model, tokenizer=args.tokenizer, device=devices, compact=True)
-  if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
-  max_seq = model.args.max_seq_len
-  ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
-  if not 1 < ctx <= max_seq: raise ValueError(f"--max-context must be in 2..{max_seq} (the model's context), got {ctx}")
+  t0, cache = time.perf_counter(), cache_file(args, sampling, devices)
+  if hit := restore(cache, sampling, args.seed):
+    gen, tok, margs, nbytes = hit
+    ctx, source = gen.max_context, f" from the cache {cache}"
+  else:
+    # several devices: each tensor is split as it is read, so no device ever holds the whole model
+    with phase(f"loading {args.model}"):
+      # compact: a GGUF's quantised blocks stay as they are (fewer bytes read per decoded token, quant.py)
+      model, tok = checkpoint.load(args.model, tokenizer=args.tokenizer, device=devices, compact=True)
+    if tok is None: raise ValueError("the checkpoint has no tokenizer beside it: pass --tokenizer PATH")
+    margs, nbytes, source, max_seq = model.args, weight_bytes(model), "", model.args.max_seq_len
+    ctx = args.max_context if args.max_context is not None else min(max_seq, 2048)
+    if not 1 < ctx <= max_seq:
+      raise ValueError(f"--max-context must be in 2..{max_seq} (the model's context), got {ctx}")
   ids: list[int] = []
   if not args.chat and not args.serve:
     prompt = BENCH_PROMPT if args.benchmark and not args.prompt else args.prompt
     ids = tok.encode(prompt, bos=getattr(tok, "add_bos", True)) if prompt else [tok.bos_id]
     if len(ids) >= ctx:
       raise ValueError(f"the prompt is {len(ids)} tokens, too long for the context of {ctx} (--max-context)")
-  print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s: {model.args.n_layers} layers, dim {model.args.dim}, "
-        f"vocab {model.args.vocab_size}, {weight_bytes(model) / 1e6:.1f} MB of weights"
+  print(f"loaded {args.model}{source} in {time.perf_counter() - t0:.1f} s: {margs.n_layers} layers, dim {margs.dim}, "
+        f"vocab {margs.vocab_size}, {nbytes / 1e6:.1f} MB of weights"
         + (f" split over {len(devices)} devices (tensor parallel)" if len(devices) > 1 else ""), file=sys.stderr)
-  gen = Generator(kernels.use_decode_kernels(model), ctx, sampling, args.seed, beam=args.beam)
+  if not hit: gen = Generator(kernels.use_decode_kernels(model), ctx, sampling, args.seed, beam=args.beam)
   if args.serve: return serve.serve(gen, tok, args)
   if args.benchmark: return run_benchmark(gen, model, tok, args, ids)
   if args.chat: stats = run_chat(gen, tok, args)
@@ -155,5 +220,6 @@ def run(args):
     stats, _ = run_plain(gen, tok, args, ids)
     print(f"[stopped: {stats.stop}]", file=sys.stderr)
   print(stats.line(), file=sys.stderr)
+  if cache is not None and not hit and stats.prompt_tokens: keep(gen, cache, tok, margs, nbytes)
 
 if __name__ == "__main__": sys.exit(main())

@@ -328,6 +328,12 @@ class ByteBPETokenizer(Tokenizer):
       self.ranks.setdefault((a, b), r)
     self._bpe = functools.lru_cache(maxsize=1 << 16)(self._bpe_word)
 
+  # pickled (generate.py keeps it with the compiled steps) without the memo of words: a cached bound method does not
+  def __getstate__(self) -> dict: return {k: v for k, v in self.__dict__.items() if k != "_bpe"}
+  def __setstate__(self, state: dict):
+    self.__dict__.update(state)
+    self._bpe = functools.lru_cache(maxsize=1 << 16)(self._bpe_word)
+
   def _bpe_word(self, word: str) -> tuple[int, ...]:
     parts = list(word)
     while len(parts) > 1:
