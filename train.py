@@ -16,72 +16,27 @@ whose final value is 10% of the peak, and warmup. The paper's numbers (2000 warm
 """
 from __future__ import annotations
 import argparse, pathlib, sys
-import checkpoint, data, llama, lora, memory, parallel
+from dataclasses import fields
+import checkpoint, data, llama, lora, memory
 from cli import one_line_errors
 from engine import use_all_cores
-from training import MODEL_FIELDS, TrainConfig, TrainError, configure, describe, load_checkpoint, model_args, train
+from training import TrainConfig, TrainError, configure, describe, load_checkpoint, model_args, train
+
+# train.py's option groups, in TrainConfig's order: each option is a TrainConfig field (its default and help line)
+GROUPS = {"model (a preset, optionally overridden field by field)": "preset",
+          "fine-tuning (--init-from; LoRA: Hu et al. 2021)": "init_from",
+          "data and output": "data", "optimisation (§2.3)": "batch_size", "evaluation, checkpoints, logs": "eval_every",
+          "devices and memory (§2.4)": "devices"}
 
 def parse_args(argv=None) -> TrainConfig:
   p = argparse.ArgumentParser(description="Train a LLaMA model from scratch (paper §2.3 recipe).")
-  m = p.add_argument_group("model (a preset, optionally overridden field by field)")
-  m.add_argument("--preset", default="small", help=f"one of {', '.join(llama.PRESETS)} (default small)")
-  for f in MODEL_FIELDS: m.add_argument("--" + f.replace("_", "-"), type=int)
-  f = p.add_argument_group("fine-tuning (--init-from; LoRA: Hu et al. 2021)")
-  f.add_argument("--init-from", metavar="PATH",
-                 help="start from this checkpoint (GGUF, llama2.c .bin, Meta, Hugging Face or our own "
-                 "directory): its config, weights and tokenizer; --data must be encoded with that tokenizer")
-  f.add_argument("--tokenizer", metavar="PATH",
-                 help="the tokenizer of --init-from where the checkpoint has none beside it (default: the dataset's)")
-  f.add_argument("--lora-rank", type=int,
-                 help="train rank-R adapters B·A beside the frozen weights instead of every weight")
-  f.add_argument("--lora-alpha", type=float,
-                 help="LoRA scale numerator: B·A is scaled by alpha/rank (default: the rank)")
-  f.add_argument("--lora-targets", help=f"comma-separated matrices to adapt, of {', '.join(lora.SUBLAYER)} "
-                 f"(default {lora.DEFAULT_TARGETS})")
-  f.add_argument("--merge", action="store_true",
-                 help="write the merged model of the LoRA checkpoint in --out and exit (a finished run does it itself)")
-  d = p.add_argument_group("data and output")
-  d.add_argument("--data",
-                 help="dataset directory made by data.py (default data/, built from the default corpus when absent)")
-  d.add_argument("--out", default="out", help="checkpoint directory (default out/)")
-  t = p.add_argument_group("optimisation (§2.3)")
-  t.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch")
-  t.add_argument("--grad-accum", type=int, default=1,
-                 help="micro-batches per step: a step sees batch·accum·seq-len tokens")
-  t.add_argument("--seq-len", type=int, default=128)
-  t.add_argument("--max-steps", type=int, default=200)
-  t.add_argument("--lr", type=float,
-                 help="peak learning rate (default: 3e-3 from scratch, 1e-4 fine-tuning, 1e-3 LoRA)")
-  t.add_argument("--warmup-steps", type=int, help="default: 20 from scratch, 10 fine-tuning")
-  t.add_argument("--lr-decay-steps", type=int, help="end of the cosine decay (default: max-steps)")
-  t.add_argument("--min-lr-ratio", type=float, default=0.1, help="final learning rate / peak (§2.3: 10%%)")
-  t.add_argument("--weight-decay", type=float, default=0.1)
-  t.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
-  t.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                 help="weights and activations")
-  t.add_argument("--seed", type=int, default=1337)
-  r = p.add_argument_group("evaluation, checkpoints, logs")
-  r.add_argument("--eval-every", type=int, default=100, help="steps between validation-loss estimates")
-  r.add_argument("--eval-steps", type=int, default=10, help="validation batches per estimate")
-  r.add_argument("--save-every", type=int, default=100,
-                 help="steps between checkpoints (also at the end and on Ctrl-C)")
-  r.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
-  r.add_argument("--force", action="store_true", help="replace the run in --out by a new one (its files are deleted)")
-  r.add_argument("--plot", action="store_true", help="write out/loss.png (needs matplotlib)")
-  r.add_argument("--sample-tokens", type=int, default=100, help="tokens of the sample printed at the end (0: none)")
-  g = p.add_argument_group("devices and memory (§2.4)")
-  g.add_argument("--devices", default="", help="comma-separated, e.g. CUDA:0,CUDA:1 (CPU:0,CPU:1: virtual CPU "
-                 "devices); default: tinygrad's default device")
-  g.add_argument("--parallel", choices=parallel.PARALLEL_MODES, default="dp",
-                 help="with several devices: dp copies the model and splits each batch, tp splits every layer "
-                      "(Megatron-LM); dp+tp needs a 2-D device mesh that tinygrad 0.14 lacks (default dp)")
-  g.add_argument("--checkpoint-activations", action="store_true",
-                 help="recompute each block's activations in the backward pass: less memory, one more forward")
-  g.add_argument("--dry-run", action="store_true",
-                 help="print the memory per device (the paper's four models, then this run) and exit, "
-                 "allocating nothing")
-  g.add_argument("--beam", type=int, default=0, help="BEAM search width for tinygrad kernel options (0: its "
-                 "heuristics); the first run searches, later runs read the cache")
+  firsts = {first: title for title, first in GROUPS.items()}
+  for f in fields(TrainConfig):
+    if f.name in firsts: group = p.add_argument_group(firsts[f.name])
+    kw = dict(f.metadata)
+    if isinstance(f.default, bool): kw["action"] = "store_true"
+    elif f.default is not None and "choices" not in kw: kw.setdefault("type", type(f.default))
+    group.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
   return configure(TrainConfig(**vars(p.parse_args(argv))))
 
 def dry_run(cfg: TrainConfig) -> int:

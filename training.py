@@ -2,7 +2,7 @@
 # --resume, the §2.3 loop with its evaluations, log and checkpoints, and the checkpoint of a run saved and loaded.
 from __future__ import annotations
 import math, pathlib, signal, sys, time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 import numpy as np
 from tinygrad import Context, Tensor, dtypes
 from tinygrad.helpers import tqdm
@@ -19,48 +19,74 @@ from words import corpus_words, known_share
 class TrainError(ValueError):
   """Bad input to training; the message is one line for the user."""
 
-# ***** configuration: every command-line option of train.py, one field each *****
+# ***** configuration: every command-line option of train.py, one field each, with its help line *****
+
+def option(default, help: str = "", **argparse_kw):
+  """A TrainConfig field that train.py offers as --its-name: the default, the help line, and argparse's type, choices or
+  metavar where the default does not say them."""
+  return field(default=default, metadata={"help": help, **argparse_kw})
 
 @dataclass
 class TrainConfig:
-  preset: str = "small"
-  dim: int | None = None                  # model overrides of the preset
-  n_layers: int | None = None
-  n_heads: int | None = None
-  n_kv_heads: int | None = None
-  multiple_of: int | None = None
-  data: str | None = None
-  out: str = "out"
-  batch_size: int = 8
-  grad_accum: int = 1
-  seq_len: int = 128
-  max_steps: int = 200
-  lr: float | None = None                # None: FINETUNE_DEFAULTS for this kind of run
-  warmup_steps: int | None = None
-  lr_decay_steps: int | None = None      # None: max_steps
-  min_lr_ratio: float = 0.1
-  weight_decay: float = 0.1
-  grad_clip: float = 1.0
-  dtype: str = "float32"
-  seed: int = 1337
-  eval_every: int = 100
-  eval_steps: int = 10
-  save_every: int = 100
-  resume: bool = False
-  force: bool = False                     # replace the run in --out (else a new run refuses to overwrite it)
-  plot: bool = False
-  sample_tokens: int = 100
-  devices: str | tuple[str, ...] = ""     # "CUDA:0,CUDA:1" or a tuple; empty: tinygrad's default device
-  parallel: str = "dp"
-  checkpoint_activations: bool = False
-  dry_run: bool = False
-  beam: int = 0                           # tinygrad BEAM search width (0: its heuristics)
-  init_from: str | None = None           # fine-tune this checkpoint (any format checkpoint.load opens)
-  tokenizer: str | None = None           # its tokenizer where it has none beside it (default: the dataset's)
-  lora_rank: int | None = None           # train LoRA adapters of this rank, the base frozen; None: every weight
-  lora_alpha: float | None = None        # None: the rank (§4.1: α/r scales B·A)
-  lora_targets: str | None = None        # None: lora.DEFAULT_TARGETS
-  merge: bool = False
+  # model: a preset, optionally overridden field by field (MODEL_FIELDS)
+  preset: str = option("small", f"one of {', '.join(llama.PRESETS)} (default small)")
+  dim: int | None = option(None, type=int)
+  n_layers: int | None = option(None, type=int)
+  n_heads: int | None = option(None, type=int)
+  n_kv_heads: int | None = option(None, type=int)
+  multiple_of: int | None = option(None, type=int)
+  # fine-tuning (--init-from; LoRA: Hu et al. 2021)
+  init_from: str | None = option(None, "start from this checkpoint (GGUF, llama2.c .bin, Meta, Hugging Face or our own "
+                                 "directory): its config, weights and tokenizer; --data must be encoded with that "
+                                 "tokenizer", metavar="PATH")
+  tokenizer: str | None = option(None, "the tokenizer of --init-from where the checkpoint has none beside it (default: "
+                                 "the dataset's)", metavar="PATH")
+  lora_rank: int | None = option(None, "train rank-R adapters B·A beside the frozen weights instead of every weight",
+                                 type=int)
+  lora_alpha: float | None = option(None, "LoRA scale numerator: B·A is scaled by alpha/rank (default: the rank; §4.1)",
+                                    type=float)
+  lora_targets: str | None = option(None, f"comma-separated matrices to adapt, of {', '.join(lora.SUBLAYER)} "
+                                    f"(default {lora.DEFAULT_TARGETS})")
+  merge: bool = option(False, "write the merged model of the LoRA checkpoint in --out and exit (a finished run does it "
+                       "itself)")
+  # data and output
+  data: str | None = option(None, "dataset directory made by data.py (default data/, built from the default corpus "
+                            "when absent)")
+  out: str = option("out", "checkpoint directory (default out/)")
+  # optimisation (§2.3)
+  batch_size: int = option(8, "sequences per micro-batch")
+  grad_accum: int = option(1, "micro-batches per step: a step sees batch·accum·seq-len tokens")
+  seed: int = option(1337, "initial weights and batch order")
+  seq_len: int = option(128, "tokens per sequence")
+  max_steps: int = option(200, "optimiser steps of the run")
+  lr: float | None = option(None, "peak learning rate (default: 3e-3 from scratch, 1e-4 fine-tuning, 1e-3 LoRA)",
+                            type=float)
+  warmup_steps: int | None = option(None, "default: 20 from scratch, 10 fine-tuning", type=int)
+  lr_decay_steps: int | None = option(None, "end of the cosine decay (default: max-steps)", type=int)
+  min_lr_ratio: float = option(0.1, "final learning rate / peak (§2.3: 10%%)")
+  weight_decay: float = option(0.1, "AdamW's decoupled weight decay of the matrices (§2.3: 0.1)")
+  grad_clip: float = option(1.0, "clip the global gradient norm to this")
+  dtype: str = option("float32", "weights and activations", choices=("float32", "bfloat16", "float16"))
+  # evaluation, checkpoints, logs
+  eval_every: int = option(100, "steps between validation-loss estimates")
+  eval_steps: int = option(10, "validation batches per estimate")
+  save_every: int = option(100, "steps between checkpoints (also at the end and on Ctrl-C)")
+  resume: bool = option(False, "continue the run whose checkpoint is in --out")
+  force: bool = option(False, "replace the run in --out by a new one (its files are deleted)")
+  plot: bool = option(False, "write out/loss.png (needs matplotlib)")
+  sample_tokens: int = option(100, "tokens of the sample printed at the end (0: none)")
+  # devices and memory (§2.4)
+  devices: str | tuple[str, ...] = option("", "comma-separated, e.g. CUDA:0,CUDA:1 (CPU:0,CPU:1: virtual CPU devices); "
+                                          "default: tinygrad's default device")
+  parallel: str = option("dp", "with several devices: dp copies the model and splits each batch, tp splits every layer "
+                         "(Megatron-LM); dp+tp needs a 2-D device mesh that tinygrad 0.14 lacks (default dp)",
+                         choices=parallel.PARALLEL_MODES)
+  checkpoint_activations: bool = option(False, "recompute each block's activations in the backward pass: less memory, "
+                                        "one more forward")
+  dry_run: bool = option(False, "print the memory per device (the paper's four models, then this run) and exit, "
+                         "allocating nothing")
+  beam: int = option(0, "BEAM search width for tinygrad kernel options (0: its heuristics); the first run searches, "
+                     "later runs read the cache")
 
   def __post_init__(self):
     for k in ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_every", "eval_steps", "save_every"):

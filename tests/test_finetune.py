@@ -328,18 +328,17 @@ def other_tok_data(fixtures, text_data, tmp_path_factory) -> pathlib.Path:
   assert data.read_meta(d / "ds")["vocab_size"] == 512
   return d / "ds"
 
-@pytest.mark.parametrize("argv, message", [
-  (["--init-from", "{txt}", "--data", "{data}"], "is not a checkpoint load() knows"),
-  (["--init-from", "{model}", "--tokenizer", "{tok}", "--data", "{other}"
-    ], "was encoded with another tokenizer than the model's (512 vs 512 tokens"),
-  (["--init-from", "{model}", "--data", "{data}", "--lora-rank", "0"], "--lora-rank must be at least 1"),
-  (["--init-from", "{model}", "--data", "{data}", "--lora-rank", "65"
-    ], "--lora-rank must be between 1 and the model's dim (64)"),
-  (["--init-from", "{model}", "--data", "{data}", "--lora-rank", "2", "--lora-targets", "wq,wz"], "--lora-targets"),
-  (["--data", "{data}", "--lora-rank", "2"], "--lora-rank needs --init-from"),
-  (["--init-from", "{model}"], "--init-from needs --data"),
-  (["--init-from", "{model}", "--data", "{data}", "--dim", "32"], "--dim cannot change the model"),
-  (["--out", "{tmp}", "--merge"], "holds no LoRA run"),
+@pytest.mark.parametrize("argv, message", [   # argv: train.py's words, {names} filled in below
+  ('--init-from {txt} --data {data}', 'is not a checkpoint load() knows'),
+  ('--init-from {model} --tokenizer {tok} --data {other}',
+   "was encoded with another tokenizer than the model's (512 vs 512 tokens"),
+  ('--init-from {model} --data {data} --lora-rank 0', '--lora-rank must be at least 1'),
+  ('--init-from {model} --data {data} --lora-rank 65', "--lora-rank must be between 1 and the model's dim (64)"),
+  ('--init-from {model} --data {data} --lora-rank 2 --lora-targets wq,wz', '--lora-targets'),
+  ('--data {data} --lora-rank 2', '--lora-rank needs --init-from'),
+  ('--init-from {model}', '--init-from needs --data'),
+  ('--init-from {model} --data {data} --dim 32', '--dim cannot change the model'),
+  ('--out {tmp} --merge', 'holds no LoRA run'),
 ])
 def test_bad_input(argv, message, s260, text_data, other_tok_data, tmp_path, capsys):
   (tmp_path / "notes.txt").write_text("not a checkpoint\n")
@@ -349,7 +348,8 @@ def test_bad_input(argv, message, s260, text_data, other_tok_data, tmp_path, cap
               model=s260[0],
               tok=s260[1],
               tmp=tmp_path)
-  assert run(*[a.format(**fill) for a in argv], *([] if "--out" in argv else ["--out", tmp_path / "out"]), *SMALL) == 1
+  words = [a.format(**fill) for a in argv.split()]
+  assert run(*words, *([] if "--out" in words else ["--out", tmp_path / "out"]), *SMALL) == 1
   one_line_error(capsys, message)
 
 def test_bad_chat_lines(smol_tok, fixtures, tmp_path, capsys):
