@@ -25,7 +25,8 @@ def test_generate_names_loading_and_compiling_before_the_text(monkeypatch, s260)
   both = io.StringIO()
   both.isatty = lambda: False
   with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
-    assert generate.main([str(s260[0]), "--tokenizer", str(s260[1]), "-p", "Once upon", "-n", "8", "-t", "0"]) == 0
+    assert generate.main([str(s260[0]), "--tokenizer", str(s260[1]), "-p", "Once upon", "-n", "8", "-t", "0",
+                          "--cache-dir", ""]) == 0   # no cached steps: the compiles show
   out = both.getvalue()
   at = lambda text: out.index(text)
   assert at(f"loading {s260[0]}") < at("loaded ") < at("Once upon") < at("compiling the prefill step") < \
