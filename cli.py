@@ -5,7 +5,8 @@ import sys, time
 from typing import Callable
 
 def one_line_errors(prog: str, run: Callable[[], int | None], errors: tuple = (ValueError, OSError)) -> int:
-  """run()'s exit code; an expected error prints `prog: error: ...` (1), Ctrl-C `prog: interrupted` (130)."""
+  """run()'s exit code; an expected error prints `prog: error: ...` (1), Ctrl-C `prog: interrupted` (130), and a
+  machine where tinygrad finds no device to run on (clang missing) says so (1)."""
   try: return run() or 0
   except errors as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
@@ -13,6 +14,11 @@ def one_line_errors(prog: str, run: Callable[[], int | None], errors: tuple = (V
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)
     return 130
+  except RuntimeError as e:   # tinygrad's words when no backend starts; on a CPU that is a missing clang
+    if str(e) != "no usable devices": raise
+    print(f"{prog}: error: no tinygrad device could start (its CPU backend compiles with clang: is clang installed? "
+          "README, Set up)", file=sys.stderr)
+    return 1
 
 def add_benchmark_flags(parser, unit: str) -> None:
   """--cores (engine.use_all_cores: all, one, or both interleaved) and --time-limit, as both benchmarks take them."""

@@ -6,9 +6,10 @@ crosses to the host. generate.py, serve.py, eval.py and train.py decode through 
 from __future__ import annotations
 import math, resource, secrets, sys, time
 from dataclasses import dataclass
-from tinygrad import Context, Tensor, TinyJit, UOp, dtypes
+from tinygrad import Context, Tensor, UOp, dtypes
+from tinygrad.nn.state import get_state_dict
 import llama, parallel
-from engine import load_captured, save_captured
+from engine import capture_at_once, load_captured, save_captured
 from progress import phase
 
 # ***** sampling on the device *****
@@ -117,13 +118,16 @@ class Generator:
     # the last prefill chunk is padded to full size: the cache has room for its tail (padding is written past
     # the real tokens, never attended to, and overwritten by later tokens)
     model.init_cache(1, max_context + self.chunk - 1)
+    # the steps capture on their first call (no eager warm-up compiling everything twice), so what they read must
+    # exist already: a lazy tensor would be computed again at every call
+    Tensor.realize(*get_state_dict(model).values())
     self.rng = Rng(seed, self.devices[0])
     self.knobs = sampling.knobs().to(self.devices[0]).realize()
     self.one = Tensor([1.0], device=self.devices[0]).realize()
-    self.prefill_step, self.decode_step = TinyJit(self._step), TinyJit(self._step)
+    self.prefill_step, self.decode_step = capture_at_once(self._step), capture_at_once(self._step)
     self.v_pos = UOp.variable("start_pos", 0, max_context - 1)
     self.pos, self.pending = 0, None   # pending: the last sampled token, on the device, not yet in the cache
-    self.steps, self.prefills = 0, 0   # decode and prefill steps so far: the first two of each compile
+    self.steps, self.prefills = 0, 0   # decode and prefill steps so far: the first of each compiles
     self.compiled: dict = {}           # the steps (and their counts) of other kinds of sampling, see resample
 
   def _step(self, tokens: Tensor, start_pos: UOp, select: Tensor, knobs: Tensor) -> Tensor:
@@ -150,7 +154,7 @@ class Generator:
       if self.model is None:
         raise ValueError("this Generator was restored from a file without its model: it samples as it was saved "
                          f"(greedy, top-k, top-p on: {self.sampling.kind()}), not {kind}")
-      self.compiled[kind] = TinyJit(self._step), TinyJit(self._step), 0, 0
+      self.compiled[kind] = capture_at_once(self._step), capture_at_once(self._step), 0, 0
     self.sampling = sampling
     self.prefill_step, self.decode_step, self.steps, self.prefills = self.compiled[kind]
     self.knobs = sampling.knobs().to(self.devices[0]).realize()
@@ -165,7 +169,7 @@ class Generator:
       part = ids[s:s + self.chunk]
       select = [0.0] * self.chunk
       select[len(part) - 1] = 1.0
-      with Context(BEAM=self.beam), phase("compiling the prefill step", quiet=self.prefills >= 2):
+      with Context(BEAM=self.beam), phase("compiling the prefill step", quiet=self.prefills > 0):
         self.pending = self.prefill_step(
           Tensor([part + [0] * (self.chunk - len(part))], dtype=dtypes.int32, device=self.devices[0]),
           self.v_pos.bind(self.pos), Tensor(select, device=self.devices[0]), self.knobs)
@@ -176,7 +180,7 @@ class Generator:
     """Put the pending token into the cache and sample the one after it. The pending token never leaves the
     device: the step reads the previous step's output buffer directly."""
     if self.pos >= self.max_context: raise ValueError(f"the context of {self.max_context} tokens is full")
-    with Context(BEAM=self.beam), phase("compiling the decode step", quiet=self.steps >= 2):
+    with Context(BEAM=self.beam), phase("compiling the decode step", quiet=self.steps > 0):
       self.pending = self.decode_step(self.pending, self.v_pos.bind(self.pos), self.one, self.knobs)
     self.pos, self.steps = self.pos + 1, self.steps + 1
     return self.pending.item()
@@ -186,14 +190,14 @@ class Generator:
   def save(self, path, **extra) -> None:
     """Write both compiled steps to `path` with what replaying them needs (engine.save_captured), and `extra`
     (picklable values restore hands back), so that a later process neither loads the checkpoint nor compiles. The
-    steps hold the weights and the KV cache: the file is about their size. A step not captured yet (TinyJit captures
-    on its second call) is run first on a dummy token, which leaves the cache empty (pos 0)."""
+    steps hold the weights and the KV cache: the file is about their size. A step not captured yet (it captures on
+    its first call) is run first on a dummy token, which leaves the cache empty (pos 0)."""
     if self.model is None: raise ValueError("a Generator restored without its model cannot be saved again")
     with phase("saving the compiled steps for the next launch"):
-      while self.prefills < 2 or self.steps < 2:
+      if not self.prefills or not self.steps:
         self.rewind(0)
         self.feed([0])
-        if self.steps < 2: self.next()
+        if not self.steps: self.next()
         self.rewind(0)
       save_captured(path, {"steps": (self.prefill_step, self.decode_step), "rng": self.rng.state, "one": self.one,
                            "v_pos": self.v_pos, "kind": self.sampling.kind(), "max_context": self.max_context,
@@ -216,7 +220,7 @@ class Generator:
     gen.prefill_step, gen.decode_step = saved["steps"]
     gen.v_pos, gen.one, gen.rng = saved["v_pos"], saved["one"], Rng(seed, state=saved["rng"])
     gen.knobs = sampling.knobs().to(gen.devices[0]).realize()
-    gen.pos, gen.pending, gen.steps, gen.prefills = 0, None, 2, 2   # both steps captured: they replay from call 1
+    gen.pos, gen.pending, gen.steps, gen.prefills = 0, None, 1, 1   # both steps captured: they replay from call 1
     return gen, saved["extra"]
 
 @dataclass
@@ -227,7 +231,7 @@ class Stats:
   prefill_time: float = 0.0         # seconds in prefills (every turn of a chat)
   decode_steps: int = 0             # one-token steps replayed by the JIT
   decode_time: float = 0.0          # seconds in them
-  compile_time: float = 0.0         # seconds in the first two steps (TinyJit runs, then captures: compilation)
+  compile_time: float = 0.0         # seconds in the first decode step (it captures: compilation)
   stop: str = ""
 
   def line(self) -> str:
@@ -258,7 +262,7 @@ def generate(gen: Generator, ids: list[int], max_new: int, eos_id: int | None, s
     if on_token: on_token(tok)
     if len(out) == max_new: stats.stop = f"{max_new} new tokens (-n)"; break
     if gen.pos >= gen.max_context: stats.stop = f"context limit of {gen.max_context} tokens"; break
-    warm, t1 = gen.steps >= 2, time.perf_counter()
+    warm, t1 = gen.steps > 0, time.perf_counter()
     tok = gen.next()
     if warm:
       stats.decode_steps, stats.decode_time = stats.decode_steps + 1, stats.decode_time + time.perf_counter() - t1

@@ -61,16 +61,17 @@ def run_chat(gen: Generator, tok, args) -> Stats:
   return stats
 
 def run_benchmark(gen: Generator, model, tok, args, prompt_ids: list[int], runs: int = 5):
-  """The same prompt `runs` times on warm compiled steps, after two warm-up runs (TinyJit runs a step, then captures
-  it: both compile); the first, cold run is reported apart."""
+  """The same prompt `runs` times on warm compiled steps, after a warm-up run (the steps compile on their first
+  call), which is reported apart."""
   ttft, prefill, decode = [], [], []
-  for r in range(runs + 2):
+  for r in range(runs + 1):
     gen.reset()
     stats = Stats()
     generate(gen, prompt_ids, args.max_new_tokens, None, stats)   # no EOS stop: every run decodes the same count
-    print(f"  run {r + 1}/{runs + 2}{' (warm-up: compiles)' if r < 2 else ''}: {stats.line()}", file=sys.stderr)
-    if r == 0: cold = stats
-    if r < 2: continue
+    print(f"  run {r + 1}/{runs + 1}{' (warm-up: compiles)' if r == 0 else ''}: {stats.line()}", file=sys.stderr)
+    if r == 0:
+      cold = stats
+      continue
     ttft.append(stats.ttft)
     prefill.append(stats.prompt_tokens / stats.prefill_time)
     decode.append(stats.decode_steps / stats.decode_time)

@@ -1,12 +1,24 @@
 # The suite's shared pieces: the hypothesis profile, the shared fixtures directory, what several test files need built
-# once per session (stories260K's paths, a prepared Shakespeare dataset), and the fuzz tests' sandbox and watch.
+# once per session (stories260K's paths, a prepared Shakespeare dataset), the fuzz tests' sandbox and watch, and a
+# home of the session's own.
 import pathlib, pytest
 from hypothesis import settings
+from tinygrad.helpers import CACHEDB
 import data, fuzzing
 
 # property tests compile tinygrad kernels: no per-example deadline, example counts set per test
 settings.register_profile("llama", deadline=None, print_blob=True)
 settings.load_profile("llama")
+
+@pytest.fixture(scope="session", autouse=True)
+def own_home(tmp_path_factory):
+  """generate.py keeps compiled steps in ~/.cache/llama-tinygrad: under a home of the session's own (also for the
+  programs the tests launch), no test replays steps that an earlier run left, and none are left behind. tinygrad's
+  compile cache stays where it was."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("CACHEDB", CACHEDB)
+    mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    yield
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 

@@ -10,7 +10,7 @@ from tinygrad.nn.state import safe_load
 import data, generate, llama, plots, train, training, optim, steps, runs
 import checkpoint, parallel, words
 import decode
-from common import TINY
+from common import TINY, one_line_error
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -196,6 +196,15 @@ def test_bad_input(extra, message, dataset, short_data, tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1 and err.startswith("train.py: error:")
 
+def test_no_clang_is_one_line(tmp_path):
+  """A machine without clang: tinygrad's CPU backend cannot start and no other device is there; train.py says what to
+  install in one line instead of tinygrad's traceback ("no usable devices")."""
+  # an empty PATH, and a new compile cache (the CPU backend's start-up programs are cached once compiled)
+  env = {k: v for k, v in os.environ.items() if k != "DEV"} | {"PATH": str(tmp_path), "CACHEDB": str(tmp_path / "c.db")}
+  r = subprocess.run([sys.executable, str(REPO / "train.py"), "--dry-run"], capture_output=True, text=True, env=env,
+                     cwd=tmp_path, timeout=120)
+  assert one_line_error(r.returncode, r.stdout, r.stderr, "is clang installed?", "train.py"), r.stderr[-2000:]
+
 def test_plot(dataset, tmp_path, capsys):
   if not plots.available():   # matplotlib is an optional extra
     assert run(*TINY, "--data", dataset, "--out", tmp_path, "--plot") == 1
@@ -299,18 +308,22 @@ def test_dry_run_prints_memory_without_allocating(capsys):
 
 # ***** the sample reads as the corpus: words.py's measure *****
 
-def sample_share(model, tok, words_set: set[str], seed: int) -> float:
-  gen = decode.Generator(model, 128, decode.Sampling(temperature=0.8, top_p=1.0), seed=seed, chunk=1)
-  text = tok.decode(decode.generate(gen, [tok.bos_id], 100, tok.eos_id, decode.Stats()))
-  model.drop_cache()
-  return words.known_share(text, words_set)
+def sample_share(model, tok, words_set: set[str], seeds=range(4)) -> float:
+  """The share of corpus words in the samples of `seeds` together (100 tokens each, temperature 0.3: a 60-step model
+  at train.py's 0.8 still draws mostly from its noise; one sample holds too few words to measure)."""
+  texts = []
+  for seed in seeds:
+    gen = decode.Generator(model, 128, decode.Sampling(temperature=0.3, top_p=1.0), seed=seed, chunk=1)
+    texts.append(tok.decode(decode.generate(gen, [tok.bos_id], 100, tok.eos_id, decode.Stats())))
+    model.drop_cache()
+  return words.known_share(" ".join(texts), words_set)
 
 def test_training_makes_the_sample_corpus_words(run60, dataset):
-  """60 steps of a one-layer 32-wide model on Shakespeare: its samples' words are at least twice as often words of the
-  corpus as an untrained model's of the same shape (the measure train.py prints under its sample; the default
-  run's figure is in the README)."""
+  """60 steps of a one-layer 32-wide model on Shakespeare: most of the words of its samples are words of the corpus,
+  at least twice the share of an untrained model of the same shape (the measure train.py prints under its sample;
+  the default run's figure is in the README)."""
   model, tok = checkpoint.load(run60)
   vocab = words.corpus_words(dataset)
-  trained = np.median([sample_share(model, tok, vocab, s) for s in range(3)])
-  untrained = np.median([sample_share(llama.Transformer(model.args), tok, vocab, s) for s in range(3)])
-  assert trained >= 2 * untrained and trained >= untrained + 0.1, (trained, untrained)
+  Tensor.manual_seed(0)   # the untrained model is one fixed draw, whatever ran before in this process
+  trained, untrained = sample_share(model, tok, vocab), sample_share(llama.Transformer(model.args), tok, vocab)
+  assert trained > 0.5 and trained >= 2 * untrained, (trained, untrained)
