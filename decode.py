@@ -7,7 +7,6 @@ from __future__ import annotations
 import math, resource, secrets, sys, time
 from dataclasses import dataclass
 from tinygrad import Context, Tensor, UOp, dtypes
-from tinygrad.nn.state import get_state_dict
 import llama, parallel
 from engine import capture_at_once, load_captured, save_captured
 from progress import phase
@@ -118,13 +117,10 @@ class Generator:
     # the last prefill chunk is padded to full size: the cache has room for its tail (padding is written past
     # the real tokens, never attended to, and overwritten by later tokens)
     model.init_cache(1, max_context + self.chunk - 1)
-    # the steps capture on their first call (no eager warm-up compiling everything twice), so what they read must
-    # exist already: a lazy tensor would be computed again at every call
-    Tensor.realize(*get_state_dict(model).values())
     self.rng = Rng(seed, self.devices[0])
     self.knobs = sampling.knobs().to(self.devices[0]).realize()
     self.one = Tensor([1.0], device=self.devices[0]).realize()
-    self.prefill_step, self.decode_step = capture_at_once(self._step), capture_at_once(self._step)
+    self.prefill_step, self.decode_step = capture_at_once(self._step, model), capture_at_once(self._step, model)
     self.v_pos = UOp.variable("start_pos", 0, max_context - 1)
     self.pos, self.pending = 0, None   # pending: the last sampled token, on the device, not yet in the cache
     self.steps, self.prefills = 0, 0   # decode and prefill steps so far: the first of each compiles
@@ -154,7 +150,7 @@ class Generator:
       if self.model is None:
         raise ValueError("this Generator was restored from a file without its model: it samples as it was saved "
                          f"(greedy, top-k, top-p on: {self.sampling.kind()}), not {kind}")
-      self.compiled[kind] = capture_at_once(self._step), capture_at_once(self._step), 0, 0
+      self.compiled[kind] = capture_at_once(self._step, self.model), capture_at_once(self._step, self.model), 0, 0
     self.sampling = sampling
     self.prefill_step, self.decode_step, self.steps, self.prefills = self.compiled[kind]
     self.knobs = sampling.knobs().to(self.devices[0]).realize()

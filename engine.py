@@ -9,6 +9,7 @@ from tinygrad.device import Buffer
 from tinygrad.engine import worker as compile_workers
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
+from tinygrad.nn.state import get_state_dict
 from tinygrad.runtime.ops_cpu import CPUProgram
 from tinygrad.codegen.opt import KernelOptError, Opt, OptOps, heuristic
 from tinygrad.tensor import all_tensors
@@ -29,10 +30,13 @@ def recomputed(fn):
   lazy nodes, so calling a block twice would reuse the first forward. `function`'s precompile flags: 0.14.0."""
   return function(precompile=True, precompile_backward=True)(fn)
 
-def capture_at_once(fn) -> TinyJit:
+def capture_at_once(fn, *reads) -> TinyJit:
   """A TinyJit that captures on its first call. By default TinyJit runs a function eagerly once first, a warm-up that
-  schedules and compiles the same kernels a second time; steps that read only buffers already realised (weights,
-  cache, inputs) have nothing left for a warm-up to do. TinyJit.cnt: 0.14.0."""
+  schedules and compiles the same kernels a second time (a quarter of SmolLM2's Generator start-up, README). A step
+  captured at once must read only realised buffers: a lazy tensor (AdamW's zero moments, say) would be computed anew,
+  zeroed, at every replay. So every tensor of `reads` (objects such as the model and the optimiser: their
+  get_state_dict) is realised first. TinyJit.cnt: 0.14.0."""
+  if state := [t for r in reads for t in get_state_dict(r).values()]: Tensor.realize(*state)
   jit = TinyJit(fn)
   jit.cnt = 1
   return jit

@@ -58,8 +58,8 @@ class Scorer:
     self.model, self.rows, max_start = model, rows, max(max_start, 1)
     model.init_cache(rows, max_start + max(PREFILL_CHUNKS[0], bucket(max_len)))
     self.v_pos = UOp.variable("start_pos", 0, max_start)
-    self.prefill = {c: capture_at_once(self._prefill) for c in PREFILL_CHUNKS}
-    self.spread, self.steps = capture_at_once(self._spread), {}
+    self.prefill = {c: capture_at_once(self._prefill, model) for c in PREFILL_CHUNKS}
+    self.spread, self.steps = capture_at_once(self._spread, model), {}
     self.held: list[int] = []   # the tokens at positions 0.. of every row of the cache
     self.ran: set = set()       # the steps that ran once: compiled
 
@@ -107,7 +107,7 @@ class Scorer:
       rows, T = min(self.rows, 1 << (len(batch) - 1).bit_length()), bucket(max(map(len, batch)))
       tokens, targets = np.zeros((rows, T), np.int32), np.full((rows, T), -1, np.int32)
       for r, c in enumerate(batch): tokens[r, :len(c)], targets[r, :len(c)] = (ctx[-1],) + c[:-1], c
-      if (rows, T) not in self.steps: self.steps[rows, T] = capture_at_once(self._step)
+      if (rows, T) not in self.steps: self.steps[rows, T] = capture_at_once(self._step, self.model)
       with self.compiling(f"step of {rows}x{T}"):
         lp = self.steps[rows, T](Tensor(tokens), Tensor(targets), self.v_pos.bind(n)).numpy()
       out += [lp[r, :len(c)].astype(np.float64) for r, c in enumerate(batch)]

@@ -2,6 +2,7 @@
 # from grad_accum micro-batches (forward, backward, §2.3 clipping and AdamW) as one TinyJit, and the validation loss.
 from __future__ import annotations
 from tinygrad import Context, Tensor, TinyJit
+from engine import capture_at_once
 from tinygrad.nn.optim import OptimizerGroup
 import data
 from optim import clip_grad_norm, set_lr
@@ -17,7 +18,6 @@ def counted(y: Tensor) -> Tensor:
 
 def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip: float,
                     checkpoint_activations: bool = False) -> TinyJit:
-  @TinyJit
   def train_step(x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
     """One update from grad_accum micro-batches x, y: (K, B, T); the loss is the mean over every counted target of the
     step. Each micro-batch's gradients are realised before the next forward, so memory holds one micro-batch of
@@ -41,9 +41,8 @@ def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip:
       # the updated masters, rounded
       Tensor.realize(total, norm, *opt.schedule_step(), *[p.assign(m.cast(p.dtype)) for p, m in masters])
     return total, norm
-  return train_step
+  return capture_at_once(train_step, model, opt)
 
 def make_eval_step(model) -> TinyJit:
-  @TinyJit
   def eval_step(x: Tensor, y: Tensor) -> Tensor: return (loss_sum(model(x), y) / counted(y)).realize()
-  return eval_step
+  return capture_at_once(eval_step, model)

@@ -329,11 +329,11 @@ def train(cfg: TrainConfig, eval_at: frozenset[int] = frozenset(), label: str = 
                    for _ in range(cfg.grad_accum)]
         x, y = (parallel.to_device(np.stack([b[i] for b in batches]), cfg.devices, cfg.parallel, batch_axis=1)
                 for i in (0, 1))
-        with phase("compiling the training step", quiet=state["step"] - first >= 2):   # TinyJit: runs, captures
+        with phase("compiling the training step", quiet=state["step"] > first):   # the first call compiles
           loss, norm = train_step(x, y, Tensor([lr], dtype=dtypes.float32))
           loss, norm = loss.item(), norm.item()
         now = time.perf_counter()
-        if state["step"] - first == 2: eta_from_here(bar, now - t_last)   # the ETA leaves the compiles out
+        if state["step"] - first == 1: eta_from_here(bar, now - t_last)   # the ETA leaves the compile out
         state.update(step=step + 1, tokens=state["tokens"] + tokens_per_step)
         entry = {"step": step + 1, "tokens": state["tokens"], "loss": loss, "lr": lr, "grad_norm": norm,
                  "tok_s": tokens_per_step / (now - t_last)}

@@ -90,3 +90,22 @@ def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
   a, b = randn(64, 96), randn(96, 40, seed=1)
   out = (Tensor(a) @ Tensor(b)).relu().sum(1).numpy()
   np.testing.assert_allclose(out, np.maximum(a @ b, 0).sum(1), rtol=1e-4, atol=1e-4)
+
+class Accumulator:
+  """State a step reads and updates, lazy until something realises it (like AdamW's zero moments)."""
+  def __init__(self): self.total = Tensor.zeros(3)
+
+@pytest.mark.parametrize("realised", [True, False])
+def test_capture_at_once_captures_on_the_first_call_and_needs_its_state_realised(realised):
+  acc, w = Accumulator(), Tensor(randn(3, 3)).realize()
+  step = engine.capture_at_once(lambda x: acc.total.assign(acc.total + x @ w).realize(), *([acc] if realised else []))
+  expect, before = np.zeros(3, np.float32), None
+  for i in range(4):
+    if i == 1: before = engine.compiled_kernels()
+    x = randn(3, seed=i)
+    got, expect = step(Tensor(x)).numpy(), expect + x @ w.numpy()
+    if not realised: continue
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+  assert engine.compiled_kernels() == before   # calls 2..4 replay what call 1 captured
+  # left lazy, the zeros are part of the capture: every replay starts the sum again (why capture_at_once realises)
+  if not realised: np.testing.assert_allclose(got, x @ w.numpy(), rtol=1e-5)

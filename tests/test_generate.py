@@ -231,13 +231,14 @@ def test_cli_tensor_parallel_two_devices(fixtures, s260):
   r = cli(s260[0], "--tokenizer", s260[1], "--devices", "CPU:0,CPU:1,CPU:2")
   assert one_line_error(r.returncode, r.stdout, r.stderr, "n_heads (8) to be divisible by 3", "generate.py")
 
-def test_cli_chat_two_turns(fixtures, capsys, monkeypatch):
+def test_cli_chat_two_turns(fixtures, capsys, monkeypatch, tmp_path):
   """SmolLM2-135M-Instruct answers two piped turns through its ChatML template, reusing the cache: the second answer
-  is the greedy answer to the whole conversation as the model's own Jinja template renders it, prefilled afresh."""
+  is the greedy answer to the whole conversation as the model's own Jinja template renders it, prefilled afresh (by
+  the steps the launch kept in --cache-dir, restored into an empty cache: no second compile of SmolLM2)."""
   jinja2 = pytest.importorskip("jinja2")
   path, questions = fixtures / "smollm2-135m-instruct-q4_1.gguf", ["What is the capital of France?", "What is 2 + 2?"]
   monkeypatch.setattr(sys, "stdin", io.StringIO("".join(q + "\n" for q in questions)))   # piped: not a terminal
-  code = G.main([str(path), "--chat", "-t", "0", "-n", "48", "--max-context", "256"])
+  code = G.main([str(path), "--chat", "-t", "0", "-n", "48", "--max-context", "256", "--cache-dir", str(tmp_path)])
   out, err = capsys.readouterr()
   assert code == 0, err
   lines = [a for a in out.strip().split("\n") if a.strip()]
@@ -245,11 +246,11 @@ def test_cli_chat_two_turns(fixtures, capsys, monkeypatch):
   answers = lines[1::2]
   assert len(answers) == 2 and "Paris" in answers[0], out
   assert err.count("[end of sequence (EOS)]") == 2 and "prompt" in err
-  model, tok = checkpoint.load(path)
+  [kept] = tmp_path.glob("*.jit")
+  gen, tok, _, _ = G.restore(kept, decode.Sampling(0.0), None)
   msgs = [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": answers[0]},
           {"role": "user", "content": questions[1]}]
   ids = tok.encode(jinja2.Template(tok.chat_template).render(messages=msgs, add_generation_prompt=True), special=True)
-  gen = decode.Generator(kernels.use_decode_kernels(model), 256, decode.Sampling(0.0))
   assert tok.decode(decode.generate(gen, ids, 48, tok.eos_id, decode.Stats())).strip() == answers[1]
 
 _keepers: dict = {}
