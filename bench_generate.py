@@ -137,8 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--chunks", default="32", help="comma-separated prefill chunk sizes to compare (generate.py's: 32)")
   p.add_argument("--decode-kernels", choices=("on", "off", "both"), default="on",
                  help="kernels.use_decode_kernels (generate.py: on)")
-  p.add_argument("--compact", choices=("on", "off", "both"), default="off",
-                 help="GGUF: quantised weights kept compact, checkpoint.load(compact=True), or float32 (generate.py)")
+  p.add_argument("--compact", choices=("on", "off", "both"), default="on",
+                 help="GGUF: quantised weights kept compact, checkpoint.load(compact=True) (generate.py), or float32")
   p.add_argument("--beam", type=int, default=0,
                  help="tinygrad BEAM search width for the compiled steps' kernels (0: heuristics); not the loader's")
   add_benchmark_flags(p, "round")

@@ -30,13 +30,21 @@ def recomputed(fn):
   lazy nodes, so calling a block twice would reuse the first forward. `function`'s precompile flags: 0.14.0."""
   return function(precompile=True, precompile_backward=True)(fn)
 
+def made_from_nothing(t: Tensor) -> bool:
+  """Whether `t` reads no realised buffer of a device: only constants, host data (numpy arrays, lists) or buffers not
+  allocated yet (Tensor.zeros(...).contiguous()). A view of a realised buffer or an expression over one (fused rows,
+  a dequantising weight) is not. UOp.toposort, Ops.BUFFER, the NPY and PYTHON host devices: 0.14.0."""
+  return not any(u.op is Ops.BUFFER and u.is_realized and str(u.device).split(":")[0] not in ("NPY", "PYTHON")
+                 for u in t.uop.toposort())
+
 def capture_at_once(fn, *reads) -> TinyJit:
   """A TinyJit that captures on its first call. By default TinyJit runs a function eagerly once first, a warm-up that
-  schedules and compiles the same kernels a second time (a quarter of SmolLM2's Generator start-up, README). A step
-  captured at once must read only realised buffers: a lazy tensor (AdamW's zero moments, say) would be computed anew,
-  zeroed, at every replay. So every tensor of `reads` (objects such as the model and the optimiser: their
-  get_state_dict) is realised first. TinyJit.cnt: 0.14.0."""
-  if state := [t for r in reads for t in get_state_dict(r).values()]: Tensor.realize(*state)
+  schedules and compiles the same kernels a second time (a quarter of SmolLM2's Generator start-up, README). What a
+  step captured at once reads must exist already: state made from nothing (AdamW's zero moments, a table from numpy)
+  would be made anew, zeroed, at every replay. So every such tensor of `reads` (objects such as the model and the
+  optimiser: their get_state_dict) is realised first; expressions over realised buffers (a compact layer's
+  dequantising weight, a view of fused rows) stay lazy, as the step is meant to compute them. TinyJit.cnt: 0.14.0."""
+  if state := [t for r in reads for t in get_state_dict(r).values() if made_from_nothing(t)]: Tensor.realize(*state)
   jit = TinyJit(fn)
   jit.cnt = 1
   return jit

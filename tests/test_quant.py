@@ -142,3 +142,16 @@ def test_smollm2_compact_gives_the_golden_greedy_tokens(fixtures):
   cfg = {"n_heads": kv["llama.attention.head_count"], "n_kv_heads": kv["llama.attention.head_count_kv"],
          "norm_eps": kv["llama.attention.layer_norm_rms_epsilon"], "rope_theta": kv["llama.rope.freq_base"]}
   assert ref.forward(w, cfg, np.array(seq[:-1]))[3:].argmax(-1).tolist() == GOLDEN
+
+def test_compact_decode_step_reads_little_more_than_the_file(fixtures):
+  """One decode step of SmolLM2 loaded compact, with the one-token kernels and the Generator as generate.py builds
+  them, reads within 1.3× the GGUF file's bytes, not the float32 model's: nothing it reads was made into floats ahead of
+  the step (the tied classifier reads the embedding's Q8_0 blocks; the float32 model reads 5.8× the file)."""
+  path = fixtures / "smollm2-135m-instruct-q4_1.gguf"
+  model, tok = checkpoint.load(path, compact=True)
+  gen = decode.Generator(kernels.use_decode_kernels(model), 64, decode.Sampling(0.0), chunk=1)
+  gen.feed(tok.encode("Once"))
+  gen.next()
+  GlobalCounters.reset()
+  gen.next()
+  assert GlobalCounters.global_mem < 1.3 * path.stat().st_size   # issue 17's bound; measured 1.20×
