@@ -16,16 +16,16 @@ our models also prints the bytes one decode step reads (tinygrad's GlobalCounter
   DEV=CPU python bench_generate.py --shape tiny --prompt-tokens 64 -n 8        # the same code path, CPU-sized
 """
 from __future__ import annotations
-import argparse, contextlib, multiprocessing, os, statistics, sys, tempfile, time
+import argparse, contextlib, itertools, multiprocessing, os, statistics, sys, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, NamedTuple
 import numpy as np
 from tinygrad import Device, GlobalCounters, Tensor
 import checkpoint, gguf, kernels
-from cli import add_benchmark_flags, interleaved, one_line_errors
+from cli import GRAPH, add_benchmark_flags, interleaved, one_line_errors
 from decode import Generator, Sampling, common_prefix
-from engine import use_all_cores, use_matvec_options
+from engine import use_all_cores, use_cpu_graph, use_matvec_options
 try: import torch, transformers
 except ImportError: torch = transformers = None
 try: from llama_cpp import Llama
@@ -167,11 +167,12 @@ def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[
   ctx, runs = len(ids) + a.new_tokens + 1, {}
   for (c, k), model in models.items():
     if k: kernels.use_decode_kernels(model)
-    for chunk in a.chunks:
+    for chunk, (suffix, graph) in itertools.product(a.chunks, GRAPH[a.graph].items()):
       # each Generator is warmed before the next one on this model is made: its steps, once captured, keep the KV
       # cache buffers they were captured with, and a new Generator gives the model new ones
       weights = ("compact" if c else "float32") if a.model else "fp16"
-      name, t0 = f"{weights}, chunk {chunk}, decode kernels {'on' if k else 'off'}", time.perf_counter()
+      name, t0 = f"{weights}, chunk {chunk}, decode kernels {'on' if k else 'off'}{suffix}", time.perf_counter()
+      use_cpu_graph(graph)   # the steps capture with it (their first call, in the warm-up below)
       gen = Generator(model, ctx, Sampling(0.0), chunk=chunk, beam=a.beam)
       for cores, on in CORES[a.cores].items():
         runs[name + cores] = lambda gen=gen, on=on: (use_all_cores(on), ours(gen, ids, a.new_tokens))[1]

@@ -15,10 +15,10 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
 import llama, parallel
-from cli import add_benchmark_flags, interleaved
+from cli import GRAPH, add_benchmark_flags, interleaved
 from optim import make_optimizer
 from steps import make_train_step
-from engine import use_all_cores
+from engine import use_all_cores, use_cpu_graph
 try: import torch, transformers
 except ImportError: torch = transformers = None
 
@@ -128,8 +128,16 @@ def main(argv=None) -> int:
   what = (f"train step, {args.num_params() / 1e6:.3g}M params (dim {args.dim}, {args.n_layers} layers, "
           f"{args.n_heads} heads, vocab {args.vocab_size}) {a.dtype}, batch {a.batch_size}x{a.seq_len}")
   print(f"{what}: {fpt / 1e6:.0f} model MFLOP per token; tinygrad on {Device.DEFAULT}", flush=True)
-  step, anchor = ours(a, args), None
-  runs = {name: lambda on=on: (use_all_cores(on), timed(step))[1] for name, on in CORES[a.cores].items()}
+  runs, anchor = {}, None
+  for suffix, graph in GRAPH[a.graph].items():
+    step = ours(a, args)   # captured on its first run, with that run's graph setting
+    for name, on in CORES[a.cores].items():
+      def run(on=on, graph=graph, step=step):
+        use_all_cores(on)
+        use_cpu_graph(graph)
+        return timed(step)
+      runs[name + suffix] = run
+  ours_names = list(runs)
   with contextlib.ExitStack() as stack:
     try:
       if a.torch:
@@ -139,7 +147,7 @@ def main(argv=None) -> int:
         runs[anchor] = lambda: pool.submit(torch_timed).result()
       for name, run in runs.items():
         w = time.perf_counter()
-        for _ in range(2): run()   # tinygrad: runs eagerly, then captures
+        for _ in range(2): run()   # ours: the first captures (compiles)
         print(f"{name}: two warm-up steps in {time.perf_counter() - w:.1f} s", flush=True)
       times: dict[str, list[Step]] = interleaved(runs, a.steps, a.time_limit, t_start, "steps")
     except BrokenProcessPool:
@@ -154,10 +162,14 @@ def main(argv=None) -> int:
     if Device.DEFAULT != "CPU": text[name] += f" ({100 * tflops / a.peak_tflops:.1f}% of {a.peak_tflops:.0f})"
     print(f"{name}: {wall:.4f} s/step, {cpu:.2f} CPU s/step, {text[name]} (median of {len(ts)})")
   print("\n| workload | ours | anchor | ratio |\n|---|---|---|---|")
-  for name in CORES[a.cores]:
+  for name in ours_names:
     ref = f"{anchor}: {text[anchor]} | {tok_s[name] / tok_s[anchor]:.2f}x" if anchor else "- | -"
     print(f"| {what}{name[4:]} | {text[name]} | {ref} |")
-  if a.cores == "both": print(f"all cores / one core: {tok_s['ours, all cores'] / tok_s['ours, one core']:.2f}x")
+  if a.cores == "both" and a.graph != "both":
+    print(f"all cores / one core: {tok_s['ours, all cores'] / tok_s['ours, one core']:.2f}x")
+  if a.graph == "both" and a.cores != "both":
+    graphed, plain = (next(tok_s[n] for n in ours_names if n.endswith(k)) for k in (", CPU graph", ", no CPU graph"))
+    print(f"CPU graph / tinygrad's executor: {graphed / plain:.2f}x")
   return 0
 
 if __name__ == "__main__": sys.exit(main())

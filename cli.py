@@ -20,11 +20,18 @@ def one_line_errors(prog: str, run: Callable[[], int | None], errors: tuple = (V
           "README, Set up)", file=sys.stderr)
     return 1
 
+# engine.use_cpu_graph settings a benchmark compares (--graph): the suffix of a run's name -> on
+GRAPH = {"on": {"": True}, "off": {", no CPU graph": False}, "both": {", no CPU graph": False, ", CPU graph": True}}
+
 def add_benchmark_flags(parser, unit: str) -> None:
-  """--cores (engine.use_all_cores: all, one, or both interleaved) and --time-limit, as both benchmarks take them."""
+  """--cores (engine.use_all_cores: all, one, or both interleaved), --graph (engine.use_cpu_graph, the same three)
+  and --time-limit, as both benchmarks take them."""
   parser.add_argument("--cores", choices=("all", "one", "both"), default="all",
                       help="engine.use_all_cores: multi-core CPU kernels on all cores (all), on one (one), both "
                       "interleaved")
+  parser.add_argument("--graph", choices=("on", "off", "both"), default="on",
+                      help="engine.use_cpu_graph: replay the compiled steps' CPU kernels in one loop (on, as the "
+                      "commands do), through tinygrad's executor (off), both interleaved")
   parser.add_argument("--time-limit", type=float, default=0, help=f"start no timed {unit} after this many seconds "
                       f"since the start (one always runs); 0: none")
 

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tinygrad import Device, Tensor, TinyJit, dtypes, function
 from tinygrad.device import Buffer
 from tinygrad.engine import worker as compile_workers
+from tinygrad.engine.jit import GraphRunner
 from tinygrad.engine.realize import runtime_cache
 from tinygrad.nn.optim import AdamW, OptimizerGroup
 from tinygrad.nn.state import get_state_dict
@@ -127,7 +128,8 @@ def load_captured(path):
   """What save_captured wrote to `path` (through FreshBufferUnpickler); its TinyJits replay from their first call
   (cnt 2, no function). Unpickling runs whatever code the file names: read only files this program wrote. A file
   that cannot be read back (truncated, damaged, from another tinygrad) raises ValueError with the reason in one line.
-  """
+  Turns use_cpu_graph on."""
+  use_cpu_graph()   # its steps may hold CPU graphs, which replay only with it on
   try:
     with open(path, "rb") as f:
       obj = FreshBufferUnpickler(f).load()
@@ -232,3 +234,40 @@ def eta_from_here(bar, seconds_per_step: float) -> None:
   its start by the share done, so the first steps' compilation would inflate the ETA for the whole run. Its start
   time `st`: 0.14.0."""
   bar.st = time.perf_counter() - bar.n * seconds_per_step
+
+# ***** a captured step's CPU kernels in one plain loop *****
+
+GRAPHED = {"kernels": 0}   # kernels put into a CPUGraph so far (a test's evidence)
+
+class CPUGraph(GraphRunner):
+  """A TinyJit's run of CPU kernels replayed by a plain loop: each kernel's program, argument buffers and launch size
+  are looked up once, and a call only puts in the step's input buffers and the values of its symbolic variables.
+  tinygrad 0.14's CPU device has no graph, so every replayed kernel went through the generic executor (a pattern
+  rewrite, parameter resolution, statistics per kernel), and a SmolLM2 token is 489 kernels. GraphRunner's calls,
+  runtimes and uop_replace, ProgramInfo's globals/launch_dims/vals, Buffer._buf: 0.14.0."""
+  def __init__(self, linear, input_uops=()):
+    super().__init__(linear, input_uops)
+    self.kernels = []
+    for (_, prg, bufs, device_vars), runtime, replace in zip(self.calls, self.runtimes, self.uop_replace):
+      info = prg.arg
+      args = [bufs[i]._buf for i in info.globals]
+      swaps = [(info.globals.index(pos), slot) for pos, slot in replace if pos in info.globals]
+      self.kernels.append((runtime, info, args, swaps, device_vars))
+    GRAPHED["kernels"] += len(self.kernels)
+
+  def __call__(self, input_uops, var_vals: dict[str, int], wait=False):
+    st = time.perf_counter()
+    for runtime, info, args, swaps, device_vars in self.kernels:
+      for k, slot in swaps: args[k] = input_uops[slot].buffer.ensure_allocated()._buf
+      vals = {**var_vals, **device_vars} if device_vars else var_vals
+      global_size, local_size = info.launch_dims(vals)
+      runtime(*args, global_size=global_size, local_size=local_size, vals=info.vals(vals))
+    return time.perf_counter() - st if wait else None
+
+def use_cpu_graph(on: bool = True) -> None:
+  """Steps captured from now on replay their CPU kernels through CPUGraph (on=False: tinygrad's executor, one kernel
+  at a time). A step captured with it needs it on to replay, also after load_captured. A machine whose CPU backend
+  cannot start (no clang) has nothing to graph: the command's own device check reports that. Compiled.graph: 0.14.0."""
+  try: cpu = Device["CPU"]
+  except Exception: return   # tinygrad opening the device can fail in any way (a missing compiler, a bad driver)
+  cpu.graph = CPUGraph if on else None

@@ -1,7 +1,7 @@
 """engine.py's tricks on the installed tinygrad: each one still does what the project relies on it for."""
 import os, re
 import numpy as np, pytest
-from tinygrad import Context, Device, Tensor, TinyJit
+from tinygrad import Context, Device, Tensor, TinyJit, UOp
 import engine, kernels
 
 pytestmark = pytest.mark.skipif(Device.DEFAULT != "CPU", reason="use_all_cores is about tinygrad's CPU runtime")
@@ -109,3 +109,25 @@ def test_capture_at_once_captures_on_the_first_call_and_needs_its_state_realised
   assert engine.compiled_kernels() == before   # calls 2..4 replay what call 1 captured
   # left lazy, the zeros are part of the capture: every replay starts the sum again (why capture_at_once realises)
   if not realised: np.testing.assert_allclose(got, x @ w.numpy(), rtol=1e-5)
+
+@pytest.fixture
+def cpu_graph():
+  engine.use_cpu_graph()
+  yield
+  engine.use_cpu_graph(False)
+
+def test_cpu_graph_replays_a_step_with_a_symbolic_position_like_the_executor(cpu_graph):
+  """A step writing a cache at a bound symbolic position and reading it back (as the decode step does), captured into
+  a CPUGraph: every call equals numpy, with new inputs and positions, and the kernels went into a graph."""
+  cache, w = Tensor.zeros(8, 4).contiguous().realize(), Tensor(randn(4, 4)).realize()
+  pos = UOp.variable("pos", 0, 7)
+  def step(x: Tensor, p: UOp) -> Tensor:
+    new = engine.write_then_read(cache, cache[p:p + 1], (x @ w).tanh())
+    return (new[:p + 1] * 2).sum(0).realize()
+  before, jit = engine.GRAPHED["kernels"], TinyJit(step)
+  ref = np.zeros((8, 4), np.float32)
+  for i in range(6):
+    x = randn(1, 4, seed=20 + i)
+    ref[i] = np.tanh(x @ w.numpy())[0]
+    np.testing.assert_allclose(jit(Tensor(x), pos.bind(i)).numpy(), 2 * ref[:i + 1].sum(0), rtol=1e-5, atol=1e-6)
+  assert engine.GRAPHED["kernels"] > before
