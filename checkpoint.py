@@ -279,8 +279,9 @@ def _hf_files(path: pathlib.Path) -> dict[pathlib.Path, dict[str, Tensor]]:
 def _read_hf(path: pathlib.Path, device) -> Reader:
   cfg, src = _json(path / "config.json"), path / "config.json"
   get = lambda key, kind, *default: _get(cfg, key, kind, src, *default)
-  if (kind := cfg.get("model_type")) != "llama":
-    raise CheckpointError(f"{path} holds a {kind!r:.40} model, not a llama one")
+  if (kind := cfg.get("model_type")) is None:   # a partial or hand-written config.json
+    raise CheckpointError(f"{src} names no model_type (a llama checkpoint's says \"llama\")")
+  if kind != "llama": raise CheckpointError(f"{path} holds a {kind!r:.40} model, not a llama one")
   if cfg.get("rope_scaling"):
     raise CheckpointError(f"{path} uses RoPE scaling {cfg['rope_scaling']!r:.80}, which this model does not implement")
   if cfg.get("attention_bias") or cfg.get("mlp_bias"):

@@ -289,6 +289,7 @@ REASONS = [ # (format, damage to the copy, what the error must say)
    "does not hold the tensors .* lists for it"),
   ("hf", lambda ck: set_json(ck / "config.json",
                              ("model_type",), "mistral"), "holds a 'mistral' model, not a llama one"),
+  ("hf", lambda ck: set_json(ck / "config.json", ("model_type",), None), "config.json names no model_type"),
   ("hf", lambda ck: set_json(ck / "config.json", ("vocab_size",), 10**12), "describes a model of .* parameters"),
   ("hf", lambda ck: set_json(ck / "config.json",
                              ("hidden_size",), None), "config.json lacks the setting 'hidden_size'"),
