@@ -133,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads (default: every core)")
   p.add_argument("--prompt-tokens", type=int, default=None, help="default: 316 with a GGUF file, 512 with --shape")
   p.add_argument("-n", "--new-tokens", type=int, default=64)
-  p.add_argument("--runs", type=int, default=5, help="timed runs of each, after two warm-up runs (TinyJit)")
+  p.add_argument("--runs", type=int, default=5, help="timed runs of each, after two warm-up runs (the first compiles)")
   p.add_argument("--chunks", default="32", help="comma-separated prefill chunk sizes to compare (generate.py's: 32)")
   p.add_argument("--decode-kernels", choices=("on", "off", "both"), default="on",
                  help="kernels.use_decode_kernels (generate.py: on)")
@@ -179,7 +179,7 @@ def bench(a: argparse.Namespace, models: dict, anchor: Anchor | None, ids: list[
       for _ in range(2): warm = ours(gen, ids, a.new_tokens)
       GlobalCounters.reset()
       gen.next()   # one more decode step (the context has room for it), counted
-      print(f"ours, {name}: two warm-up runs (compiling) in {time.perf_counter() - t0:.1f} s; the second: "
+      print(f"ours, {name}: two warm-up runs (the first compiles) in {time.perf_counter() - t0:.1f} s; the second: "
             f"prefill {len(ids) / warm[0]:.1f} tok/s, decode {a.new_tokens / warm[1]:.1f} tok/s; "
             f"{GlobalCounters.global_mem / 1e6:.1f} MB read per decoded token", flush=True)
   if anchor is not None:

@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     ref = f"{anchor}: {text[anchor]} | {tok_s[name] / tok_s[anchor]:.2f}x" if anchor else "- | -"
     print(f"| {what}{name[4:]} | {text[name]} | {ref} |")
   if a.cores == "both" and a.graph != "both":
-    print(f"all cores / one core: {tok_s['ours, all cores'] / tok_s['ours, one core']:.2f}x")
+    suffix = next(iter(GRAPH[a.graph]))
+    print(f"all cores / one core: {tok_s['ours, all cores' + suffix] / tok_s['ours, one core' + suffix]:.2f}x")
   if a.graph == "both" and a.cores != "both":
     graphed, plain = (next(tok_s[n] for n in ours_names if n.endswith(k)) for k in (", CPU graph", ", no CPU graph"))
     print(f"CPU graph / tinygrad's executor: {graphed / plain:.2f}x")

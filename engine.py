@@ -264,10 +264,12 @@ class CPUGraph(GraphRunner):
       runtime(*args, global_size=global_size, local_size=local_size, vals=info.vals(vals))
     return time.perf_counter() - st if wait else None
 
-def use_cpu_graph(on: bool = True) -> None:
+def use_cpu_graph(on: bool = True) -> bool:
   """Steps captured from now on replay their CPU kernels through CPUGraph (on=False: tinygrad's executor, one kernel
   at a time). A step captured with it needs it on to replay, also after load_captured. A machine whose CPU backend
-  cannot start (no clang) has nothing to graph: the command's own device check reports that. Compiled.graph: 0.14.0."""
+  cannot start (no clang) has nothing to graph: the command's own device check reports that. Only the CPU device, not
+  the virtual CPU:1.. of a multi-device test. Returns whether it was on before. Compiled.graph: 0.14.0."""
   try: cpu = Device["CPU"]
-  except Exception: return   # tinygrad opening the device can fail in any way (a missing compiler, a bad driver)
-  cpu.graph = CPUGraph if on else None
+  except Exception: return False   # opening the device can fail in any way (a missing compiler, a bad driver)
+  was, cpu.graph = cpu.graph is CPUGraph, CPUGraph if on else None
+  return was

@@ -97,8 +97,11 @@ class Accumulator:
 
 @pytest.mark.parametrize("realised", [True, False])
 def test_capture_at_once_captures_on_the_first_call_and_needs_its_state_realised(realised):
-  acc, w = Accumulator(), Tensor(randn(3, 3)).realize()
-  step = engine.capture_at_once(lambda x: acc.total.assign(acc.total + x @ w).realize(), *([acc] if realised else []))
+  acc, w, ran = Accumulator(), Tensor(randn(3, 3)).realize(), []
+  def body(x: Tensor) -> Tensor:
+    ran.append(1)   # Python runs the body only when TinyJit runs it eagerly or captures it
+    return acc.total.assign(acc.total + x @ w).realize()
+  step = engine.capture_at_once(body, *([acc] if realised else []))
   expect, before = np.zeros(3, np.float32), None
   for i in range(4):
     if i == 1: before = engine.compiled_kernels()
@@ -106,15 +109,15 @@ def test_capture_at_once_captures_on_the_first_call_and_needs_its_state_realised
     got, expect = step(Tensor(x)).numpy(), expect + x @ w.numpy()
     if not realised: continue
     np.testing.assert_allclose(got, expect, rtol=1e-5)
-  assert engine.compiled_kernels() == before   # calls 2..4 replay what call 1 captured
+  assert len(ran) == 1 and engine.compiled_kernels() == before   # call 1 captured; calls 2..4 replay it
   # left lazy, the zeros are part of the capture: every replay starts the sum again (why capture_at_once realises)
   if not realised: np.testing.assert_allclose(got, x @ w.numpy(), rtol=1e-5)
 
 @pytest.fixture
 def cpu_graph():
-  engine.use_cpu_graph()
+  was = engine.use_cpu_graph()
   yield
-  engine.use_cpu_graph(False)
+  engine.use_cpu_graph(was)
 
 def test_cpu_graph_replays_a_step_with_a_symbolic_position_like_the_executor(cpu_graph):
   """A step writing a cache at a bound symbolic position and reading it back (as the decode step does), captured into
