@@ -169,8 +169,8 @@ def main(argv=None) -> int:
     suffix = next(iter(GRAPH[a.graph]))
     print(f"all cores / one core: {tok_s['ours, all cores' + suffix] / tok_s['ours, one core' + suffix]:.2f}x")
   if a.graph == "both" and a.cores != "both":
-    graphed, plain = (next(tok_s[n] for n in ours_names if n.endswith(k)) for k in (", CPU graph", ", no CPU graph"))
-    print(f"CPU graph / tinygrad's executor: {graphed / plain:.2f}x")
+    name = next(iter(CORES[a.cores]))
+    print(f"CPU graph / tinygrad's executor: {tok_s[name + ', CPU graph'] / tok_s[name + ', no CPU graph']:.2f}x")
   return 0
 
 if __name__ == "__main__": sys.exit(main())
