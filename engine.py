@@ -2,8 +2,7 @@
 # is not public API lives here, each with why and the version it was checked on (tinygrad 0.14.0, Python 3.11), so an
 # upgrade starts by re-checking this file alone (tests/test_engine.py exercises each trick).
 from __future__ import annotations
-import copyreg, ctypes, dataclasses, mmap, os, pickle, threading, time
-from concurrent.futures import ThreadPoolExecutor
+import copyreg, ctypes, dataclasses, mmap, os, pickle, subprocess, tempfile, time
 from tinygrad import Device, Tensor, TinyJit, dtypes, function
 from tinygrad.device import Buffer
 from tinygrad.engine import worker as compile_workers
@@ -143,51 +142,62 @@ def load_captured(path):
 # pickle._Unpickler: Python 3.11.
 PurePythonUnpickler = pickle._Unpickler
 
-# ***** both cores *****
+# ***** both cores, and a captured step's CPU kernels in one C loop (cpu_graph.c) *****
 # tinygrad 0.14's CPUProgram.__call__ runs the per-core slices of a THREAD kernel (its `core_id` argument) one after
-# another on the calling thread; 0.12 and 0.13 ran them on a thread pool. Checked on tinygrad 0.14.0.
+# another on the calling thread (0.12 and 0.13 ran them on a thread pool), and its CPU device has no graph, so every
+# kernel of a replayed step goes through the generic executor (a pattern rewrite, parameter resolution, statistics).
+# cpu_graph.c does both jobs in C: a table of kernels called in order, each kernel's slices shared with a pool of
+# worker threads. CPUProgram's addr, fxn, lvp, runtimevars and call convention: 0.14.0.
 SERIAL_CALL = CPUProgram.__call__
-CORES = {"pool": None, "cores": os.cpu_count() or 1, "min_us": 0.0, "threads": set()}
-RECHECK = 32   # every this many calls a kernel runs the other way once, so a change of machine load is noticed
+ROW, MAX_ARGS, SLICES, CORE = 35, 32, 1, 2   # cpu_graph.c's table row: function, slices, core_id's position, arguments
+RUNTIME = {"lib": None, "spread": False}
 
-def threaded_call(prg: CPUProgram, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False,
-                  timeout=None):
-  """CPUProgram.__call__ with the slices on CORES' pool where that is faster. Each kernel is timed both ways: one that
-  takes under min_us on one thread stays there (handing slices to threads costs more than it saves); a longer one
-  runs the faster way, which on a machine whose other cores are busy can be one thread."""
-  slot, st = prg.runtimevars.get("core_id"), time.perf_counter()
-  if slot is None or prg.lvp or global_size[0] < 2:
+def cpu_runtime() -> ctypes.CDLL:
+  """cpu_graph.c built with clang (tinygrad's CPU backend calls it too) and loaded, once per process."""
+  if RUNTIME["lib"] is None:
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, "cpu_graph.so")
+      subprocess.run(["clang", "-O2", "-shared", "-fPIC", "-pthread", "-o", out,
+                      os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_graph.c")], check=True,
+                     capture_output=True)
+      lib = ctypes.CDLL(out)
+    lib.cpu_graph_run.argtypes, lib.cpu_graph_run.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], None
+    lib.cpu_graph_worker_slices.restype = ctypes.c_uint64
+    lib.cpu_graph_workers(max((os.cpu_count() or 1) - 1, 0))
+    RUNTIME["lib"] = lib
+  return RUNTIME["lib"]
+
+def kernel_row(prg: CPUProgram, args: list[int], slices: int) -> list[int]:
+  """A kernel's row of cpu_graph.c's table: its function, slice count, core_id's argument position, arguments."""
+  if prg.lvp or len(args) > MAX_ARGS: raise ValueError(f"{prg.name}: not a plain C kernel of at most {MAX_ARGS} args")
+  return [prg.addr, slices, prg.runtimevars.get("core_id", MAX_ARGS)] + args + [0] * (MAX_ARGS - len(args))
+
+def run_rows(table, n: int) -> None: cpu_runtime().cpu_graph_run(table, n, RUNTIME["spread"])
+
+def spread_call(prg: CPUProgram, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False,
+                timeout=None):
+  """CPUProgram.__call__ with the slices shared by every core (cpu_graph.c's pool)."""
+  if prg.runtimevars.get("core_id") is None or prg.lvp or global_size[0] < 2:
     return SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait)
-  took = prg.__dict__.setdefault("took_us", {False: None, True: None, "calls": 0})   # last time on one / all threads
-  took["calls"] += 1
-  one, many = took[False], took[True]
-  spread = one is not None and one >= CORES["min_us"] and (many is None or many < one)
-  if one is not None and one >= CORES["min_us"] and took["calls"] % RECHECK == 0: spread = not spread
-  if not spread: SERIAL_CALL(prg, *bufs, global_size=global_size, local_size=local_size, vals=vals)
-  else:
-    args, threads = [b.va_addr for b in bufs] + list(vals), []
-    def run_slice(tid: int):
-      threads.append(threading.get_native_id())
-      prg.fxn(*[ctypes.c_uint64(tid if i == slot else x) for i, x in enumerate(args)])   # ctypes drops the GIL here
-    later = [CORES["pool"].submit(run_slice, tid) for tid in range(1, global_size[0])]
-    run_slice(0)
-    for f in later: f.result()
-    CORES["threads"].update(threads)
-  took[spread] = (et := time.perf_counter() - st) * 1e6
-  return et if wait else None
+  st = time.perf_counter()
+  run_rows((ctypes.c_uint64 * ROW)(*kernel_row(prg, [b.va_addr for b in bufs] + [v or 0 for v in vals],
+                                                global_size[0])), 1)
+  return time.perf_counter() - st if wait else None
 
-def use_all_cores(on: bool = True, min_us: float = 300.0) -> None:
+def use_all_cores(on: bool = True) -> None:
   """Run the slices of tinygrad's multi-core CPU kernels on every core (on=False: one after another, tinygrad 0.14's
-  way) for kernels taking min_us or more on one core, where that measures faster. Calling it again only changes the
-  setting; other devices are not touched."""
-  if CORES["pool"] is None: CORES["pool"] = ThreadPoolExecutor(max(CORES["cores"] - 1, 1), "core")
-  CORES["min_us"] = min_us
-  CPUProgram.__call__ = threaded_call if on else SERIAL_CALL
+  way), also inside CPUGraph. A slice is claimed by whichever thread is free first, so on a machine whose other cores
+  are busy the calling thread runs them all itself. Other devices are not touched. A machine whose CPU backend
+  cannot start (no clang) has no kernels to spread: the command's own device check reports that."""
+  try: Device["CPU"]
+  except Exception: return   # opening the device can fail in any way (a missing compiler, a bad driver)
+  cpu_runtime()
+  RUNTIME["spread"] = on
+  CPUProgram.__call__ = spread_call if on else SERIAL_CALL
 
-def slice_threads() -> set[int]:
-  """The OS thread ids that ran slices of kernels spread over cores since the last call (a test's evidence)."""
-  out, CORES["threads"] = CORES["threads"], set()
-  return out
+def worker_slices() -> int:
+  """How many kernel slices the worker threads (not the calling thread) have run so far (a test's evidence)."""
+  return cpu_runtime().cpu_graph_worker_slices()
 
 # ***** written-down kernel options *****
 # tinygrad 0.14's heuristic (codegen/opt/heuristic.py) upcasts a matvec's output rows by 3 or 4 when there are >= 1024
@@ -240,28 +250,34 @@ def eta_from_here(bar, seconds_per_step: float) -> None:
 GRAPHED = {"kernels": 0}   # kernels put into a CPUGraph so far (a test's evidence)
 
 class CPUGraph(GraphRunner):
-  """A TinyJit's run of CPU kernels replayed by a plain loop: each kernel's program, argument buffers and launch size
-  are looked up once, and a call only puts in the step's input buffers and the values of its symbolic variables.
-  tinygrad 0.14's CPU device has no graph, so every replayed kernel went through the generic executor (a pattern
-  rewrite, parameter resolution, statistics per kernel), and a SmolLM2 token is 489 kernels. GraphRunner's calls,
-  runtimes and uop_replace, ProgramInfo's globals/launch_dims/vals, Buffer._buf: 0.14.0."""
+  """A TinyJit's run of CPU kernels replayed by cpu_graph.c: every kernel's row (function, buffers, slices) is
+  written once, and a call only puts in the step's input buffers, the values of its symbolic variables and any
+  symbolic slice count, then makes one C call. GraphRunner's calls, runtimes, uop_replace, var_vals_replace,
+  launch_dims_replace, ProgramInfo.globals, HCQBuffer.va_addr: 0.14.0."""
   def __init__(self, linear, input_uops=()):
     super().__init__(linear, input_uops)
-    self.kernels = []
-    for (_, prg, bufs, device_vars), runtime, replace in zip(self.calls, self.runtimes, self.uop_replace):
-      info = prg.arg
-      args = [bufs[i]._buf for i in info.globals]
-      swaps = [(info.globals.index(pos), slot) for pos, slot in replace if pos in info.globals]
-      self.kernels.append((runtime, info, args, swaps, device_vars))
-    GRAPHED["kernels"] += len(self.kernels)
+    rows, self.swaps, self.var_slots = [], [], []
+    calls = zip(self.calls, self.runtimes, self.uop_replace)
+    for j, ((_, prg, bufs, device_vars), runtime, replace) in enumerate(calls):
+      info, base = prg.arg, j * ROW + 3
+      now = {v: 0 for v in self.vars} | device_vars   # the variables' values are put in at each call
+      vals = [0 if v is None else v for v in info.vals(now)]
+      rows += kernel_row(runtime, [bufs[i]._buf.va_addr for i in info.globals] + vals, info.launch_dims(now)[0][0])
+      self.swaps += [(base + info.globals.index(pos), slot) for pos, slot in replace if pos in info.globals]
+      self.var_slots += [(base + len(info.globals) + i, v) for i, v in self.var_vals_replace.get(j, [])]
+    self.slice_slots = {j * ROW + SLICES: j for j in self.launch_dims_replace}
+    self.table = (ctypes.c_uint64 * len(rows))(*rows)
+    GRAPHED["kernels"] += len(self.calls)
 
   def __call__(self, input_uops, var_vals: dict[str, int], wait=False):
-    st = time.perf_counter()
-    for runtime, info, args, swaps, device_vars in self.kernels:
-      for k, slot in swaps: args[k] = input_uops[slot].buffer.ensure_allocated()._buf
-      vals = {**var_vals, **device_vars} if device_vars else var_vals
-      global_size, local_size = info.launch_dims(vals)
-      runtime(*args, global_size=global_size, local_size=local_size, vals=info.vals(vals))
+    st, table = time.perf_counter(), self.table
+    for k, slot in self.swaps: table[k] = input_uops[slot].buffer.ensure_allocated()._buf.va_addr
+    vals = [var_vals[v] for v in self.vars]
+    for k, v in self.var_slots: table[k] = vals[v]
+    if self.slice_slots:
+      dims = {j: g[0] for j, g, _ in self.updated_launch_dims(var_vals)}
+      for k, j in self.slice_slots.items(): table[k] = dims[j]
+    run_rows(table, len(self.calls))
     return time.perf_counter() - st if wait else None
 
 def use_cpu_graph(on: bool = True) -> bool:

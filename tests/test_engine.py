@@ -8,41 +8,37 @@ pytestmark = pytest.mark.skipif(Device.DEFAULT != "CPU", reason="use_all_cores i
 
 @pytest.fixture
 def cores():
-  """use_all_cores for every kernel (no threshold), back to tinygrad's own way afterwards."""
-  engine.use_all_cores(min_us=0)
-  engine.slice_threads()
+  """use_all_cores on, back to tinygrad's own way afterwards."""
+  engine.use_all_cores()
   yield
   engine.use_all_cores(False)
 
 def randn(*shape, seed=0) -> np.ndarray: return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
-def check_twice(fn, expected, tol=1e-4):
-  # a kernel's first call runs on one thread and is timed; its second runs on every core (then the faster way wins)
-  for _ in range(2): np.testing.assert_allclose(fn().numpy(), expected, rtol=tol, atol=tol)
+def check(fn, expected, tol=1e-4, times=2):
+  for _ in range(times): np.testing.assert_allclose(fn().numpy(), expected, rtol=tol, atol=tol)
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
-def test_slices_of_one_kernel_run_on_several_os_threads(cores):
-  a, b = randn(256, 320), randn(320, 192, seed=1)
-  check_twice(lambda: Tensor(a) @ Tensor(b), a @ b)
-  assert len(engine.slice_threads()) >= 2
+def test_worker_threads_run_slices_of_one_kernel(cores):
+  a, b = randn(1024, 1024), randn(1024, 512, seed=1)
+  before = engine.worker_slices()
+  check(lambda: Tensor(a) @ Tensor(b), a @ b, 1e-3, times=3)   # ~50 ms a slice: a sleeping worker wakes in time
+  assert engine.worker_slices() > before
 
-def test_kernels_under_the_threshold_stay_on_the_calling_thread():
-  engine.use_all_cores(min_us=float("inf"))
-  engine.slice_threads()
-  a, b = randn(256, 320), randn(320, 192, seed=1)
-  try:
-    for _ in range(engine.RECHECK + 1):
-      np.testing.assert_allclose((Tensor(a) @ Tensor(b)).numpy(), a @ b, rtol=1e-4, atol=1e-4)
-  finally: engine.use_all_cores(False)
-  assert not engine.slice_threads()
+def test_with_all_cores_off_the_calling_thread_runs_every_slice():
+  engine.use_all_cores(False)
+  a, b = randn(1024, 1024), randn(1024, 512, seed=1)
+  before = engine.worker_slices()
+  check(lambda: Tensor(a) @ Tensor(b), a @ b, 1e-3)
+  assert engine.worker_slices() == before
 
 def test_matmul_and_reductions_equal_numpy_with_threads_on(cores):
   a, b, v = randn(1024, 1024), randn(1024, 1024, seed=1), randn(1024, seed=2)
   ta, tb = Tensor(a).realize(), Tensor(b).realize()
-  check_twice(lambda: ta @ tb, a @ b, 1e-3)
-  check_twice(lambda: ta @ Tensor(v), a @ v, 1e-3)
-  check_twice(lambda: ta.sum(0), a.sum(0), 1e-3)
-  check_twice(lambda: (ta.T @ tb).relu().max(1), np.maximum(a.T @ b, 0).max(1), 1e-3)
+  check(lambda: ta @ tb, a @ b, 1e-3)
+  check(lambda: ta @ Tensor(v), a @ v, 1e-3)
+  check(lambda: ta.sum(0), a.sum(0), 1e-3)
+  check(lambda: (ta.T @ tb).relu().max(1), np.maximum(a.T @ b, 0).max(1), 1e-3)
 
 def test_a_jit_replay_with_threads_on_gives_the_eager_result(cores):
   w = Tensor(randn(512, 384)).realize()
@@ -50,15 +46,14 @@ def test_a_jit_replay_with_threads_on_gives_the_eager_result(cores):
   for i in range(4):
     x = randn(64, 512, seed=10 + i)
     np.testing.assert_allclose(step(Tensor(x)).numpy(), np.tanh(x @ w.numpy()), rtol=1e-4, atol=1e-4)
-  assert engine.slice_threads()
 
-def test_use_all_cores_twice_is_once(cores):
-  engine.use_all_cores(min_us=0)
-  pool = engine.CORES["pool"]
-  engine.use_all_cores(min_us=0)
-  assert engine.CORES["pool"] is pool
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts this process's threads in /proc")
+def test_use_all_cores_twice_starts_no_more_threads(cores):
+  threads = len(os.listdir("/proc/self/task"))
+  engine.use_all_cores()
+  assert len(os.listdir("/proc/self/task")) == threads
   a = randn(300, 200)
-  check_twice(lambda: Tensor(a) @ Tensor(a.T), a @ a.T, 1e-3)
+  check(lambda: Tensor(a) @ Tensor(a.T), a @ a.T, 1e-3)
 
 @pytest.fixture
 def matvec_options():
@@ -119,18 +114,23 @@ def cpu_graph():
   yield
   engine.use_cpu_graph(was)
 
-def test_cpu_graph_replays_a_step_with_a_symbolic_position_like_the_executor(cpu_graph):
-  """A step writing a cache at a bound symbolic position and reading it back (as the decode step does), captured into
-  a CPUGraph: every call equals numpy, with new inputs and positions, and the kernels went into a graph."""
+def test_cpu_graph_replays_a_step_with_a_symbolic_position_like_the_executor(cpu_graph, cores):
+  """A step writing a cache at a bound symbolic position and reading it back (as the decode step does), and a product
+  big enough to be split over cores, captured into a CPUGraph: every call equals numpy, with new inputs and positions,
+  the kernels went into a graph and the worker threads ran slices of it."""
   cache, w = Tensor.zeros(8, 4).contiguous().realize(), Tensor(randn(4, 4)).realize()
+  big = Tensor(randn(512, 384)).realize()
   pos = UOp.variable("pos", 0, 7)
-  def step(x: Tensor, p: UOp) -> Tensor:
+  def step(x: Tensor, y: Tensor, p: UOp) -> tuple[Tensor, Tensor]:
     new = engine.write_then_read(cache, cache[p:p + 1], (x @ w).tanh())
-    return (new[:p + 1] * 2).sum(0).realize()
+    return (new[:p + 1] * 2).sum(0).realize(), (y @ big).realize()
   before, jit = engine.GRAPHED["kernels"], TinyJit(step)
-  ref = np.zeros((8, 4), np.float32)
+  ref, slices = np.zeros((8, 4), np.float32), engine.worker_slices()
   for i in range(6):
-    x = randn(1, 4, seed=20 + i)
+    x, y = randn(1, 4, seed=20 + i), randn(256, 512, seed=30 + i)
     ref[i] = np.tanh(x @ w.numpy())[0]
-    np.testing.assert_allclose(jit(Tensor(x), pos.bind(i)).numpy(), 2 * ref[:i + 1].sum(0), rtol=1e-5, atol=1e-6)
+    got, prod = jit(Tensor(x), Tensor(y), pos.bind(i))
+    np.testing.assert_allclose(got.numpy(), 2 * ref[:i + 1].sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prod.numpy(), y @ big.numpy(), rtol=1e-4, atol=1e-4)
   assert engine.GRAPHED["kernels"] > before
+  if (os.cpu_count() or 1) >= 2: assert engine.worker_slices() > slices
