@@ -207,23 +207,37 @@ def worker_slices() -> int:
 # processes (engine/worker.py's _init_worker, looked up when the pool starts). Checked on tinygrad 0.14.0.
 HEURISTIC, WORKER_INIT = heuristic.hand_coded_optimizations, compile_workers._init_worker
 
+def over_cores(k, n_max: int):
+  """`k` (options applied) with THREAD on its first output axis that the most cores, up to n_max, divide; as it is
+  when none does or it is threaded already."""
+  if not (k.ren.has_threads and k.ren.global_max is not None) or AxisType.THREAD in k.axis_types: return k
+  for n in range(min(n_max, k.ren.global_max[0]), 1, -1):
+    for axis, size in enumerate(k.full_shape):
+      if isinstance(size, int) and size % n == 0 and k.axis_types[axis] in (AxisType.GLOBAL, AxisType.WEAK):
+        try:
+          out = k.copy()
+          out.apply_opt(Opt(OptOps.THREAD, axis, n))
+          return out
+        except KernelOptError: pass
+  return k
+
 def lane_matvec_options(k):
-  """Options for a kernel that sums a (rows, K/lanes, lanes) product over its last two axes into `rows` outputs (a
-  lane_sum matvec) on the CPU: the lanes unrolled, rows split over cores, no row upcast. Other kernels: the
+  """Options for two kinds of one-token kernels on the CPU. A kernel that sums a (rows, K/lanes, lanes) product over
+  its last two axes into `rows` outputs (a lane_sum matvec): the lanes unrolled, rows split over cores, no row
+  upcast. A kernel over a symbolic length (the decode attention over the cache): the heuristic's options, split over
+  cores along a static axis (the heuristic splits only the first axis, which for attention is 3 heads). Others: the
   heuristic's."""
   shape, types = k.full_shape, k.axis_types
-  if not (k.ren.target.device == "CPU" and len(shape) == 3 and all(isinstance(s, int) for s in shape) and
-          types[1:] == [AxisType.REDUCE, AxisType.REDUCE] and types[0] is not AxisType.REDUCE and shape[2] <= 32):
+  if k.ren.target.device != "CPU": return HEURISTIC(k)
+  if any(not isinstance(s, int) for s in shape): return over_cores(HEURISTIC(k), 2 ** 31)
+  if not (len(shape) == 3 and types[1:] == [AxisType.REDUCE, AxisType.REDUCE] and types[0] is not AxisType.REDUCE
+          and shape[2] <= 32):
     return HEURISTIC(k)
   try:
     mine = k.copy()
     mine.apply_opt(Opt(OptOps.UNROLL, 1, 0))
     # the heuristic's thread count: the most that divides the rows with >= 128K multiply-adds each
-    for n in (32, 16, 12, 8, 6, 5, 4, 3, 2) if mine.ren.has_threads and mine.ren.global_max is not None else ():
-      if n <= mine.ren.global_max[0] and shape[0] % n == 0 and shape[0] * shape[1] * shape[2] >> 17 >= n:
-        mine.apply_opt(Opt(OptOps.THREAD, 0, n))
-        break
-    return mine
+    return over_cores(mine, shape[0] * shape[1] * shape[2] >> 17)
   except KernelOptError: return HEURISTIC(k)
 
 def matvec_worker_init():

@@ -81,6 +81,21 @@ def test_the_options_are_applied_one_row_at_a_time(matvec_options, capsys):
     assert any(re.fullmatch(rf"r_{rows // n}_{n}_{steps}_8|r_{rows}_{steps}_8", name) for name in names
                for n in range(2, 33)), (rows, names)
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
+def test_a_kernel_over_a_symbolic_length_is_split_over_cores(matvec_options, capsys):
+  # 3 heads (no two cores divide them: the heuristic leaves such a kernel on one core) x a symbolic length x 64
+  c, w = randn(3, 40, 64), randn(3, 1, 64, seed=1)
+  cache, wt, pos = Tensor(c).realize(), Tensor(w).realize(), UOp.variable("pos", 1, 40)
+  step = TinyJit(lambda p: (cache[:, :p] * wt).sum(1).realize())
+  capsys.readouterr()
+  with Context(DEBUG=2):
+    for i in (5, 9, 17):
+      np.testing.assert_allclose(step(pos.bind(i)).numpy(), (c[:, :i] * w).sum(1), rtol=1e-5, atol=1e-5)
+  names = set(re.findall(r"\b(r_[0-9_]+pos)\b", re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)))
+  # the heuristic's r_3_16_4_pos with its 16 outputs split over the cores (r_3_8_2_4_pos on two)
+  assert len(names) == 1 and (m := re.fullmatch(r"r_3_(\d+)_(\d+)_4_pos", names.pop()))
+  assert int(m[1]) * int(m[2]) == 16 and int(m[2]) >= 2
+
 def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
   a, b = randn(64, 96), randn(96, 40, seed=1)
   out = (Tensor(a) @ Tensor(b)).relu().sum(1).numpy()
