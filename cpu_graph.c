@@ -33,8 +33,8 @@ static void run_slice(const uint64_t *k, uint64_t slice) {
 
 // The pool. `ticket` is the job's generation (high 32 bits), its slice count (16) and its next unclaimed slice (16):
 // a thread claims a slice by one compare-and-swap, so a thread that wakes late cannot run a slice of a job that has
-// moved on (or read a row that is gone), and the
-// caller runs every slice itself when no worker is awake (a busy machine, a forked child with no workers).
+// moved on (or read a row that is gone), and the caller runs every slice itself when no worker is awake (a busy
+// machine, a forked child with no workers).
 static struct {
   _Alignas(64) uint64_t ticket;
   const uint64_t *job;

@@ -147,9 +147,10 @@ PurePythonUnpickler = pickle._Unpickler
 # another on the calling thread (0.12 and 0.13 ran them on a thread pool), and its CPU device has no graph, so every
 # kernel of a replayed step goes through the generic executor (a pattern rewrite, parameter resolution, statistics).
 # cpu_graph.c does both jobs in C: a table of kernels called in order, each kernel's slices shared with a pool of
-# worker threads. CPUProgram's addr, fxn, lvp, runtimevars and call convention: 0.14.0.
+# worker threads. CPUProgram's addr, lvp, runtimevars and call convention: 0.14.0.
 SERIAL_CALL = CPUProgram.__call__
-ROW, MAX_ARGS, SLICES, CORE = 35, 32, 1, 2   # cpu_graph.c's table row: function, slices, core_id's position, arguments
+SLICES, CORE, ARGS, MAX_ARGS = 1, 2, 3, 32   # cpu_graph.c's table row: function, slices, core_id's position, arguments
+ROW = ARGS + MAX_ARGS
 RUNTIME = {"lib": None, "spread": False}
 
 def cpu_runtime() -> ctypes.CDLL:
@@ -273,7 +274,7 @@ class CPUGraph(GraphRunner):
     rows, self.swaps, self.var_slots = [], [], []
     calls = zip(self.calls, self.runtimes, self.uop_replace)
     for j, ((_, prg, bufs, device_vars), runtime, replace) in enumerate(calls):
-      info, base = prg.arg, j * ROW + 3
+      info, base = prg.arg, j * ROW + ARGS
       now = {v: 0 for v in self.vars} | device_vars   # the variables' values are put in at each call
       vals = [0 if v is None else v for v in info.vals(now)]
       rows += kernel_row(runtime, [bufs[i]._buf.va_addr for i in info.globals] + vals, info.launch_dims(now)[0][0])
