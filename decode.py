@@ -127,10 +127,11 @@ class Generator:
     self.compiled: dict = {}           # the steps (and their counts) of other kinds of sampling, see resample
 
   def _step(self, tokens: Tensor, start_pos: UOp, select: Tensor, knobs: Tensor) -> Tensor:
-    # select is one-hot over the chunk: it picks the logits of the last real token out of a padded chunk
+    # select is one-hot over the chunk: only the last real token of a padded chunk reaches the classifier
     # (a symbolic index into the output is not replayed correctly by TinyJit in tinygrad 0.14)
-    logits = self.model(parallel.shard_batch(tokens, self.devices, "tp"), start_pos).to(self.devices[0])
-    logits = (logits * select.reshape(1, -1, 1)).sum(1)
+    tokens, select = (parallel.shard_batch(t, self.devices, "tp") for t in (tokens, select))
+    logits = self.model(tokens, start_pos, select=select)
+    logits = logits.to(self.devices[0])[:, 0]
     return sample(logits, knobs, self.sampling,
                   None if self.sampling.temperature == 0 else self.rng.uniform(*logits.shape)).realize()
 

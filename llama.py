@@ -231,15 +231,18 @@ class Transformer:
   def drop_cache(self):
     for layer in self.layers: layer.attention.cache_kv = None
 
-  def __call__(self, tokens: Tensor, start_pos: int | UOp = 0, checkpoint_activations: bool = False) -> Tensor:
+  def __call__(self, tokens: Tensor, start_pos: int | UOp = 0, checkpoint_activations: bool = False,
+               select: Tensor | None = None) -> Tensor:
     """tokens (batch, seq) → logits (batch, seq, vocab). start_pos is where tokens begin in the KV cache (an int, or
     a bound symbolic variable so one compiled decode step serves every position). checkpoint_activations (training
-    only, no KV cache) recomputes each block in the backward pass."""
+    only, no KV cache) recomputes each block in the backward pass. select (seq,), one-hot: the logits of that
+    position only (batch, 1, vocab), as Meta's model.py computes only the last one's when generating."""
     _, seqlen = tokens.shape
     h = self.tok_embeddings(tokens)
     freqs = self.freqs[start_pos:start_pos+seqlen]
     for layer in self.layers:
       h = checkpointed_block(layer, h, freqs) if checkpoint_activations else layer(h, start_pos, freqs)
+    if select is not None: h = (h * select.reshape(1, -1, 1)).sum(1, keepdim=True)
     h = self.norm(h)
     return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
 
