@@ -110,12 +110,26 @@ def apply_rotary_emb(x: Tensor, freqs: Tensor) -> Tensor:
 
 # ***** causal multi-head attention, grouped-query heads, KV cache *****
 
+def materialized(x: Tensor) -> Tensor:
+  """x computed once into a buffer of its own: else tinygrad fuses the elementwise work that made it (softmax's exp,
+  SwiGLU's silu) into the next matmul and recomputes it for every output column."""
+  return x.contiguous()
+
+def own_grad(x: Tensor) -> Tensor:
+  """x, with its gradient in a buffer of its own: else tinygrad fuses the backward of what follows (silu's
+  derivative, RoPE's rotation) into the weight's gradient and recomputes it for every output column."""
+  return x.contiguous_backward()
+
 def attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
-  """softmax(q·kᵀ/√d + mask)·v; q (B, H, T, d), keys/values (B, KV, S, d). No mask: causal within the chunk.
-  GQA (Llama 2, not in the paper): each K/V head serves n_heads/n_kv_heads consecutive query heads (Meta's
-  repeat_kv)."""
-  return q.scaled_dot_product_attention(keys, values, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
-                                        enable_gqa=keys.shape[1] != q.shape[1])
+  """softmax(q·kᵀ/√d + mask)·v; q (B, H, T, d), keys/values (B, KV, S, d); mask (T, S), True where a query may see
+  a key. No mask: causal within the chunk. GQA (Llama 2, not in the paper): each K/V head serves n_heads/n_kv_heads
+  consecutive query heads (Meta's repeat_kv)."""
+  if (groups := q.shape[1] // keys.shape[1]) > 1:
+    keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+  scores = q.matmul(keys.transpose(-2, -1), dtype=dtypes.float32) / math.sqrt(q.shape[-1])   # 16-bit q: float32 sums
+  if mask is None and q.shape[2] > 1: mask = scores.const_like(True, dtypes.bool).tril()
+  if mask is not None: scores = mask.where(scores, float("-inf"))
+  return materialized(scores.cast(q.dtype).softmax(-1)) @ values
 
 def causal_mask(seqlen: int, start_pos: int | UOp, device) -> Tensor | None:
   """Query i of a chunk sits at position start_pos+i and may see the keys at positions ≤ start_pos+i."""
@@ -134,10 +148,11 @@ class Attention:
 
   def __call__(self, x: Tensor, start_pos: int | UOp, freqs: Tensor) -> Tensor:
     bsz, seqlen, _ = x.shape
-    xq = self.wq(x).reshape(bsz, seqlen, self.n_heads, self.head_dim)
-    xk = self.wk(x).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
-    xv = self.wv(x).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
+    xq = own_grad(self.wq(x)).reshape(bsz, seqlen, self.n_heads, self.head_dim)
+    xk = own_grad(self.wk(x)).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
+    xv = own_grad(self.wv(x)).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
     xq, xk = apply_rotary_emb(xq, freqs), apply_rotary_emb(xk, freqs)
+    if seqlen > 1: xq, xk = materialized(xq), materialized(xk)   # each is read by every key, or query, of the chunk
     xq, xk, xv = xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2)   # (batch, heads, seq, head_dim)
     if self.cache_kv is None: keys, values, mask = xk, xv, None   # training, or a one-shot forward: this sequence only
     else:                                                          # decoding: append to the cache, attend to all of it
@@ -149,18 +164,14 @@ class Attention:
 
 # ***** §2.2 SwiGLU activation function [PaLM] *****
 
-def own_grad(x: Tensor) -> Tensor:
-  """x, with its gradient in a buffer of its own: else tinygrad fuses silu's derivative into the backward matmuls
-  and recomputes it for every output column."""
-  return x.contiguous_backward()
-
 class FeedForward:
   def __init__(self, dim: int, hidden_dim: int):
     self.w1 = nn.Linear(dim, hidden_dim, bias=False)   # gate
     self.w2 = nn.Linear(hidden_dim, dim, bias=False)   # down projection
     self.w3 = nn.Linear(dim, hidden_dim, bias=False)   # up projection
 
-  def __call__(self, x: Tensor) -> Tensor: return self.w2(own_grad(self.w1(x)).silu() * own_grad(self.w3(x)))
+  def __call__(self, x: Tensor) -> Tensor:
+    return self.w2(materialized(own_grad(self.w1(x)).silu() * own_grad(self.w3(x))))
 
 # ***** the block, its recomputing twin, and the model *****
 
