@@ -123,13 +123,14 @@ def own_grad(x: Tensor) -> Tensor:
 def attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
   """softmax(q·kᵀ/√d + mask)·v; q (B, H, T, d), keys/values (B, KV, S, d); mask (T, S), True where a query may see
   a key. No mask: causal within the chunk. GQA (Llama 2, not in the paper): each K/V head serves n_heads/n_kv_heads
-  consecutive query heads (Meta's repeat_kv)."""
-  if (groups := q.shape[1] // keys.shape[1]) > 1:
-    keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
-  scores = q.matmul(keys.transpose(-2, -1), dtype=dtypes.float32) / math.sqrt(q.shape[-1])   # 16-bit q: float32 sums
-  if mask is None and q.shape[2] > 1: mask = scores.const_like(True, dtypes.bool).tril()
+  consecutive query heads (Meta's repeat_kv), here grouped onto it by a reshape, and the dot products written out: a
+  repeated copy, or tinygrad's matmul, of a cache view of symbolic length compiles to divisions per element read."""
+  (b, h, t, d), kv = q.shape, keys.shape[1]
+  q, keys = q.reshape(b, kv, h // kv, t, 1, d), keys.reshape(b, kv, 1, 1, -1, d)
+  scores = (q * keys).sum(-1, dtype=dtypes.float32) / math.sqrt(d)   # 16-bit q: float32 sums
+  if mask is None and t > 1: mask = scores.const_like(True, dtypes.bool).tril()
   if mask is not None: scores = mask.where(scores, float("-inf"))
-  return materialized(scores.cast(q.dtype).softmax(-1)) @ values
+  return (materialized(scores.cast(q.dtype).softmax(-1)) @ values.unsqueeze(2)).reshape(b, h, t, d)
 
 def causal_mask(seqlen: int, start_pos: int | UOp, device) -> Tensor | None:
   """Query i of a chunk sits at position start_pos+i and may see the keys at positions ≤ start_pos+i."""
@@ -152,7 +153,8 @@ class Attention:
     xk = own_grad(self.wk(x)).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
     xv = own_grad(self.wv(x)).reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
     xq, xk = apply_rotary_emb(xq, freqs), apply_rotary_emb(xk, freqs)
-    if seqlen > 1: xq, xk = materialized(xq), materialized(xk)   # each is read by every key, or query, of the chunk
+    # a chunk's q, k and v computed once: each is read by every key or query of the chunk (and k, v by the cache write)
+    if seqlen > 1: xq, xk, xv = materialized(xq), materialized(xk), materialized(xv)
     xq, xk, xv = xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2)   # (batch, heads, seq, head_dim)
     if self.cache_kv is None: keys, values, mask = xk, xv, None   # training, or a one-shot forward: this sequence only
     else:                                                          # decoding: append to the cache, attend to all of it
