@@ -222,15 +222,28 @@ def over_cores(k, n_max: int):
         except KernelOptError: pass
   return k
 
+def reused_rows(k, amount: int = 4):
+  """`k` with its longest static output axis that `amount` divides upcast by it (several queries or heads per key
+  read); as it is when none is."""
+  axes = [a for a, (size, t) in enumerate(zip(k.full_shape, k.axis_types))
+          if isinstance(size, int) and size % amount == 0 and t in (AxisType.GLOBAL, AxisType.WEAK)]
+  for axis in sorted(axes, key=lambda a: -k.full_shape[a]):
+    try:
+      out = k.copy()
+      out.apply_opt(Opt(OptOps.UPCAST, axis, amount))
+      return out
+    except KernelOptError: pass
+  return k
+
 def lane_matvec_options(k):
-  """Options for two kinds of one-token kernels on the CPU. A kernel that sums a (rows, K/lanes, lanes) product over
-  its last two axes into `rows` outputs (a lane_sum matvec): the lanes unrolled, rows split over cores, no row
-  upcast. A kernel over a symbolic length (the decode attention over the cache): the heuristic's options, split over
-  cores along a static axis (the heuristic splits only the first axis, which for attention is 3 heads). Others: the
-  heuristic's."""
+  """Options for two kinds of kernels on the CPU. A kernel that sums a (rows, K/lanes, lanes) product over its last
+  two axes into `rows` outputs (a one-token lane_sum matvec): the lanes unrolled, rows split over cores, no row
+  upcast. A kernel over a symbolic length (attention over the cache, in decode and prefill): the heuristic's options
+  (which upcast nothing when a length is symbolic), a static axis upcast (reused_rows) and split over cores (the
+  heuristic splits only the first axis, which for attention is 3 heads). Others: the heuristic's."""
   shape, types = k.full_shape, k.axis_types
   if k.ren.target.device != "CPU": return HEURISTIC(k)
-  if any(not isinstance(s, int) for s in shape): return over_cores(HEURISTIC(k), 2 ** 31)
+  if any(not isinstance(s, int) for s in shape): return over_cores(reused_rows(HEURISTIC(k)), 2 ** 31)
   if not (len(shape) == 3 and types[1:] == [AxisType.REDUCE, AxisType.REDUCE] and types[0] is not AxisType.REDUCE
           and shape[2] <= 32):
     return HEURISTIC(k)

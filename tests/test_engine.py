@@ -1,7 +1,8 @@
 """engine.py's tricks on the installed tinygrad: each one still does what the project relies on it for."""
-import os, re
+import math, os, re
 import numpy as np, pytest
 from tinygrad import Context, Device, Tensor, TinyJit, UOp
+from tinygrad.helpers import colored
 import engine, kernels
 
 pytestmark = pytest.mark.skipif(Device.DEFAULT != "CPU", reason="use_all_cores is about tinygrad's CPU runtime")
@@ -82,6 +83,10 @@ def test_the_options_are_applied_one_row_at_a_time(matvec_options, capsys):
                for n in range(2, 33)), (rows, names)
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
+def colour(name: str) -> str:
+  """The escape code tinygrad's DEBUG output paints a kernel axis of this colour name with (axis_colors)."""
+  return re.match(r"\x1b\[(\d+)m", colored("x", name))[1]
+
 def test_a_kernel_over_a_symbolic_length_is_split_over_cores(matvec_options, capsys):
   # 3 heads (no two cores divide them: the heuristic leaves such a kernel on one core) x a symbolic length x 64
   c, w = randn(3, 40, 64), randn(3, 1, 64, seed=1)
@@ -91,10 +96,15 @@ def test_a_kernel_over_a_symbolic_length_is_split_over_cores(matvec_options, cap
   with Context(DEBUG=2):
     for i in (5, 9, 17):
       np.testing.assert_allclose(step(pos.bind(i)).numpy(), (c[:, :i] * w).sum(1), rtol=1e-5, atol=1e-5)
-  names = set(re.findall(r"\b(r_[0-9_]+pos)\b", re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)))
-  # the heuristic's r_3_16_4_pos with its 16 outputs split over the cores (r_3_8_2_4_pos on two)
-  assert len(names) == 1 and (m := re.fullmatch(r"r_3_(\d+)_(\d+)_4_pos", names.pop()))
-  assert int(m[1]) * int(m[2]) == 16 and int(m[2]) >= 2
+  # the kernel's axes as DEBUG=2 paints them: (colour, size); the 64 outputs of each head split over the cores
+  # (THREAD, bright blue) and upcast (yellow: outputs per cache row read), 4 by the heuristic and 4 by reused_rows
+  runs = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*pos)", capsys.readouterr().out)
+  axes = {tuple(re.findall(r"\x1b\[(\d+)m([^\x1b_]+)\x1b\[0m", name)) for name in runs}
+  assert len(axes) == 1, axes
+  (_, heads), *outputs = axes.pop()   # the symbolic length last, uncaptured
+  sizes = {code: math.prod(int(n) for c, n in outputs if c == code) for code in (colour("BLUE"), colour("yellow"))}
+  assert heads == "3" and math.prod(int(n) for _, n in outputs) == 64, outputs
+  assert sizes[colour("BLUE")] >= 2 and sizes[colour("yellow")] >= 16, outputs
 
 def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
   a, b = randn(64, 96), randn(96, 40, seed=1)
