@@ -3,7 +3,7 @@
 # upgrade starts by re-checking this file alone (tests/test_engine.py exercises each trick).
 from __future__ import annotations
 import copyreg, ctypes, dataclasses, mmap, os, pickle, subprocess, tempfile, time
-from tinygrad import Device, Tensor, TinyJit, dtypes, function
+from tinygrad import Device, Tensor, TinyJit, dtypes, function, helpers
 from tinygrad.device import Buffer
 from tinygrad.engine import worker as compile_workers
 from tinygrad.engine.jit import GraphRunner
@@ -66,6 +66,11 @@ def adam_state(opt: OptimizerGroup) -> dict[str, Tensor]:
     out |= {f"{i}.b1_t": o.b1_t, f"{i}.b2_t": o.b2_t}
     out |= {f"{i}.m.{j}": t for j, t in enumerate(o.m)} | {f"{i}.v.{j}": t for j, t in enumerate(o.v)}
   return out
+
+def use_compile_cache(path: str) -> None:
+  """tinygrad's compile cache (one sqlite file) at `path`, for this process and the programs it starts; call it before
+  the first compile. helpers.CACHEDB, read at the first connection: 0.14.0."""
+  helpers.CACHEDB = os.environ["CACHEDB"] = path
 
 def drop_file_pages(path: str) -> None:
   """tinygrad reads DISK tensors through an mmap of the file, so every page read stays in this process's resident set

@@ -1,10 +1,16 @@
 # The suite's shared pieces: the hypothesis profile, the shared fixtures directory, what several test files need built
 # once per session (stories260K's paths, a prepared Shakespeare dataset), the fuzz tests' sandbox and watch, and a
 # home of the session's own.
-import pathlib, pytest
+import os, pathlib, pytest
 from hypothesis import settings
 from tinygrad.helpers import CACHEDB
-import data, fuzzing
+import data, engine, fuzzing
+
+# each xdist worker (and the programs it launches) its own compile cache: three workers sharing one sqlite file waited
+# on each other's write locks, up to tinygrad's 60 s sqlite timeout, under load (a 1 s test took 58 s)
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+  CACHEDB = f"{CACHEDB}.{worker}"
+  engine.use_compile_cache(CACHEDB)
 
 # property tests compile tinygrad kernels: no per-example deadline, example counts set per test
 settings.register_profile("llama", deadline=None, print_blob=True)
@@ -14,7 +20,7 @@ settings.load_profile("llama")
 def own_home(tmp_path_factory):
   """generate.py keeps compiled steps in ~/.cache/llama-tinygrad: under a home of the session's own (also for the
   programs the tests launch), no test replays steps that an earlier run left, and none are left behind. tinygrad's
-  compile cache stays where it was."""
+  compile cache stays where it was (one file per xdist worker, beside it)."""
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("CACHEDB", CACHEDB)
     mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
