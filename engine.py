@@ -272,6 +272,11 @@ def use_matvec_options(on: bool = True) -> None:
     compile_workers._init_worker = init
     compile_workers.terminate_worker_pool()   # running workers started with the other setting
 
+def stop_compile_workers() -> None:
+  """End tinygrad's pool of compile processes now rather than in the interpreter's exit, where its handler threads may
+  still be replacing workers (a server's Ctrl-C)."""
+  compile_workers.terminate_worker_pool()
+
 def eta_from_here(bar, seconds_per_step: float) -> None:
   """Make tinygrad's tqdm estimate the time left from the steps after the compiled ones: it divides the time since
   its start by the share done, so the first steps' compilation would inflate the ETA for the whole run. Its start

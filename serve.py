@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from chat import chat_format, encode_pieces, render_chat
 from decode import Generator, Sampling, Stats, common_prefix, generate
+from engine import stop_compile_workers
 
 MAX_BODY = 1 << 20                                 # bytes of request body accepted; more is refused with 413
 PAGE = pathlib.Path(__file__).with_name("chat.html")
@@ -361,3 +362,4 @@ def serve(gen: Generator, tok, args: argparse.Namespace):
   finally:
     server.shutdown()
     server.server_close()
+    stop_compile_workers()

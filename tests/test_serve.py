@@ -3,7 +3,7 @@ llama2.c's golden text), streaming equals the whole answer, stop strings never l
 they get alone, a client leaving mid-stream stops its generation, bad requests get their status and the server goes on,
 a chat that goes on reuses its cached prefix, and the chat page streams the model's answer in a browser."""
 import base64, http.client, json, os, pathlib, re, shutil, signal, socket, struct, subprocess, sys, threading, time
-import urllib.error, urllib.request
+import urllib.error, urllib.parse, urllib.request
 import pytest, openai
 import checkpoint, kernels, generate as G, serve
 import decode
@@ -272,6 +272,10 @@ def test_cli_serve_with_api_key(s260):
     with pytest.raises(openai.AuthenticationError):
       openai.OpenAI(base_url=url + "v1", api_key="wrong", max_retries=0).completions.create(model="stories260K",
                                                                                             prompt="")
+    # a client that keeps its connection open, idle (as openai's pooled one may): Ctrl-C must not wait for it
+    idle = http.client.HTTPConnection(*urllib.parse.urlsplit(url).netloc.split(":"))
+    idle.request("GET", "/v1/models", headers={"Authorization": "Bearer sekrit"})
+    idle.getresponse().read()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
   finally: proc.kill()
