@@ -213,32 +213,31 @@ def worker_slices() -> int:
 # processes (engine/worker.py's _init_worker, looked up when the pool starts). Checked on tinygrad 0.14.0.
 HEURISTIC, WORKER_INIT = heuristic.hand_coded_optimizations, compile_workers._init_worker
 
+def first_that_applies(k, opts):
+  """`k` with the first of `opts` that applies to it; as it is when none does."""
+  for opt in opts:
+    try:
+      out = k.copy()
+      out.apply_opt(opt)
+      return out
+    except KernelOptError: pass
+  return k
+
 def over_cores(k, n_max: int):
   """`k` (options applied) with THREAD on its first output axis that the most cores, up to n_max, divide; as it is
   when none does or it is threaded already."""
   if not (k.ren.has_threads and k.ren.global_max is not None) or AxisType.THREAD in k.axis_types: return k
-  for n in range(min(n_max, k.ren.global_max[0]), 1, -1):
-    for axis, size in enumerate(k.full_shape):
-      if isinstance(size, int) and size % n == 0 and k.axis_types[axis] in (AxisType.GLOBAL, AxisType.WEAK):
-        try:
-          out = k.copy()
-          out.apply_opt(Opt(OptOps.THREAD, axis, n))
-          return out
-        except KernelOptError: pass
-  return k
+  return first_that_applies(k, (Opt(OptOps.THREAD, axis, n) for n in range(min(n_max, k.ren.global_max[0]), 1, -1)
+                                for axis, size in enumerate(k.full_shape)
+                                if isinstance(size, int) and size % n == 0
+                                and k.axis_types[axis] in (AxisType.GLOBAL, AxisType.WEAK)))
 
 def reused_rows(k, amount: int = 4):
   """`k` with its longest static output axis that `amount` divides upcast by it (several queries or heads per key
   read); as it is when none is."""
   axes = [a for a, (size, t) in enumerate(zip(k.full_shape, k.axis_types))
           if isinstance(size, int) and size % amount == 0 and t in (AxisType.GLOBAL, AxisType.WEAK)]
-  for axis in sorted(axes, key=lambda a: -k.full_shape[a]):
-    try:
-      out = k.copy()
-      out.apply_opt(Opt(OptOps.UPCAST, axis, amount))
-      return out
-    except KernelOptError: pass
-  return k
+  return first_that_applies(k, (Opt(OptOps.UPCAST, a, amount) for a in sorted(axes, key=lambda a: -k.full_shape[a])))
 
 def lane_matvec_options(k):
   """Options for two kinds of kernels on the CPU. A kernel that sums a (rows, K/lanes, lanes) product over its last
