@@ -1,8 +1,8 @@
 # Checkpoints in and out: load() opens the five common LLaMA formats (our own, Meta's release, Hugging Face, GGUF,
 # llama2.c), told apart by what is at the path; save() writes our own. Each reader parses its headers with plain file
 # reads and checks every name, type, shape and offset against the file before any tensor exists; it returns (Meta name,
-# lazy tensor) pairs that build() checks against the config, then realises on the device one at a time, so loading
-# needs about the model's own size in memory (plus one tensor), never a second full copy.
+# lazy tensor) pairs that build() checks against the config, then realises on the device a layer's worth at a time, so
+# loading needs about the model's own size in memory (plus one layer), never a second full copy.
 from __future__ import annotations
 import dataclasses, json, math, pathlib, re, struct
 from typing import Callable, Iterable, Iterator
@@ -12,7 +12,7 @@ from tinygrad.nn.state import safe_save
 import gguf, quant
 from engine import drop_file_pages
 from files import publish_dir, recover_dir, staging_dir
-from llama import ModelArgs, Transformer, learned
+from llama import ModelArgs, Transformer, layer_shapes, learned, weight_shapes
 from parallel import TP_SPLIT_AXIS, ParallelError, check_parallel, place
 from tensorfiles import CheckpointError, one_line, read_safetensors, read_torch_zip
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer, tokenizer_from_gguf
@@ -63,24 +63,11 @@ def _model_args(source, nbytes: int, **kw) -> ModelArgs:
 
 def _file_bytes(files: list[pathlib.Path]) -> int: return sum(f.stat().st_size for f in files)
 
-def _layer_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-  d, kv, h = args.dim, args.n_kv_heads * args.head_dim, args.ffn_hidden
-  return {"attention.wq": (d, d), "attention.wk": (kv, d), "attention.wv": (kv, d), "attention.wo": (d, d),
-          "feed_forward.w1": (h, d), "feed_forward.w2": (d, h), "feed_forward.w3": (h, d),
-          "attention_norm": (d,), "ffn_norm": (d,)}
-
-def weight_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-  """Meta's name and shape of every learned tensor of a model of `args` (what learned(Transformer(args)) holds),
-  without building one: a checkpoint is checked against it before anything is allocated."""
-  top = {"tok_embeddings.weight": (args.vocab_size, args.dim), "norm.weight": (args.dim,)}
-  if not args.tie_embeddings: top["output.weight"] = (args.vocab_size, args.dim)
-  return top | {f"layers.{i}.{k}.weight": s for i in range(args.n_layers) for k, s in _layer_shapes(args).items()}
-
 def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, devices: tuple,
            src: pathlib.Path, compact: bool) -> Transformer:
   # every name and shape is checked on the lazy views first: a broken checkpoint is refused before anything is read
   pairs = list(weights)
-  if len(_layer_shapes(args)) * args.n_layers > len(pairs):   # before a name table as long as n_layers is made
+  if len(layer_shapes(args)) * args.n_layers > len(pairs):   # before a name table as long as n_layers is made
     raise CheckpointError(f"{src} holds {len(pairs)} tensors, too few for the {args.n_layers} layers its config names")
   want, seen = weight_shapes(args), set()
   for name, t in pairs:
@@ -94,21 +81,28 @@ def _build(args: ModelArgs, weights: Weights, files: list[pathlib.Path], dtype, 
     raise CheckpointError(f"{src} lacks {len(missing)} weight(s) the config needs, e.g. '{missing[0]}'")
   check_parallel(args, len(devices), "tp")
   model = Transformer(args, init=False)
+  pending: list[Tensor] = []   # realised a layer's worth at a time: one schedule each, not one per tensor
   for i in range(len(pairs)):               # a quantised matrix: its layer becomes its compact twin, or dequantised
     (name, t), pairs[i] = pairs[i], None   # let go of each source view once it is realised
     *parents, layer, leaf = name.split(".")
     obj = model
     for part in parents: obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     if isinstance(t, quant.Packed) and compact and len(devices) == 1 and t.ggml_type in quant.FORMATS and t.ndim == 2:
-      setattr(obj, layer, t.module(devices[0], dtype, embedding=layer == "tok_embeddings")); continue
-    if isinstance(t, quant.Packed): t = _bits(t.dequantised(devices[0]))
-    t = place(name, t, devices, "tp")      # off the disk first (disk tensors cannot be cast in place); split under tp
-    if t.dtype == dtypes.uint16:           # bfloat16 carried as its bits (see _bits): keep it, or widen exactly
-      if dtype in (None, dtypes.bfloat16): t = t.contiguous().realize().bitcast(dtypes.bfloat16)
-      else: t = (t.cast(dtypes.uint32) << 16).bitcast(dtypes.float32)
-    if dtype is not None: t = t.cast(dtype)
-    setattr(getattr(obj, layer), leaf, t.contiguous().realize())
-    for f in files: drop_file_pages(str(f.resolve()))
+      setattr(obj, layer, q := t.module(devices[0], dtype, embedding=layer == "tok_embeddings"))
+      pending += q.parts.values()
+    else:
+      if isinstance(t, quant.Packed): t = _bits(t.dequantised(devices[0]))
+      t = place(name, t, devices, "tp")      # off the disk first (disk tensors cannot be cast in place); split under tp
+      if t.dtype == dtypes.uint16:           # bfloat16 carried as its bits (see _bits): keep it, or widen exactly
+        if dtype in (None, dtypes.bfloat16): t = t.contiguous().realize().bitcast(dtypes.bfloat16)
+        else: t = (t.cast(dtypes.uint32) << 16).bitcast(dtypes.float32)
+      if dtype is not None: t = t.cast(dtype)
+      setattr(getattr(obj, layer), leaf, t := t.contiguous())
+      pending.append(t)
+    if len(pending) >= len(layer_shapes(args)) or i == len(pairs) - 1:
+      Tensor.realize(*pending)
+      pending.clear()
+      for f in files: drop_file_pages(str(f.resolve()))
   model.freqs = place("freqs", model.freqs, devices, "tp").realize()
   return model
 

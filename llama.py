@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tinygrad import Tensor, UOp, dtypes, nn
 from tinygrad.nn.state import get_parameters, get_state_dict
-from engine import recomputed, split_axis, write_then_read
+from engine import recomputed, scheduled_once, split_axis, write_then_read
 
 # ***** configuration *****
 
@@ -201,6 +201,11 @@ def checkpointed_block(layer: TransformerBlock, x: Tensor, freqs: Tensor) -> Ten
   unbound outputs."""
   return layer(x, 0, freqs)
 
+# decoding, scoring and evaluation: each block a program of its own, scheduled once for all the layers
+@scheduled_once
+def scheduled_block(layer: TransformerBlock, x: Tensor, start_pos: int | UOp, freqs: Tensor) -> Tensor:
+  return layer(x, start_pos, freqs)
+
 class Transformer:
   def __init__(self, args: ModelArgs, init: bool = True):
     """init=False leaves the weights as lazy placeholders that are never realised, for loaders that overwrite them
@@ -245,16 +250,20 @@ class Transformer:
     for layer in self.layers: layer.attention.cache_kv = None
 
   def __call__(self, tokens: Tensor, start_pos: int | UOp = 0, checkpoint_activations: bool = False,
-               select: Tensor | None = None) -> Tensor:
+               select: Tensor | None = None, training: bool = False) -> Tensor:
     """tokens (batch, seq) → logits (batch, seq, vocab). start_pos is where tokens begin in the KV cache (an int, or
-    a bound symbolic variable so one compiled decode step serves every position). checkpoint_activations (training
-    only, no KV cache) recomputes each block in the backward pass. select (seq,), one-hot: the logits of that
-    position only (batch, 1, vocab), as Meta's model.py computes only the last one's when generating."""
+    a bound symbolic variable so one compiled decode step serves every position). training: the blocks are part of
+    the caller's graph, so the backward pass reuses the forward's intermediates (else each is scheduled once, see
+    scheduled_block); checkpoint_activations (training, no KV cache) recomputes each block in the backward pass
+    instead. select (seq,), one-hot: the logits of that position only (batch, 1, vocab), as Meta's model.py computes
+    only the last one's when generating."""
     _, seqlen = tokens.shape
     h = self.tok_embeddings(tokens)
     freqs = self.freqs[start_pos:start_pos+seqlen]
     for layer in self.layers:
-      h = checkpointed_block(layer, h, freqs) if checkpoint_activations else layer(h, start_pos, freqs)
+      if checkpoint_activations: h = checkpointed_block(layer, h, freqs)
+      elif training: h = layer(h, start_pos, freqs)
+      else: h = scheduled_block(layer, h, start_pos, freqs)
     if select is not None: h = (h * select.reshape(1, -1, 1)).sum(1, keepdim=True)
     h = self.norm(h)
     return (h @ self.tok_embeddings.weight.T if self.output is None else self.output(h)).float()
@@ -264,3 +273,17 @@ def learned(model: Transformer) -> dict[str, Tensor]:
   when the classifier is tied to the embedding)."""
   return {k: v for k, v in get_state_dict(model).items() if k != "freqs" and not k.endswith("cache_kv")
           and not (k == "output.weight" and model.args.tie_embeddings)}
+
+def layer_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+  """The name (within a block) and shape of each learned tensor of one TransformerBlock."""
+  d, kv, h = args.dim, args.n_kv_heads * args.head_dim, args.ffn_hidden
+  return {"attention.wq": (d, d), "attention.wk": (kv, d), "attention.wv": (kv, d), "attention.wo": (d, d),
+          "feed_forward.w1": (h, d), "feed_forward.w2": (d, h), "feed_forward.w3": (h, d),
+          "attention_norm": (d,), "ffn_norm": (d,)}
+
+def weight_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+  """Meta's name and shape of every learned tensor of a model of `args` (what learned(Transformer(args)) holds),
+  without building one: a checkpoint is checked against it before anything is allocated."""
+  top = {"tok_embeddings.weight": (args.vocab_size, args.dim), "norm.weight": (args.dim,)}
+  if not args.tie_embeddings: top["output.weight"] = (args.vocab_size, args.dim)
+  return top | {f"layers.{i}.{k}.weight": s for i in range(args.n_layers) for k, s in layer_shapes(args).items()}

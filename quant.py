@@ -100,10 +100,10 @@ class Packed:
     return ggml_data_to_tensor(self.data.to(device), math.prod(self.shape), self.ggml_type).reshape(self.shape)
 
   def module(self, device: str, dtype=None, embedding: bool = False) -> QuantLinear:
-    """The compact layer on `device`: its parts realised there, dequantising to `dtype` (default compute_dtype)."""
+    """The compact layer on `device`, dequantising to `dtype` (default compute_dtype); its parts are lazy: the caller
+    realises them (all parts in one schedule read the file's bytes once)."""
     dtype = dtype or compute_dtype(device)
     _, n, nbytes = FORMATS[self.ggml_type]
-    blocks = self.data.to(device).realize().reshape(self.shape[0], self.shape[1] // n, nbytes)   # read once
+    blocks = self.data.to(device).reshape(self.shape[0], self.shape[1] // n, nbytes)
     parts = {k: v.contiguous() for k, v in split(blocks, self.ggml_type, dtype).items()}
-    Tensor.realize(*parts.values())
     return (QuantEmbedding if embedding else QuantLinear)(parts, self.ggml_type, self.shape, dtype)

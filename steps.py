@@ -27,7 +27,7 @@ def make_train_step(model, opt: OptimizerGroup, params: list[Tensor], grad_clip:
     with Context(TRAINING=1):
       n, losses = counted(y), []
       for k in range(x.shape[0]):
-        loss = loss_sum(model(x[k], checkpoint_activations=checkpoint_activations), y[k]) / n
+        loss = loss_sum(model(x[k], checkpoint_activations=checkpoint_activations, training=True), y[k]) / n
         # not opt.zero_grad() and +=: with 16-bit weights opt holds the masters (their .grad is set below); a buffer
         # per gradient (llama.checkpointed_block says why)
         for p, g in zip(params, loss.gradient(*params)): p.grad = (g if k == 0 else p.grad + g).contiguous()

@@ -3,7 +3,8 @@ import math, os, re
 import numpy as np, pytest
 from tinygrad import Context, Device, Tensor, TinyJit, UOp
 from tinygrad.helpers import colored
-import engine, kernels
+import engine, kernels, llama
+from writers import small_args
 
 pytestmark = pytest.mark.skipif(Device.DEFAULT != "CPU", reason="use_all_cores is about tinygrad's CPU runtime")
 
@@ -159,3 +160,17 @@ def test_cpu_graph_replays_a_step_with_a_symbolic_position_like_the_executor(cpu
     np.testing.assert_allclose(prod.numpy(), y @ big.numpy(), rtol=1e-4, atol=1e-4)
   assert engine.GRAPHED["kernels"] > before
   if (os.cpu_count() or 1) >= 2: assert engine.worker_slices() > slices
+
+def test_a_block_is_scheduled_once_for_all_layers():
+  """A forward schedules the block's kernels once however many layers the model has (llama.scheduled_block): six
+  more layers add a call each to the schedule, not six blocks' worth of kernels; and the block as a program of its own
+  gives what the block inlined into the forward (training=True) gives."""
+  made = {}
+  for n, dim in ((2, 48), (8, 64)):   # other widths: the second model reuses none of the first one's schedules
+    model, x = llama.Transformer(small_args(n_layers=n, dim=dim)), Tensor([[1, 2, 3, 4]])
+    before = engine.kernels_scheduled()
+    out = model(x).realize()
+    made[n] = engine.kernels_scheduled() - before
+    np.testing.assert_allclose(out.numpy(), model(x, training=True).numpy(), rtol=1e-5, atol=1e-5)
+  per_block = made[2] - 2   # at least the block's kernels: the 2-layer forward's schedules less its two calls
+  assert made[8] - made[2] <= 6 < per_block, made

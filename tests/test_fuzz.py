@@ -202,7 +202,7 @@ def test_shape_table_matches_the_model():
   """The names and shapes a checkpoint is checked against before anything is allocated are the model's own."""
   for args in (ARGS, small_args(tie_embeddings=True,
                                 n_kv_heads=4), small_args(n_layers=3, hidden_dim=None, multiple_of=16)):
-    assert checkpoint.weight_shapes(args) == {
+    assert llama.weight_shapes(args) == {
       k: v.shape
       for k, v in llama.learned(llama.Transformer(args, init=False)).items()
     }

@@ -60,7 +60,9 @@ def random_blocks(ggml_type: int, rows: int, cols: int, seed: int) -> np.ndarray
   return b
 
 def layer(blocks: np.ndarray, ggml_type: int, shape: tuple[int, int], embedding=False) -> quant.QuantLinear:
-  return quant.Packed(Tensor(blocks.reshape(-1)), ggml_type, shape).module("CPU", embedding=embedding)
+  q = quant.Packed(Tensor(blocks.reshape(-1)), ggml_type, shape).module("CPU", embedding=embedding)
+  Tensor.realize(*q.parts.values())   # as checkpoint.load does
+  return q
 
 FORMATS = pytest.mark.parametrize("ggml_type", list(quant.FORMATS), ids=lambda t: quant.FORMATS[t][0])
 

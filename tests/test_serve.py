@@ -246,7 +246,7 @@ def test_cli_serve_with_api_key(s260):
   cleanly; bad --serve flags give one line."""
   m, t = s260
   proc = subprocess.Popen([
-    sys.executable,
+    sys.executable, "-X", "faulthandler",        # SIGABRT prints every thread's stack: the report of a hung exit
     str(ROOT / "generate.py"),
     str(m), "--tokenizer",
     str(t), "--serve", "--port", "0", "--api-key", "sekrit"
@@ -258,7 +258,9 @@ def test_cli_serve_with_api_key(s260):
     url = next(
       mt.group(1) for line in proc.stderr
       if (mt := re.match(r"serving stories260K at (http://127\.0\.0\.1:\d+/) ", line)))
-    threading.Thread(target=proc.stderr.read, daemon=True).start()   # keep its log from filling the pipe
+    log: list[str] = []
+    drain = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)  # its log must not fill the pipe
+    drain.start()
     for key in (None, "wrong"):
       with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(
@@ -277,7 +279,11 @@ def test_cli_serve_with_api_key(s260):
     idle.request("GET", "/v1/models", headers={"Authorization": "Bearer sekrit"})
     idle.getresponse().read()
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
+    try: assert proc.wait(timeout=60) == 0
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGABRT)
+      drain.join(timeout=20)
+      pytest.fail("generate.py --serve was still running 60 s after Ctrl-C; its threads then:\n" + "".join(log[-120:]))
   finally: proc.kill()
   for bad in (["--chat"], ["--port", "70000"]):
     r = subprocess.run(
