@@ -174,3 +174,14 @@ def test_a_block_is_scheduled_once_for_all_layers():
     np.testing.assert_allclose(out.numpy(), model(x, training=True).numpy(), rtol=1e-5, atol=1e-5)
   per_block = made[2] - 2   # at least the block's kernels: the 2-layer forward's schedules less its two calls
   assert made[8] - made[2] <= 6 < per_block, made
+
+def test_classifier_product_gives_the_products_gradients():
+  """engine.classifier_product is x @ wᵀ, and its hand-written backward gives numpy's gradients of a weighted sum of
+  it: r @ w for x, rᵀx (summed over batch and tokens) for w."""
+  x, w, r = randn(2, 5, 8, seed=1), randn(12, 8, seed=2), randn(2, 5, 12, seed=3)
+  tx, tw = Tensor(x), Tensor(w)
+  out = engine.classifier_product(tx, tw)
+  gx, gw = (out * Tensor(r)).sum().gradient(tx, tw)
+  np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gx.numpy(), r @ w, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gw.numpy(), r.reshape(-1, 12).T @ x.reshape(-1, 8), rtol=1e-5, atol=1e-5)

@@ -301,15 +301,15 @@ def test_chat_dataset_rows(smol_tok, fixtures, tmp_path):
   assert x.shape == (3, 200) and (y[:, -1] == data.IGNORE).all()
 
 def test_lora_on_smollm2_gguf_with_chat_data(fixtures, tmp_path):
-  """--init-from SmolLM2's GGUF (quantised weights dequantised, GGUF vocabulary) with LoRA on chat data: a step (the
-  second would only add the TinyJit capture of a 30-layer graph, minutes here), and out/ holds tokenizer.gguf and the
-  merged model. The README's chat run trains it for longer."""
+  """--init-from SmolLM2's GGUF (quantised weights dequantised, GGUF vocabulary) with LoRA on chat data and activation
+  checkpointing (each block a program of its own, so the 30 layers' step is scheduled once, not thirty times): a
+  step, and out/ holds tokenizer.gguf and the merged model. The README's chat run trains it for longer."""
   gguf = fixtures / "smollm2-135m-instruct-q4_1.gguf"
   (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"messages": c}) for c in CONVS * 3) + "\n")
   assert data.main(["--chat", str(tmp_path / "c.jsonl"), "--tokenizer", str(gguf), "--out", str(tmp_path / "ds")]) == 0
   assert run("--init-from", gguf, "--data", tmp_path / "ds", "--out", tmp_path / "out", "--lora-rank", 2,
-             "--lora-targets", "wq", "--max-steps", 1, "--batch-size", 1, "--seq-len", 48, "--eval-steps", 1,
-             "--sample-tokens", 0) == 0
+             "--lora-targets", "wq", "--checkpoint-activations", "--max-steps", 1, "--batch-size", 1, "--seq-len", 48,
+             "--eval-steps", 1, "--sample-tokens", 0) == 0
   losses = log(tmp_path / "out")
   assert len(losses) == 1 and 0 < losses[0] < 6, losses # ln(49152) ≈ 10.8: the instruct model knows ChatML answers
   assert {"tokenizer.gguf", "model.safetensors",
