@@ -137,13 +137,21 @@ def causal_mask(seqlen: int, start_pos: int | UOp, device) -> Tensor | None:
   if seqlen == 1: return None
   return Tensor.ones(seqlen, seqlen, dtype=dtypes.bool, device=device).tril().pad(((0, 0), (start_pos, 0)), value=True)
 
+def linear(fan_in: int, fan_out: int) -> nn.Linear:
+  """tinygrad's bias-free nn.Linear, its weight an unset placeholder of the right shape: every weight is set afterwards
+  (init_weights, or a loader), and nn.Linear's own uniform init builds a random-number graph per layer (about 1.5 s of
+  loading SmolLM2's 211 matrices)."""
+  lin = nn.Linear.__new__(nn.Linear)
+  lin.weight, lin.bias = Tensor.empty(fan_out, fan_in), None
+  return lin
+
 class Attention:
   def __init__(self, args: ModelArgs):
     self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-    self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
-    self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-    self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-    self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+    self.wq = linear(args.dim, args.n_heads * self.head_dim)
+    self.wk = linear(args.dim, self.n_kv_heads * self.head_dim)
+    self.wv = linear(args.dim, self.n_kv_heads * self.head_dim)
+    self.wo = linear(args.n_heads * self.head_dim, args.dim)
     self.cache_kv: Tensor | None = None   # (2, batch, kv_heads, max_context, head_dim), made by Transformer.init_cache
     self.attend = attention               # kernels.use_decode_kernels swaps in a faster one-token kernel
 
@@ -168,9 +176,9 @@ class Attention:
 
 class FeedForward:
   def __init__(self, dim: int, hidden_dim: int):
-    self.w1 = nn.Linear(dim, hidden_dim, bias=False)   # gate
-    self.w2 = nn.Linear(hidden_dim, dim, bias=False)   # down projection
-    self.w3 = nn.Linear(dim, hidden_dim, bias=False)   # up projection
+    self.w1 = linear(dim, hidden_dim)   # gate
+    self.w2 = linear(hidden_dim, dim)   # down projection
+    self.w3 = linear(dim, hidden_dim)   # up projection
 
   def __call__(self, x: Tensor) -> Tensor:
     return self.w2(materialized(own_grad(self.w1(x)).silu() * own_grad(self.w3(x))))
@@ -214,7 +222,7 @@ class Transformer:
     self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
     self.layers = [TransformerBlock(args) for _ in range(args.n_layers)]
     self.norm = RMSNorm(args.dim, eps=args.norm_eps)
-    self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+    self.output = None if args.tie_embeddings else linear(args.dim, args.vocab_size)
     # table for twice the context, as Meta does, so decoding a little past max_seq_len still has angles
     self.freqs = precompute_freqs(args.head_dim, args.max_seq_len * 2, args.rope_theta)
     if init: self.init_weights()
