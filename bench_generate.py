@@ -25,7 +25,7 @@ from tinygrad import Device, GlobalCounters, Tensor
 import checkpoint, gguf, kernels
 from cli import GRAPH, add_benchmark_flags, interleaved, one_line_errors
 from decode import Generator, Sampling, common_prefix
-from engine import use_all_cores, use_cpu_graph, use_matvec_options
+from engine import use_all_cores, use_cpu_graph, use_kernel_options
 try: import torch, transformers
 except ImportError: torch = transformers = None
 try: from llama_cpp import Llama
@@ -214,7 +214,7 @@ def run(a: argparse.Namespace) -> int:
   t_start = time.perf_counter()
   on = {"on": [True], "off": [False], "both": [False, True]}[a.decode_kernels]
   use_all_cores(a.cores != "one")
-  use_matvec_options()
+  use_kernel_options()
   compact = [False] if a.shape else {"on": [True], "off": [False], "both": [False, True]}[a.compact]
   with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
     anchor = None

@@ -18,7 +18,7 @@ import llama, parallel
 from cli import GRAPH, add_benchmark_flags, interleaved
 from optim import make_optimizer
 from steps import make_train_step
-from engine import use_all_cores, use_cpu_graph
+from engine import use_all_cores, use_cpu_graph, use_kernel_options
 try: import torch, transformers
 except ImportError: torch = transformers = None
 
@@ -129,6 +129,7 @@ def main(argv=None) -> int:
           f"{args.n_heads} heads, vocab {args.vocab_size}) {a.dtype}, batch {a.batch_size}x{a.seq_len}")
   print(f"{what}: {fpt / 1e6:.0f} model MFLOP per token; tinygrad on {Device.DEFAULT}", flush=True)
   runs, anchor = {}, None
+  use_kernel_options()   # as train.py
   for suffix, graph in GRAPH[a.graph].items():
     step = ours(a, args)   # captured on its first run, with that run's graph setting
     for name, on in CORES[a.cores].items():

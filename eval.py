@@ -17,7 +17,7 @@ from tinygrad.helpers import tqdm
 import checkpoint, kernels, llama, runs
 from cli import one_line_errors
 from decode import Generator, Sampling, common_prefix
-from engine import capture_at_once, use_all_cores, use_cpu_graph, use_matvec_options
+from engine import capture_at_once, use_all_cores, use_cpu_graph, use_kernel_options
 from files import atomic_write
 from progress import phase
 from tasks import TASKS, EvalError, Item, Task, load_items, with_shots
@@ -318,7 +318,7 @@ def evaluate(args) -> int:
 def main(argv=None) -> int:   # EvalError, CheckpointError, TokenizerError are ValueErrors: one line, no traceback
   use_all_cores()
   use_cpu_graph()
-  use_matvec_options()
+  use_kernel_options()
   return one_line_errors("eval.py", lambda: evaluate(parse_args(argv)))
 
 if __name__ == "__main__": sys.exit(main())

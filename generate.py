@@ -15,7 +15,7 @@ import argparse, hashlib, importlib.metadata, pathlib, statistics, sys, time
 import chat, checkpoint, kernels, parallel, serve
 from cli import one_line_errors
 from runs import DEFAULT_OUT
-from engine import use_all_cores, use_cpu_graph, use_matvec_options
+from engine import use_all_cores, use_cpu_graph, use_kernel_options
 from decode import Generator, Sampling, Stats, generate, weight_bytes
 from progress import phase
 
@@ -177,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:   # checkpoint.CheckpointError, TokenizerError are ValueErrors: one line, no traceback
   use_all_cores()
   use_cpu_graph()
-  use_matvec_options()
+  use_kernel_options()
   return one_line_errors("generate.py", lambda: run(parse_args(argv)))
 
 def run(args):

@@ -47,7 +47,7 @@ def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | Non
   if q.shape[2] != 1: return llama.attention(q, keys, values, mask)
   (b, h, _, d), kv = q.shape, keys.shape[1]
   g, s, parts = h // kv, keys.shape[2], d // 32 if d % 32 == 0 else 1
-  # each dot product in parts of 32 (an output axis of its own, which engine.lane_matvec_options splits over cores: the
+  # each dot product in parts of 32 (an output axis of its own, which engine.kernel_options splits over cores: the
   # kernel's other axes are a few heads and the symbolic length), the parts added in the softmax's kernel
   dots = lane_sum(q.reshape(b, kv, g, 1, parts, d // parts) * keys.reshape(b, kv, 1, s, parts, d // parts))
   scores = dots.contiguous().sum(-1) / math.sqrt(d)                                             # (B, KV, group, S)

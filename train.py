@@ -19,7 +19,7 @@ import argparse, pathlib, sys
 from dataclasses import fields
 import checkpoint, data, llama, lora, memory
 from cli import one_line_errors
-from engine import use_all_cores, use_cpu_graph
+from engine import use_all_cores, use_cpu_graph, use_kernel_options
 from training import TrainConfig, TrainError, configure, describe, load_checkpoint, model_args, train
 
 # train.py's option groups, in TrainConfig's order: each option is a TrainConfig field (its default and help line)
@@ -74,6 +74,7 @@ def merge(cfg: TrainConfig) -> int:
 def main(argv=None) -> int:
   use_all_cores()
   use_cpu_graph()
+  use_kernel_options()
   # TrainError, DataError, CheckpointError, ParallelError: one line, no traceback; Ctrl-C before training started
   # (data preparation, compilation) or a second one: "interrupted" (the loop saves on the first)
   return one_line_errors("train.py", lambda: run(parse_args(argv)))

@@ -59,9 +59,9 @@ def test_use_all_cores_twice_starts_no_more_threads(cores):
 
 @pytest.fixture
 def matvec_options():
-  engine.use_matvec_options()
+  engine.use_kernel_options()
   yield
-  engine.use_matvec_options(False)
+  engine.use_kernel_options(False)
 
 @pytest.mark.parametrize("rows", [3072, 960, 24])
 def test_lane_sum_matvecs_with_written_down_options_equal_numpy(matvec_options, rows):
@@ -83,11 +83,15 @@ def test_the_options_are_applied_one_row_at_a_time(matvec_options, capsys):
     assert any(re.fullmatch(rf"r_{rows // n}_{n}_{steps}_8|r_{rows}_{steps}_8", name) for name in names
                for n in range(2, 33)), (rows, names)
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
 def colour(name: str) -> str:
   """The escape code tinygrad's DEBUG output paints a kernel axis of this colour name with (axis_colors)."""
   return re.match(r"\x1b\[(\d+)m", colored("x", name))[1]
 
+def axes(line: str) -> list[tuple[str, str]]:
+  """A kernel name's axes from DEBUG=2's line for it: (colour code, size) in order."""
+  return re.findall(r"\x1b\[(\d+)m([^\x1b_]+)\x1b\[0m", line)
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
 def test_a_kernel_over_a_symbolic_length_is_split_over_cores(matvec_options, capsys):
   # 3 heads (no two cores divide them: the heuristic leaves such a kernel on one core) x a symbolic length x 64
   c, w = randn(3, 40, 64), randn(3, 1, 64, seed=1)
@@ -100,12 +104,25 @@ def test_a_kernel_over_a_symbolic_length_is_split_over_cores(matvec_options, cap
   # the kernel's axes as DEBUG=2 paints them: (colour, size); the 64 outputs of each head split over the cores
   # (THREAD, bright blue) and upcast (yellow: outputs per cache row read), 4 by the heuristic and 4 by reused_rows
   runs = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*pos)", capsys.readouterr().out)
-  axes = {tuple(re.findall(r"\x1b\[(\d+)m([^\x1b_]+)\x1b\[0m", name)) for name in runs}
-  assert len(axes) == 1, axes
-  (_, heads), *outputs = axes.pop()   # the symbolic length last, uncaptured
+  seen = {tuple(axes(name)) for name in runs}
+  assert len(seen) == 1, seen
+  (_, heads), *outputs = seen.pop()   # the symbolic length last, uncaptured
   sizes = {code: math.prod(int(n) for c, n in outputs if c == code) for code in (colour("BLUE"), colour("yellow"))}
   assert heads == "3" and math.prod(int(n) for _, n in outputs) == 64, outputs
   assert sizes[colour("BLUE")] >= 2 and sizes[colour("yellow")] >= 16, outputs
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
+def test_a_product_read_along_its_reduction_is_tiled(matvec_options, capsys):
+  """x @ Wᵀ over several tokens, both read along the reduction (engine.dot_tiles): 4 × 4 outputs per step (yellow:
+  upcast), the reduction unrolled by 4 (magenta), split over the cores (bright blue); numpy's product."""
+  x, w = randn(32, 576), randn(1536, 576, seed=1)
+  tx, tw = Tensor(x).realize(), Tensor(w).realize()
+  capsys.readouterr()
+  with Context(DEBUG=2): out = (tx @ tw.T).realize()
+  [line] = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*)", capsys.readouterr().out)
+  np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-4, atol=1e-4)
+  sizes = {c: [n for code, n in axes(line) if code == colour(c)] for c in ("yellow", "magenta", "BLUE")}
+  assert sizes["yellow"] == ["4", "4"] and sizes["magenta"] == ["4"] and sizes["BLUE"], axes(line)
 
 def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
   a, b = randn(64, 96), randn(96, 40, seed=1)
