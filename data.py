@@ -8,7 +8,10 @@
 # Chat datasets (--chat) hold conversations rendered with the model's chat template, a loss mask beside the tokens
 # (only the assistant's tokens are learned) and where each conversation starts; batches take one per row, padded.
 from __future__ import annotations
-import argparse, ast, hashlib, io, json, multiprocessing, os, pathlib, random, shutil, sys, sysconfig, threading
+import argparse, ast, collections, contextlib, hashlib, io, json, multiprocessing, os, pathlib, random, shutil, sys
+import sysconfig
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import urllib.error, urllib.parse, urllib.request
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -159,29 +162,40 @@ def _encode_chunk(job: tuple[bytes, bool, bool, str]) -> tuple[np.ndarray, int]:
 
 def _encode_corpus(docs: list[Document], tokenizer_path: str, dtype: str, dest: pathlib.Path, workers: int) -> int:
   """Encode every document (BOS at the start of each, where the tokenizer wants one) into dest, in document order;
-  returns the token count. A semaphore keeps at most a few chunks per worker in flight: Pool.imap alone would read the
-  whole input ahead."""
-  in_flight = threading.BoundedSemaphore(4 * workers)
+  returns the token count. At most a few chunks per worker are in flight, so the input is not read far ahead. A
+  worker that dies (as one does when the script that called prepare() runs it again on import) ends it with a
+  DataError rather than a pool that waits for it forever."""
   def jobs() -> Iterator[tuple[bytes, bool, bool, str]]:
     for doc in docs:
       prev = b""
       for k, chunk in enumerate(doc_chunks(doc)):
-        in_flight.acquire()
         yield chunk, k == 0, prev.endswith(b"\n"), dtype
         prev = chunk
-  pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer_path,)) if workers > 1 else None
-  if pool is None: _init_worker(tokenizer_path)
   n = 0
-  try:
-    with open(dest, "wb") as f, tqdm(desc="encoding", total=sum(_size(d) for d in docs), unit="B", unit_scale=True,
-                                     rate=10) as bar:
-      for ids, nbytes in (pool.imap(_encode_chunk, jobs()) if pool else map(_encode_chunk, jobs())):
-        in_flight.release()
-        f.write(ids.tobytes())
-        n += len(ids)
-        bar.update(nbytes)
-  finally:
-    if pool: pool.terminate()
+  with contextlib.ExitStack() as stack:
+    f = stack.enter_context(open(dest, "wb"))
+    bar = stack.enter_context(tqdm(desc="encoding", total=sum(_size(d) for d in docs), unit="B", unit_scale=True,
+                                   rate=10))
+    def write(ids: np.ndarray, nbytes: int):
+      nonlocal n
+      f.write(ids.tobytes())
+      n += len(ids)
+      bar.update(nbytes)
+    if workers <= 1:
+      _init_worker(tokenizer_path)
+      for job in jobs(): write(*_encode_chunk(job))
+      return n
+    pool = stack.enter_context(ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _init_worker,
+                                                   (tokenizer_path,)))
+    pending: collections.deque = collections.deque()
+    try:
+      for job in jobs():
+        pending.append(pool.submit(_encode_chunk, job))
+        if len(pending) >= 4 * workers: write(*pending.popleft().result())
+      while pending: write(*pending.popleft().result())
+    except BrokenProcessPool:
+      raise DataError("an encoding worker process died; a script that calls data.prepare must do so under "
+                      "`if __name__ == \"__main__\":`, as the workers import it again") from None
   return n
 
 def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=None, workers: int | None = None) -> dict:
@@ -189,6 +203,9 @@ def prepare(inputs: list[str], out="data", vocab_size: int = 2048, tokenizer=Non
   Tokenizer.file_name says),
   train.bin and val.bin (uint16 tokens when the vocabulary fits, else uint32), and meta.json, written last, so a
   directory with meta.json is complete. No inputs: the default corpus. Returns the meta dict."""
+  if sys.modules["__main__"].__name__ == "__mp_main__":   # a worker process importing a script without that guard
+    raise DataError("data.prepare was called while a worker process imported the calling script: call it under "
+                    "`if __name__ == \"__main__\":`")
   out = pathlib.Path(out)
   docs = corpus_documents(inputs) if inputs else default_corpus()
   if not docs: raise DataError("the corpus is empty")

@@ -104,6 +104,18 @@ def test_parallel_encoding_matches_serial(tmp_path, shakespeare, fixtures):
   for split in ("train", "val"):
     assert (tmp_path / "one" / f"{split}.bin").read_bytes() == (tmp_path / "two" / f"{split}.bin").read_bytes()
 
+def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path, shakespeare, fixtures):
+  """A plain script that calls data.prepare with worker processes at its top level (no `if __name__ == "__main__":`):
+  the spawned workers import the script again; prepare ends with one DataError naming the guard, within a timeout,
+  instead of waiting for the workers forever (as multiprocessing.Pool did)."""
+  (tmp_path / "a.txt").write_bytes((fixtures / "tinyshakespeare.txt").read_bytes()[:100_000])
+  tok = str(shakespeare / "tokenizer.model")
+  (tmp_path / "plain.py").write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport data\n"
+                                     f"data.prepare(['a.txt'], 'out', tokenizer={tok!r}, workers=2)\n")
+  r = subprocess.run([sys.executable, "plain.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode != 0 and last.startswith("data.DataError") and '__name__ == "__main__"' in last, r.stderr[-2000:]
+
 def test_default_corpus_is_the_stdlibs_english_prose():
   docs = data.default_corpus()
   names = [name for name, _ in docs]
