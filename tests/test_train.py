@@ -1,7 +1,7 @@
 """train.py: the §2.3 optimiser pieces (schedule, decay groups, clipping), learning (overfit one batch, beat the
 unigram entropy), exact resume (also after Ctrl-C), checkpoints that checkpoint.load / generate.py read, and the CLI.
 Every run shares one tiny configuration, so the train step is compiled once per session."""
-import contextlib, io, json, math, os, pathlib, signal, subprocess, sys, threading, time
+import contextlib, gc, io, json, math, os, pathlib, signal, subprocess, sys, threading, time
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -289,9 +289,10 @@ def test_float16_keeps_float32_masters(one_device, dataset, tmp_path, capsys):
 def test_dry_run_prints_memory_without_allocating(capsys):
   """The printed figures against first principles: 65.3B fp32 parameters are 243 GiB; tensor parallel over 4 devices
   holds a quarter of them per device, data parallel all of them; a gradient per weight; AdamW's m and v twice that."""
+  gc.collect()                                # other tests' unreachable buffers are freed now, not during the run
   before = GlobalCounters.mem_used
   assert run("--dry-run", "--preset", "65B", "--devices", "CPU:0,CPU:1,CPU:2,CPU:3", "--parallel", "tp") == 0
-  assert GlobalCounters.mem_used == before
+  assert GlobalCounters.mem_used <= before    # one 65B layer would be 3 GiB; a garbage collection may only lower it
   printed = capsys.readouterr().out
   rows = {(c[1], c[2]): c
           for line in printed.splitlines() if (c := [x.strip() for x in line.split("|")])[1:2] == ["65B"]}
