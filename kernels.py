@@ -32,12 +32,34 @@ class FusedPart:
   def __call__(self, x: Tensor) -> Tensor:   # prefill keeps one matmul per layer: the fused one picked slower kernels
     return self.product(x)[..., self.rows[0]:self.rows[1]] if x.shape[-2] == 1 else x @ self.weight.T
 
+class FusedQuantPart(quant.QuantLinear):
+  """FusedPart for compact layers: rows start:end of one fused compact matrix. Its parts are views of the fused parts'
+  rows, so the state dict keeps its names and shapes; one token computes the whole fused product from inside the call
+  (so a compiled block reads the packed bytes, not a dequantised copy made ahead of it) and takes its rows."""
+  def __init__(self, fused: quant.QuantLinear, start: int, end: int):
+    super().__init__({k: v[start:end] for k, v in fused.parts.items()}, fused.ggml_type, (end - start, fused.shape[1]),
+                     fused.dtype)
+    self.rows, self.fused_product = (start, end), lambda x: matvec_linear(fused.weight, x)
+  def __call__(self, x: Tensor) -> Tensor:
+    if x.shape[-2] != 1: return super().__call__(x)
+    return self.fused_product(x.cast(self.dtype))[..., self.rows[0]:self.rows[1]]
+
 def fuse(lins: list) -> list:
-  """The layers `lins` as FusedParts of one concatenated matrix (on one device; a split model keeps its layers)."""
+  """The layers `lins` as parts of one concatenated matrix: FusedParts of float weights (on one device; a split model
+  keeps its layers), FusedQuantParts of compact ones in one format; layers of mixed formats stay as they are."""
+  if any(isinstance(l, (FusedPart, FusedQuantPart)) for l in lins): return lins
+  ends = [0]
+  for l in lins: ends.append(ends[-1] + (l.shape if isinstance(l, quant.QuantLinear) else l.weight.shape)[0])
+  if any(isinstance(l, quant.QuantLinear) for l in lins):
+    first = lins[0]
+    if any(not isinstance(l, quant.QuantLinear) or (l.ggml_type, l.dtype, l.shape[1]) !=
+           (first.ggml_type, first.dtype, first.shape[1]) for l in lins): return lins
+    parts = {k: Tensor.cat(*[l.parts[k] for l in lins]).contiguous().realize() for k in first.parts}
+    fused = quant.QuantLinear(parts, first.ggml_type, (ends[-1], first.shape[1]), first.dtype)
+    return [FusedQuantPart(fused, a, b) for a, b in zip(ends, ends[1:])]
   ws = [l.weight for l in lins]
-  if any(isinstance(w.device, tuple) for w in ws) or any(isinstance(l, FusedPart) for l in lins): return lins
-  fused, ends = Tensor.cat(*ws).contiguous().realize(), [0]
-  for w in ws: ends.append(ends[-1] + w.shape[0])
+  if any(isinstance(w.device, tuple) for w in ws): return lins
+  fused = Tensor.cat(*ws).contiguous().realize()
   return [FusedPart(fused, a, b) for a, b in zip(ends, ends[1:])]
 
 def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
@@ -59,7 +81,8 @@ def use_decode_kernels(model: llama.Transformer, min_size: int = 1 << 16) -> lla
   w1‖w3, and matvec_linear for wo, w2 and the classifier (tied or not) where the matrix is big enough (>= min_size
   weights) that kernel time outweighs the cost of the extra kernels. The state dict keeps its names and shapes, so
   saving works as before; calling it twice changes nothing. For decoding only: the fused weights are new buffers.
-  Compact layers (quant.QuantLinear) keep their blocks, unfused, and get the lane-summed matvec as their product.
+  Compact layers (quant.QuantLinear) keep their blocks: wq‖wk‖wv and w1‖w3 of one format are fused as one compact
+  matrix (FusedQuantPart), the others get the lane-summed matvec as their product.
   CPU only: on accelerators tinygrad's own reductions are faster than these lane sums (measured 19% on an H200), so a
   model elsewhere is returned as it is."""
   if parallel.model_backend(model) != "CPU": return model
@@ -72,9 +95,9 @@ def use_decode_kernels(model: llama.Transformer, min_size: int = 1 << 16) -> lla
   for layer in model.layers:
     a, f = layer.attention, layer.feed_forward
     a.attend = decode_attention
-    if any(isinstance(l, quant.QuantLinear) for l in (a.wq, a.wk, a.wv, f.w1, f.w3)):   # unfused, each compact
-      a.wq, a.wk, a.wv, f.w1, f.w3 = map(swap, (a.wq, a.wk, a.wv, f.w1, f.w3))
-    else: (a.wq, a.wk, a.wv), (f.w1, f.w3) = fuse([a.wq, a.wk, a.wv]), fuse([f.w1, f.w3])
+    (a.wq, a.wk, a.wv), (f.w1, f.w3) = fuse([a.wq, a.wk, a.wv]), fuse([f.w1, f.w3])
+    for lin in (a.wq, a.wk, a.wv, f.w1, f.w3):   # compact layers of mixed formats stay unfused, each a matvec
+      if type(lin) is quant.QuantLinear: swap(lin)
     a.wo, f.w2 = swap(a.wo), swap(f.w2)
   if model.output is not None: model.output = swap(model.output)
   # a tied classifier reads the embedding matrix; llama.learned() leaves 'output.weight' out, so the model stays tied

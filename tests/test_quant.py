@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from tinygrad import GlobalCounters, Tensor, dtypes
 from tinygrad.llm.gguf import ggml_data_to_tensor
-import checkpoint, decode, kernels, quant
+from tinygrad.nn.state import get_state_dict
+import checkpoint, decode, engine, kernels, quant
 import reference as ref
 import test_load
 from writers import small_args, write_gguf
@@ -121,6 +122,38 @@ def test_compact_load_gives_the_dequantised_models_outputs(tmp_path):
   assert isinstance(a.wq, quant.QuantLinear) and a.wq.product is kernels.matvec_linear
   assert got == ref.forward(expected, args, [[1, 5, 9] + got])[0, 2:-1].argmax(-1).tolist()
   with pytest.raises(checkpoint.CheckpointError, match="compact"): checkpoint.save(model, tmp_path / "out")
+
+def decode_step_kernels(model) -> int:
+  """Kernels one decode step launches, the Generator as generate.py builds it, with the CPU graph off (a test before may
+  have turned it on; its replay counts as one launch)."""
+  was = engine.use_cpu_graph(False)
+  try:
+    gen = decode.Generator(model, 16, decode.Sampling(0.0), chunk=1)
+    gen.feed([1, 5])
+    gen.next()
+    GlobalCounters.reset()
+    gen.next()
+    return GlobalCounters.kernel_count
+  finally: engine.use_cpu_graph(was)
+
+def test_compact_layers_of_one_format_are_one_product(tmp_path):
+  """wq‖wk‖wv (all Q4_1) and w1‖w3 (both Q8_0) become FusedQuantParts of one compact matrix each: the state dict keeps
+  its names, shapes and bytes, the greedy tokens are numpy's forward of the dequantised weights, and a decode step
+  launches 3 kernels fewer per layer than the same model whose formats differ within those groups (above: unfused)."""
+  args = small_args()
+  one_format = TYPES | {"attn_k": 3, "ffn_gate": 8}
+  expected = write_gguf(tmp_path / "m.gguf", ref.random_weights(args, seed=5), args, one_format)
+  model, _ = checkpoint.load(tmp_path / "m.gguf", compact=True)
+  before = {k: (v.shape, v.dtype, v.nbytes()) for k, v in get_state_dict(model).items()}
+  got = test_load.greedy(kernels.use_decode_kernels(model, min_size=0), [1, 5, 9], 8)
+  a, f = model.layers[0].attention, model.layers[0].feed_forward
+  assert all(isinstance(l, kernels.FusedQuantPart) for l in (a.wq, a.wk, a.wv, f.w1, f.w3))
+  assert {k: (v.shape, v.dtype, v.nbytes()) for k, v in get_state_dict(model).items()} == before
+  assert got == ref.forward(expected, args, [[1, 5, 9] + got])[0, 2:-1].argmax(-1).tolist()
+  write_gguf(tmp_path / "mixed.gguf", ref.random_weights(args, seed=5), args, TYPES)
+  mixed, _ = checkpoint.load(tmp_path / "mixed.gguf", compact=True)
+  assert decode_step_kernels(kernels.use_decode_kernels(mixed, min_size=0)) - decode_step_kernels(model) == \
+    3 * args.n_layers
 
 # numpy's greedy continuation (reference.forward of the dequantised weights, 16 steps) of "Once upon a time" by SmolLM2:
 # ", the city of Nova Haven was a thriving metropolis, with towering skyscrapers and bustling"; test_load.py decodes it
