@@ -31,19 +31,22 @@ def recomputed(fn):
   lazy nodes, so calling a block twice would reuse the first forward. `function`'s precompile flags: 0.14.0."""
   return function(precompile=True, precompile_backward=True)(fn)
 
-def _grads_from_transposed_copies(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
-  x, w, g = Tensor(call.src[1]), Tensor(call.src[2]), Tensor(grad)
-  gt = g.reshape(-1, g.shape[-1]).T.contiguous()   # (out, tokens)
-  xt = x.reshape(-1, x.shape[-1]).T.contiguous()   # (in, tokens)
-  return (g @ w).uop, (gt @ xt.T).uop
+def product_for_training(dw_from_copies: bool):
+  """x @ wᵀ for training, as a function whose kernels read along their outputs (outer_tiles): x times a transposed copy
+  of w, the input's gradient g·w (a kernel of its own, not summed into the next), the weight's gᵀ·x; g and x first
+  into buffers, else what made them (a norm, a softmax's backward) is recomputed in every tile. dw_from_copies: gᵀ·x
+  from copies along the tokens (dot_tiles), for a vocabulary-wide g, whose columns leave the cache. grad_fxn: 0.14.0."""
+  def grads(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
+    x, w, g = Tensor(call.src[1]).contiguous(), Tensor(call.src[2]), Tensor(grad).contiguous()
+    rows, cols = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])   # (tokens, out), (tokens, in)
+    dw = rows.T.contiguous() @ cols.T.contiguous().T if dw_from_copies else rows.T @ cols
+    return (g @ w).contiguous().uop, dw.uop
+  @function(grad_fxn=grads)
+  def product(x: Tensor, w: Tensor) -> Tensor: return x @ w.T.contiguous()
+  return product
 
-@function(grad_fxn=_grads_from_transposed_copies)
-def classifier_product(x: Tensor, w: Tensor) -> Tensor:
-  """x @ w.T, whose weight gradient gᵀ·x is computed from copies of g and x that run along the tokens: tinygrad's own
-  kernel for it reads g down its columns, a vocabulary's stride per token, at 10 GFLOP/s on two cores; from the copies
-  the product runs at 55 (a `small` train step's classifier, 2048 × 128 over 1,024 tokens: 51 → 23 ms with the
-  copies). `function`'s grad_fxn, which gets the output's gradient and the CALL whose sources are x and w: 0.14.0."""
-  return x @ w.T
+# the classifier's g has a vocabulary's columns (`small`'s 2048: gᵀ·x 24 ms read directly, 16 ms from the copies)
+trained_product, classifier_product = product_for_training(False), product_for_training(True)
 
 def scheduled_once(fn):
   """`fn` as a program of its own, scheduled once for every call with the same shapes: a lazy graph holds each layer's
@@ -60,20 +63,17 @@ def made_from_nothing(t: Tensor) -> bool:
                  for u in t.uop.toposort())
 
 def capture_at_once(fn, *reads) -> TinyJit:
-  """A TinyJit that captures on its first call. By default TinyJit runs a function eagerly once first, a warm-up that
-  schedules and compiles the same kernels a second time (a quarter of SmolLM2's Generator start-up, README). What a
-  step captured at once reads must exist already: state made from nothing (AdamW's zero moments, a table from numpy)
-  would be made anew, zeroed, at every replay. So every such tensor of `reads` (objects such as the model and the
-  optimiser: their get_state_dict) is realised first; expressions over realised buffers (a compact layer's
-  dequantising weight, a view of fused rows) stay lazy, as the step is meant to compute them. TinyJit.cnt: 0.14.0."""
+  """A TinyJit that captures on its first call (by default it first runs eagerly, scheduling and compiling each kernel
+  twice: a quarter of SmolLM2's Generator start-up). What it reads must exist: state made from nothing (AdamW's zero
+  moments, a numpy table) would be made anew at every replay, so such tensors of `reads` (model, optimiser) are
+  realised first; expressions over realised buffers (a dequantising weight) stay lazy. TinyJit.cnt: 0.14.0."""
   if state := [t for r in reads for t in get_state_dict(r).values() if made_from_nothing(t)]: Tensor.realize(*state)
   jit = TinyJit(fn)
   jit.cnt = 1
   return jit
 
 def compiled_kernels() -> int:
-  """How many kernels this process has compiled so far (tinygrad.engine.realize.runtime_cache: 0.14.0): a test that a
-  replay compiles nothing new reads it before and after."""
+  """How many kernels this process has compiled (realize.runtime_cache: 0.14.0); a test reads it around a replay."""
   return len(runtime_cache)
 
 def kernels_scheduled() -> int:
@@ -102,8 +102,7 @@ def use_compile_cache(path: str) -> None:
 def drop_file_pages(path: str) -> None:
   """tinygrad reads DISK tensors through an mmap of the file, so every page read stays in this process's resident set
   (clean and reclaimable, but counted) until the file is closed; without this a model loaded from one file peaks at
-  twice its size in RSS. MADV_DONTNEED unmaps what was read; the page cache keeps the data. DISK device's mem:
-  0.14.0."""
+  twice its size in RSS. MADV_DONTNEED unmaps what was read; the page cache keeps the data. DISK's mem: 0.14.0."""
   dev = Device[f"DISK:{path}"]
   if getattr(dev, "size", None) is not None and hasattr(dev, "mem"): dev.mem.madvise(mmap.MADV_DONTNEED)
 
@@ -266,23 +265,49 @@ def reused_rows(k, amount: int = 4):
           if isinstance(size, int) and size % amount == 0 and t in (AxisType.GLOBAL, AxisType.WEAK)]
   return first_that_applies(k, (Opt(OptOps.UPCAST, a, amount) for a in sorted(axes, key=lambda a: -k.full_shape[a])))
 
-def dot_tiles(k):
-  """`k` as 4 × 4 tiles of its first two output axes, its reduction unrolled by 4, over the cores, when it is one
-  product whose every read along the reduction is of consecutive elements (x @ Wᵀ for several tokens: prefill, the
-  training forward); None otherwise, or when these options do not apply. The heuristic tiles such a product 4 × 3: 28
-  against 51 GFLOP/s for SmolLM2's w1 over 32 tokens."""
+def product_reads(k) -> list[UOp] | None:
+  """The indices of the reads that run along the reduction of `k` when it is one product (one reduction, a sum); None
+  for other kernels. Scheduler.rngs, bufs, INDEX.get_idx: 0.14.0."""
   reduces = k.ranges_of(AxisType.REDUCE)
-  outs = [a for a in k.upcastable_dims if isinstance(k.full_shape[a], int) and k.full_shape[a] % 4 == 0]
-  if len(reduces) != 1 or len(outs) < 2 or k.reduceop is None or k.reduceop.arg[0] is not Ops.ADD: return None
-  for b in k.bufs:
-    idx = b.src[1].get_idx()
-    if any(r in idx.backward_slice and not any(c is r for c in idx.split_uop(Ops.ADD)) for r in reduces): return None
+  if len(reduces) != 1 or k.reduceop is None or k.reduceop.arg[0] is not Ops.ADD: return None
+  return [i for b in k.bufs if reduces[0] in (i := b.src[1].get_idx()).backward_slice]
+
+def own_axes(k, reads: list[UOp], i: int, step: int) -> list[int]:
+  """Output axes of `k`, sizes a multiple of `step`, along which reads[i] varies and no other read does."""
+  others = [r.backward_slice for r in reads if r is not reads[i]]
+  return [a for a in k.upcastable_dims if isinstance(size := k.full_shape[a], int) and size % step == 0
+          and (r := k.rngs[a]) in reads[i].backward_slice and all(r not in o for o in others)]
+
+def tiled(k, upcasts: list[tuple[int, int]]):
+  """`k` with (axis, amount) upcasts, its reduction unrolled by 4, over the cores; None if these do not apply."""
   try:
     mine = k.copy()
-    for a in outs[:2]: mine.apply_opt(Opt(OptOps.UPCAST, a, 4))
+    for a, n in sorted(upcasts): mine.apply_opt(Opt(OptOps.UPCAST, a, n))
     mine.apply_opt(Opt(OptOps.UNROLL, 0, 4))
     return over_cores(mine, 2 ** 31)
   except KernelOptError: return None
+
+def dot_tiles(k):
+  """`k` as 4 × 4 tiles when it is one product whose reads along the reduction are of consecutive elements (x @ Wᵀ over
+  tokens, q·kᵀ), None otherwise; tiled along an axis of each operand's own (not a batch both share), so each value
+  loaded serves 4 outputs. The heuristic's 4 × 3: 28 against 51 GFLOP/s for SmolLM2's w1 over 32 tokens."""
+  if (reads := product_reads(k)) is None: return None
+  reduce = k.ranges_of(AxisType.REDUCE)[0]
+  if any(reduce in i.backward_slice and not any(c is reduce for c in i.split_uop(Ops.ADD)) for i in reads): return None
+  own = [own_axes(k, reads, i, 4) for i in range(len(reads))]
+  outs = [a for a in k.upcastable_dims if isinstance(k.full_shape[a], int) and k.full_shape[a] % 4 == 0]
+  axes = [own[0][0], own[1][0]] if len(own) == 2 and all(own) else outs[:2]
+  return tiled(k, [(a, 4) for a in axes]) if len(axes) == 2 else None
+
+def outer_tiles(k):
+  """`k` as 4 × 16 tiles when it is one product of two reads, one consecutive along an output axis (x @ W, W (in, out);
+  gᵀ·x), None otherwise: per step 16 values of that read times 4 of the other, which clang keeps in vector registers.
+  gᵀ·x for 352 × 128 over 1,024 tokens: 46 against the heuristic's 23 GFLOP/s."""
+  if (reads := product_reads(k)) is None or len(reads) != 2: return None
+  for i in (0, 1):
+    rows = [a for a in own_axes(k, reads, i, 16) if any(c is k.rngs[a] for c in reads[i].split_uop(Ops.ADD))]
+    if rows and (cols := own_axes(k, reads, 1 - i, 4)): return tiled(k, [(rows[-1], 16), (cols[0], 4)])
+  return None
 
 def kernel_options(k):
   """Options for three kinds of kernels on the CPU. A kernel that sums a (rows, K/lanes, lanes) product over its last
@@ -290,13 +315,13 @@ def kernel_options(k):
   upcast. A kernel over a symbolic length (attention over the cache, in decode and prefill): the heuristic's options
   (which upcast nothing when a length is symbolic), a static axis upcast (reused_rows) and split over cores (the
   heuristic splits only the first axis, which for attention is 3 heads). A product read along its reduction
-  (dot_tiles). Others: the heuristic's."""
+  (dot_tiles) or along an output (outer_tiles). Others: the heuristic's."""
   shape, types = k.full_shape, k.axis_types
   if k.ren.target.device != "CPU": return HEURISTIC(k)
   if any(not isinstance(s, int) for s in shape): return over_cores(reused_rows(HEURISTIC(k)), 2 ** 31)
   if not (len(shape) == 3 and types[1:] == [AxisType.REDUCE, AxisType.REDUCE] and types[0] is not AxisType.REDUCE
           and shape[2] <= 32):
-    return dot_tiles(k) or HEURISTIC(k)
+    return dot_tiles(k) or outer_tiles(k) or HEURISTIC(k)
   try:
     mine = k.copy()
     mine.apply_opt(Opt(OptOps.UNROLL, 1, 0))

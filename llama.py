@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass, fields
 import numpy as np
 from tinygrad import Tensor, UOp, dtypes, nn
+from tinygrad.helpers import TRAINING
 from tinygrad.nn.state import get_parameters, get_state_dict
-from engine import classifier_product, recomputed, scheduled_once, split_axis, write_then_read
+from engine import classifier_product, recomputed, trained_product, scheduled_once, split_axis, write_then_read
 
 # ***** configuration *****
 
@@ -137,11 +138,16 @@ def causal_mask(seqlen: int, start_pos: int | UOp, device) -> Tensor | None:
   if seqlen == 1: return None
   return Tensor.ones(seqlen, seqlen, dtype=dtypes.bool, device=device).tril().pad(((0, 0), (start_pos, 0)), value=True)
 
-def linear(fan_in: int, fan_out: int) -> nn.Linear:
-  """tinygrad's bias-free nn.Linear, its weight an unset placeholder of the right shape: every weight is set afterwards
+class Linear(nn.Linear):
+  """tinygrad's nn.Linear; while training (tinygrad's TRAINING context, which its nn.BatchNorm reads too) its product
+  is engine.trained_product, whose kernels read along their outputs."""
+  def __call__(self, x: Tensor) -> Tensor: return trained_product(x, self.weight) if TRAINING else super().__call__(x)
+
+def linear(fan_in: int, fan_out: int) -> Linear:
+  """A bias-free Linear, its weight an unset placeholder of the right shape: every weight is set afterwards
   (init_weights, or a loader), and nn.Linear's own uniform init builds a random-number graph per layer (about 1.5 s of
   loading SmolLM2's 211 matrices)."""
-  lin = nn.Linear.__new__(nn.Linear)
+  lin = Linear.__new__(Linear)
   lin.weight, lin.bias = Tensor.empty(fan_out, fan_in), None
   return lin
 

@@ -124,6 +124,34 @@ def test_a_product_read_along_its_reduction_is_tiled(matvec_options, capsys):
   sizes = {c: [n for code, n in axes(line) if code == colour(c)] for c in ("yellow", "magenta", "BLUE")}
   assert sizes["yellow"] == ["4", "4"] and sizes["magenta"] == ["4"] and sizes["BLUE"], axes(line)
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
+def test_a_batched_product_is_tiled_along_each_operands_own_axis(matvec_options, capsys):
+  """q·kᵀ over a batch, as attention's scores in training: the 4 × 4 tile is along the queries (64) and the keys (48),
+  the axes each operand varies along alone, not along the batch (8), which both share: 16 and 12 groups of 4 remain,
+  the batch stays whole (split over cores at most); numpy's product."""
+  q, k = randn(8, 2, 64, 16), randn(8, 2, 48, 16, seed=1)
+  tq, tk = Tensor(q).realize(), Tensor(k).realize()
+  capsys.readouterr()
+  with Context(DEBUG=2): out = (tq.unsqueeze(3) * tk.unsqueeze(2)).sum(-1).realize()
+  [line] = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*)", capsys.readouterr().out)
+  np.testing.assert_allclose(out.numpy(), q @ k.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-4)
+  sizes = [n for _, n in axes(line)]
+  assert "16" in sizes and "12" in sizes and "48" not in sizes and "64" not in sizes, sizes
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
+def test_a_product_with_one_read_along_an_output_is_tiled_4_by_16(matvec_options, capsys):
+  """gᵀ·x over the tokens, a weight's gradient (engine.outer_tiles): x is read along its output axis, so 16 of its
+  values times 4 of g per step (yellow: upcast), the reduction unrolled by 4 (magenta), split over the cores (bright
+  blue); numpy's product."""
+  g, x = randn(256, 96), randn(256, 64, seed=1)
+  tg, tx = Tensor(g).realize(), Tensor(x).realize()
+  capsys.readouterr()
+  with Context(DEBUG=2): out = (tg.T @ tx).realize()
+  [line] = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*)", capsys.readouterr().out)
+  np.testing.assert_allclose(out.numpy(), g.T @ x, rtol=1e-4, atol=1e-4)
+  sizes = {c: [n for code, n in axes(line) if code == colour(c)] for c in ("yellow", "magenta", "BLUE")}
+  assert sorted(sizes["yellow"]) == ["16", "4"] and sizes["magenta"] == ["4"] and sizes["BLUE"], axes(line)
+
 def test_other_kernels_with_matvec_options_on_equal_numpy(matvec_options):
   a, b = randn(64, 96), randn(96, 40, seed=1)
   out = (Tensor(a) @ Tensor(b)).relu().sum(1).numpy()
@@ -192,12 +220,13 @@ def test_a_block_is_scheduled_once_for_all_layers():
   per_block = made[2] - 2   # at least the block's kernels: the 2-layer forward's schedules less its two calls
   assert made[6] - made[2] <= 4 < per_block, made
 
-def test_classifier_product_gives_the_products_gradients():
-  """engine.classifier_product is x @ wᵀ, and its hand-written backward gives numpy's gradients of a weighted sum of
-  it: r @ w for x, rᵀx (summed over batch and tokens) for w."""
+@pytest.mark.parametrize("product", [engine.classifier_product, engine.trained_product])
+def test_products_for_training_give_the_products_gradients(product):
+  """engine.classifier_product and engine.trained_product are x @ wᵀ, and their hand-written backward gives numpy's
+  gradients of a weighted sum of it: r @ w for x, rᵀx (summed over batch and tokens) for w."""
   x, w, r = randn(2, 5, 8, seed=1), randn(12, 8, seed=2), randn(2, 5, 12, seed=3)
   tx, tw = Tensor(x), Tensor(w)
-  out = engine.classifier_product(tx, tw)
+  out = product(tx, tw)
   gx, gw = (out * Tensor(r)).sum().gradient(tx, tw)
   np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(gx.numpy(), r @ w, rtol=1e-5, atol=1e-5)
