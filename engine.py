@@ -37,9 +37,9 @@ def product_for_training(dw_from_copies: bool):
   into buffers, else what made them (a norm, a softmax's backward) is recomputed in every tile. dw_from_copies: gᵀ·x
   from copies along the tokens (dot_tiles), for a vocabulary-wide g, whose columns leave the cache. grad_fxn: 0.14.0."""
   def grads(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
-    x, w, g = Tensor(call.src[1]).contiguous(), Tensor(call.src[2]), Tensor(grad).contiguous()
+    x, w, g = Tensor(call.src[1]), Tensor(call.src[2]), Tensor(grad).contiguous()
     rows, cols = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])   # (tokens, out), (tokens, in)
-    dw = rows.T.contiguous() @ cols.T.contiguous().T if dw_from_copies else rows.T @ cols
+    dw = rows.T.contiguous() @ cols.T.contiguous().T if dw_from_copies else rows.T @ cols.contiguous()
     return (g @ w).contiguous().uop, dw.uop
   @function(grad_fxn=grads)
   def product(x: Tensor, w: Tensor) -> Tensor: return x @ w.T.contiguous()

@@ -111,16 +111,21 @@ def test_a_kernel_over_a_symbolic_length_is_split_over_cores(matvec_options, cap
   assert heads == "3" and math.prod(int(n) for _, n in outputs) == 64, outputs
   assert sizes[colour("BLUE")] >= 2 and sizes[colour("yellow")] >= 16, outputs
 
+def one_kernel(capsys, make) -> tuple[np.ndarray, str]:
+  """The values of make() and DEBUG=2's line for the one kernel realising them."""
+  capsys.readouterr()
+  with Context(DEBUG=2): out = make().realize()
+  [line] = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*)", capsys.readouterr().out)
+  return out.numpy(), line
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tinygrad splits kernels over cores only with two or more")
 def test_a_product_read_along_its_reduction_is_tiled(matvec_options, capsys):
   """x @ Wᵀ over several tokens, both read along the reduction (engine.dot_tiles): 4 × 4 outputs per step (yellow:
   upcast), the reduction unrolled by 4 (magenta), split over the cores (bright blue); numpy's product."""
   x, w = randn(32, 576), randn(1536, 576, seed=1)
   tx, tw = Tensor(x).realize(), Tensor(w).realize()
-  capsys.readouterr()
-  with Context(DEBUG=2): out = (tx @ tw.T).realize()
-  [line] = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*)", capsys.readouterr().out)
-  np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-4, atol=1e-4)
+  out, line = one_kernel(capsys, lambda: tx @ tw.T)
+  np.testing.assert_allclose(out, x @ w.T, rtol=1e-4, atol=1e-4)
   sizes = {c: [n for code, n in axes(line) if code == colour(c)] for c in ("yellow", "magenta", "BLUE")}
   assert sizes["yellow"] == ["4", "4"] and sizes["magenta"] == ["4"] and sizes["BLUE"], axes(line)
 
@@ -131,10 +136,8 @@ def test_a_batched_product_is_tiled_along_each_operands_own_axis(matvec_options,
   the batch stays whole (split over cores at most); numpy's product."""
   q, k = randn(8, 2, 64, 16), randn(8, 2, 48, 16, seed=1)
   tq, tk = Tensor(q).realize(), Tensor(k).realize()
-  capsys.readouterr()
-  with Context(DEBUG=2): out = (tq.unsqueeze(3) * tk.unsqueeze(2)).sum(-1).realize()
-  [line] = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*)", capsys.readouterr().out)
-  np.testing.assert_allclose(out.numpy(), q @ k.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-4)
+  out, line = one_kernel(capsys, lambda: (tq.unsqueeze(3) * tk.unsqueeze(2)).sum(-1))
+  np.testing.assert_allclose(out, q @ k.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-4)
   sizes = [n for _, n in axes(line)]
   assert "16" in sizes and "12" in sizes and "48" not in sizes and "64" not in sizes, sizes
 
@@ -145,10 +148,8 @@ def test_a_product_with_one_read_along_an_output_is_tiled_4_by_16(matvec_options
   blue); numpy's product."""
   g, x = randn(256, 96), randn(256, 64, seed=1)
   tg, tx = Tensor(g).realize(), Tensor(x).realize()
-  capsys.readouterr()
-  with Context(DEBUG=2): out = (tg.T @ tx).realize()
-  [line] = re.findall(r"\*\*\* CPU\s+\d+\S* (r\S*)", capsys.readouterr().out)
-  np.testing.assert_allclose(out.numpy(), g.T @ x, rtol=1e-4, atol=1e-4)
+  out, line = one_kernel(capsys, lambda: tg.T @ tx)
+  np.testing.assert_allclose(out, g.T @ x, rtol=1e-4, atol=1e-4)
   sizes = {c: [n for code, n in axes(line) if code == colour(c)] for c in ("yellow", "magenta", "BLUE")}
   assert sorted(sizes["yellow"]) == ["16", "4"] and sizes["magenta"] == ["4"] and sizes["BLUE"], axes(line)
 
